@@ -1,0 +1,1 @@
+"""Data layer: attribute schema, CelebA/CelebA-Dialog readers, the image cache, synthetic faces, loaders."""
