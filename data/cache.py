@@ -46,13 +46,19 @@ class FaceCache:
     def open(cls, root: str | Path) -> FaceCache:
         root = Path(root)
         if not root.is_dir():
-            raise DataError(f"cache directory {root} does not exist: run `python -m data.prepare ... --out {root}` first")
+            raise DataError(
+                f"cache directory {root} does not exist: run `python -m data.prepare ... --out {root}` first"
+            )
         missing = [f for f in _FILES if not (root / f).is_file()]
         if missing:
-            raise DataError(f"{root} is not a complete image cache (missing {', '.join(missing)}): rebuild it with data.prepare")
+            raise DataError(
+                f"{root} is not a complete image cache (missing {', '.join(missing)}): rebuild it with data.prepare"
+            )
         manifest = json.loads((root / "manifest.json").read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{root} has cache format {manifest.get('format_version')}, expected {FORMAT_VERSION}: rebuild it")
+            raise DataError(
+                f"{root} has cache format {manifest.get('format_version')}, expected {FORMAT_VERSION}: rebuild it"
+            )
         meta = json.loads((root / "meta.json").read_text())
         return cls(
             root=root,
@@ -93,7 +99,9 @@ class CacheWriter:
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
         self.n, self.size = n, size
-        self.images = np.lib.format.open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        self.images = np.lib.format.open_memmap(
+            self.tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
+        )
         self.levels = np.zeros((n, NUM_ATTRIBUTES), dtype=np.int64)
         self.split = np.zeros(n, dtype=np.int8)
         self.names: list[str] = [""] * n
@@ -113,10 +121,25 @@ class CacheWriter:
         self.names[i] = name
         self.captions[i] = caption
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first n rows (used when bad images were skipped)."""
+        if n == self.n:
+            return
+        kept = np.lib.format.open_memmap(
+            self.tmp / "images.kept.npy", mode="w+", dtype=np.uint8, shape=(n, self.size, self.size, 3)
+        )
+        kept[:] = self.images[:n]
+        kept.flush()
+        self.images = None
+        os.replace(self.tmp / "images.kept.npy", self.tmp / "images.npy")
+        self.images = np.load(self.tmp / "images.npy", mmap_mode="r+")
+        self.levels, self.split = self.levels[:n], self.split[:n]
+        self.names, self.captions, self.n = self.names[:n], self.captions[:n], n
+
     def finish(self, source: dict, extra: dict | None = None) -> Path:
         check_levels(self.levels)
         self.images.flush()
-        del self.images
+        self.images = None
         np.save(self.tmp / "levels.npy", self.levels)
         np.save(self.tmp / "split.npy", self.split)
         (self.tmp / "meta.json").write_text(json.dumps({"names": self.names, "captions": self.captions}))
@@ -142,8 +165,16 @@ class CacheWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def write_cache(out: str | Path, images: np.ndarray, levels: np.ndarray, split: np.ndarray,
-                names: list[str], captions: list[str], source: dict, extra: dict | None = None) -> Path:
+def write_cache(
+    out: str | Path,
+    images: np.ndarray,
+    levels: np.ndarray,
+    split: np.ndarray,
+    names: list[str],
+    captions: list[str],
+    source: dict,
+    extra: dict | None = None,
+) -> Path:
     """Write a whole cache from in-memory arrays (atomically)."""
     n, size = len(images), int(images.shape[1])
     with CacheWriter(out, n, size) as w:

@@ -1,0 +1,190 @@
+"""Turn CelebA + CelebA-Dialog into a training-ready cache.
+
+    python -m data.prepare --celeba-root DIR --dialog-root DIR --out DIR [--size 64]
+
+Each listed image is centre-cropped to a square and resized (Lanczos by default), on all cores,
+into one memory-mapped uint8 array with its five levels, caption and split (see data/cache.py).
+The split is CelebA's own partition restricted to the labelled images. The cache is written under a
+temporary name and renamed at the end, so an interrupted run leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from data.cache import SPLITS, CacheWriter
+from data.celeba import IMAGE_DIR, PARTITION_FILE, find_captions, read_captions, read_dialog_annotations, read_partition
+from data.errors import DataError
+
+RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    celeba_root: Path
+    dialog_root: Path
+    out: Path
+    size: int = 64
+    resample: str = "lanczos"
+    skip_bad: bool = False
+    workers: int = max(1, os.cpu_count() or 1)
+    limit: int | None = None
+
+
+def load_square(path: Path, size: int, resample: str) -> np.ndarray:
+    """Decode, centre-crop to a square, resize to size x size RGB uint8."""
+    with Image.open(path) as img:
+        img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale when that is still >= 2x
+        img = img.convert("RGB")
+        w, h = img.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s)).resize((size, size), RESAMPLE[resample])
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _load_task(task: tuple[int, str, int, str]) -> tuple[int, np.ndarray | None, str | None]:
+    i, path, size, resample = task
+    try:
+        return i, load_square(Path(path), size, resample), None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return i, None, f"{type(e).__name__}: {e}"
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def prepare(cfg: PrepareConfig, log=print) -> dict:
+    """Build the cache; returns the summary (also written into the manifest)."""
+    if not cfg.celeba_root.is_dir():
+        raise DataError(
+            f"CelebA root {cfg.celeba_root} does not exist: pass --celeba-root DIR (the folder with {IMAGE_DIR}/)"
+        )
+    image_dir = cfg.celeba_root / IMAGE_DIR
+    if not image_dir.is_dir():
+        raise DataError(
+            f"{image_dir} not found: --celeba-root must contain {IMAGE_DIR}/ (the aligned-and-cropped images)"
+        )
+    if cfg.size < 8:
+        raise DataError(f"--size {cfg.size} is too small: use 8 or more (the study used 64)")
+    if cfg.out.exists():
+        raise DataError(f"output {cfg.out} already exists: choose another --out or delete it")
+    partition_path = cfg.celeba_root / PARTITION_FILE
+    partition = read_partition(partition_path)
+    labels, label_files = read_dialog_annotations(cfg.dialog_root)
+    caption_path = find_captions(cfg.dialog_root)
+    warnings: list[str] = []
+    if caption_path is None:
+        captions, missing_captions = {}, []
+        warnings.append(f"no captions.json under {cfg.dialog_root}: every caption is empty")
+    else:
+        report = read_captions(caption_path)
+        captions, missing_captions = report.captions, report.missing
+
+    unlabelled = sorted(n for n in partition if n not in labels)
+    not_in_partition = sorted(n for n in labels if n not in partition)
+    unknown_captions = sorted(n for n in captions if n not in partition)
+    names = sorted(n for n in partition if n in labels)
+    if cfg.limit is not None:
+        names = names[: cfg.limit]
+    absent = [n for n in names if not (image_dir / n).is_file()]
+    if absent and not cfg.skip_bad:
+        raise DataError(
+            f"{image_dir / absent[0]} is listed in {PARTITION_FILE} but absent ({len(absent)} missing in all): "
+            "restore the images or pass --skip-bad"
+        )
+    skipped = {n: "absent" for n in absent}
+    names = [n for n in names if n not in skipped]
+    for msg, items in (
+        ("labelled images not in the partition (ignored)", not_in_partition),
+        ("captions for unknown images (ignored)", unknown_captions),
+        ("images with null/empty captions", [n for n in missing_captions if n in partition]),
+    ):
+        if items:
+            warnings.append(f"{len(items)} {msg}, e.g. {items[0]}")
+    for w in warnings:
+        log(f"warning: {w}")
+
+    tasks = [(i, str(image_dir / n), cfg.size, cfg.resample) for i, n in enumerate(names)]
+    with CacheWriter(cfg.out, len(names), cfg.size) as writer:
+        kept = 0
+        with Pool(cfg.workers) as pool:
+            results = pool.imap(_load_task, tasks, chunksize=64)
+            for i, image, error in tqdm(results, total=len(tasks), desc="prepare", unit="img", disable=not tasks):
+                name = names[i]
+                if error is not None:
+                    if not cfg.skip_bad:
+                        raise DataError(
+                            f"{image_dir / name} is not a readable image ({error}): replace it or pass --skip-bad"
+                        )
+                    skipped[name] = f"corrupt ({error})"
+                    log(f"skipped {image_dir / name}: {error}")
+                    continue
+                writer.put(kept, image, labels[name], partition[name], name, captions.get(name, ""))
+                kept += 1
+        if kept == 0:
+            raise DataError(f"no usable images under {image_dir}: check --celeba-root and --dialog-root")
+        writer.truncate(kept)
+        counts = {s: int((writer.split == code).sum()) for s, code in SPLITS.items()}
+        summary = {
+            "counts": counts,
+            "unlabelled": len(unlabelled),
+            "skipped": {"count": len(skipped), "reasons": dict(Counter(r.split(" ")[0] for r in skipped.values()))},
+            "warnings": warnings,
+        }
+        source = {
+            "kind": "celeba-dialog",
+            "celeba_root": str(cfg.celeba_root.resolve()),
+            "dialog_root": str(cfg.dialog_root.resolve()),
+            "resample": cfg.resample,
+            "checksums_md5": {
+                str(p.name): _md5(p) for p in [partition_path, *label_files, *([caption_path] if caption_path else [])]
+            },
+        }
+        writer.finish(source, {"prepare_summary": summary, "skipped_images": skipped})
+    log(
+        f"wrote {cfg.out}: {kept} images at {cfg.size}x{cfg.size} — train {counts['train']}, val {counts['val']}, "
+        f"test {counts['test']}; unlabelled (not used) {len(unlabelled)}; skipped {len(skipped)}"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--celeba-root", type=Path, required=True, help=f"folder holding {IMAGE_DIR}/ and {PARTITION_FILE}")
+    p.add_argument(
+        "--dialog-root", type=Path, required=True, help="CelebA-Dialog folder (combined_annotation.txt, captions.json)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="cache directory to create (must not exist)")
+    p.add_argument("--size", type=int, default=64, help="output side in pixels (default 64, as in the study)")
+    p.add_argument("--resample", choices=sorted(RESAMPLE), default="lanczos", help="resize filter (default lanczos)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip absent or corrupt images and report each, instead of stopping"
+    )
+    p.add_argument(
+        "--workers", type=int, default=max(1, os.cpu_count() or 1), help="decoding processes (default: all cores)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N labelled images (for quick trials)")
+    a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error("--workers must be >= 1")
+    try:
+        prepare(PrepareConfig(a.celeba_root, a.dialog_root, a.out, a.size, a.resample, a.skip_bad, a.workers, a.limit))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
