@@ -1,0 +1,217 @@
+"""CelebA + CelebA-Dialog readers and data.prepare, on fixture files in the real formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.cache import FaceCache
+from data.celeba import read_annotation_file, read_captions, read_dialog_annotations, read_partition
+from data.prepare import PrepareConfig, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (split, levels or None for unlabelled)
+RECORDS = {
+    "000001.jpg": (0, (0, 1, 2, 3, 4)),
+    "000002.jpg": (0, (5, 0, 0, 1, 2)),
+    "000003.jpg": (0, (1, 1, 1, 1, 1)),
+    "000004.jpg": (1, (2, 3, 4, 5, 0)),
+    "000005.jpg": (1, (0, 0, 5, 0, 5)),
+    "000006.jpg": (2, (3, 2, 1, 0, 3)),
+    "000007.jpg": (2, None),  # unlabelled, as 21 images of the real dataset are
+}
+HEADER = "img_name Bangs Eyeglasses No_Beard Smiling Young"
+
+
+def _write_image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((218, 178, 3), np.uint8)
+    img[:] = rng.integers(0, 255, 3)
+    img[20:198, :, 0] = 200  # the centred 178x178 square is red-dominated
+    Image.fromarray(img).save(path, quality=95)
+
+
+@pytest.fixture
+def celeba(tmp_path: Path) -> tuple[Path, Path]:
+    celeba_root, dialog_root = tmp_path / "celeba", tmp_path / "dialog"
+    (celeba_root / "img_align_celeba").mkdir(parents=True)
+    dialog_root.mkdir()
+    for i, name in enumerate(RECORDS):
+        _write_image(celeba_root / "img_align_celeba" / name, i)
+    (celeba_root / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, (s, _) in RECORDS.items()))
+    rows = [f"{n} {' '.join(map(str, lv))}" for n, (_, lv) in RECORDS.items() if lv is not None]
+    (dialog_root / "combined_annotation.txt").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    captions = {
+        "000001.jpg": {"overall_caption": "She has short bangs.", "attribute_wise_captions": {"Bangs": "x"}},
+        "000002.jpg": {
+            "overall_caption": None,
+            "attribute_wise_captions": {"Bangs": "Full bangs.", "Eyeglasses": None},
+        },
+        "000003.jpg": {"overall_caption": "", "attribute_wise_captions": None},
+        "000004.jpg": {"overall_caption": "He smiles broadly.", "attribute_wise_captions": {}},
+        "999999.jpg": {"overall_caption": "Not in CelebA.", "attribute_wise_captions": {}},
+    }
+    (dialog_root / "captions.json").write_text(json.dumps(captions))
+    return celeba_root, dialog_root
+
+
+def run_prepare(celeba_root: Path, dialog_root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "data.prepare",
+        "--celeba-root",
+        str(celeba_root),
+        "--dialog-root",
+        str(dialog_root),
+        "--out",
+        str(out),
+        "--size",
+        "16",
+        "--workers",
+        "1",
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_readers_parse_exact_records(celeba):
+    celeba_root, dialog_root = celeba
+    assert read_partition(celeba_root / "list_eval_partition.txt") == {n: s for n, (s, _) in RECORDS.items()}
+    labels, files = read_dialog_annotations(dialog_root)
+    assert labels == {n: lv for n, (_, lv) in RECORDS.items() if lv is not None}
+    assert [f.name for f in files] == ["combined_annotation.txt"]
+    report = read_captions(dialog_root / "captions.json")
+    assert report.captions["000001.jpg"] == "She has short bangs."
+    assert report.captions["000002.jpg"] == "Full bangs."  # overall null -> attribute-wise text
+    assert sorted(report.missing) == ["000003.jpg"]
+
+
+def test_header_columns_are_mapped_by_name(tmp_path):
+    path = tmp_path / "combined_annotation.txt"
+    path.write_text("img_name Young Smiling No_Beard Eyeglasses Bangs\n000001.jpg 0 1 2 3 4\n")
+    assert read_annotation_file(path, header=True) == {"000001.jpg": (4, 3, 2, 1, 0)}
+
+
+def test_headerless_split_files(tmp_path):
+    for i, name in enumerate(("train_attr_list.txt", "val_attr_list.txt", "test_attr_list.txt")):
+        (tmp_path / name).write_text(f"00000{i}.jpg {i} 0 0 0 {5 - i}\n")
+    labels, files = read_dialog_annotations(tmp_path)
+    assert labels == {"000000.jpg": (0, 0, 0, 0, 5), "000001.jpg": (1, 0, 0, 0, 4), "000002.jpg": (2, 0, 0, 0, 3)}
+    assert len(files) == 3
+
+
+def test_prepare_builds_cache_with_celeba_split(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    out = tmp_path / "cache"
+    summary = prepare(PrepareConfig(celeba_root, dialog_root, out, size=16, workers=1), log=lambda *_: None)
+    cache = FaceCache.open(out)
+    labelled = [n for n, (_, lv) in RECORDS.items() if lv is not None]
+    assert cache.names == labelled
+    assert summary["counts"] == {"train": 3, "val": 2, "test": 1}
+    assert summary["unlabelled"] == 1
+    assert cache.images.shape == (6, 16, 16, 3) and cache.images.dtype == np.uint8
+    np.testing.assert_array_equal(cache.levels, np.array([RECORDS[n][1] for n in labelled]))
+    assert [cache.names[i] for i in cache.indices("val")] == ["000004.jpg", "000005.jpg"]
+    assert cache.captions[0] == "She has short bangs." and cache.captions[2] == ""
+    # The centre crop drops the top/bottom bands: the square is the red block.
+    assert cache.images[0, :, :, 0].mean() > 190
+    assert "combined_annotation.txt" in cache.manifest["source"]["checksums_md5"]
+    assert any("captions for unknown images" in w for w in summary["warnings"])
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
+
+
+def test_cli_writes_cache_and_summary(celeba, tmp_path):
+    result = run_prepare(*celeba, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "train 3, val 2, test 1" in result.stdout
+    assert "1 captions for unknown images" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (
+            lambda c, d: (d / "combined_annotation.txt").write_text(HEADER + "\n000001.jpg 0 1 2 3 6\n"),
+            "combined_annotation.txt:2: level 6 outside 0..5",
+        ),
+        (
+            lambda c, d: (d / "combined_annotation.txt").write_text(HEADER + "\n000001.jpg 0 1 2 3\n"),
+            "combined_annotation.txt:2: expected an image name and 5 levels, got 5 columns",
+        ),
+        (
+            lambda c, d: (d / "combined_annotation.txt").write_text(
+                HEADER + "\n000001.jpg 0 0 0 0 0\n000001.jpg 1 1 1 1 1\n"
+            ),
+            "combined_annotation.txt:3: duplicate row for 000001.jpg (first at line 2)",
+        ),
+        (
+            lambda c, d: (c / "list_eval_partition.txt").write_text("000001.jpg 0\n000001.jpg 1\n"),
+            "list_eval_partition.txt:2: duplicate row",
+        ),
+        (
+            lambda c, d: (c / "list_eval_partition.txt").write_text("000001.jpg 3\n"),
+            "list_eval_partition.txt:1: expected '<image> <0|1|2>'",
+        ),
+        (lambda c, d: (c / "list_eval_partition.txt").unlink(), "list_eval_partition.txt not found"),
+        (lambda c, d: (d / "combined_annotation.txt").unlink(), "no combined_annotation.txt nor"),
+        (
+            lambda c, d: (c / "img_align_celeba" / "000002.jpg").unlink(),
+            "000002.jpg is listed in list_eval_partition.txt but absent",
+        ),
+        (
+            lambda c, d: (c / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg"),
+            "000003.jpg is not a readable image",
+        ),
+        (lambda c, d: (d / "captions.json").write_text("{broken"), "captions.json:1: invalid JSON"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_no_output(celeba, tmp_path, breakage, expected):
+    breakage(*celeba)
+    out = tmp_path / "out"
+    line = _error_line(run_prepare(*celeba, out))
+    assert expected in line
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_missing_roots(tmp_path, celeba):
+    line = _error_line(run_prepare(tmp_path / "nope", celeba[1], tmp_path / "out"))
+    assert "CelebA root" in line and "--celeba-root" in line
+    line = _error_line(run_prepare(celeba[0], tmp_path / "nope", tmp_path / "out"))
+    assert "CelebA-Dialog root" in line and "--dialog-root" in line
+
+
+def test_skip_bad_skips_and_reports_each(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    (celeba_root / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
+    (celeba_root / "img_align_celeba" / "000005.jpg").unlink()
+    result = run_prepare(celeba_root, dialog_root, tmp_path / "out", "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stdout and "000003.jpg" in result.stdout
+    cache = FaceCache.open(tmp_path / "out")
+    assert cache.names == ["000001.jpg", "000002.jpg", "000004.jpg", "000006.jpg"]
+    assert cache.images.shape[0] == 4
+    assert cache.manifest["prepare_summary"]["skipped"] == {"count": 2, "reasons": {"absent": 1, "corrupt": 1}}
+    np.testing.assert_array_equal(cache.levels[2], RECORDS["000004.jpg"][1])
+
+
+def test_existing_output_is_never_overwritten(celeba, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "already exists" in _error_line(run_prepare(*celeba, out))
+    assert (out / "keep.txt").read_text() == "mine"
