@@ -1,0 +1,33 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.  Both create .venv themselves.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU wheel (on disk on the project's machines). On a GPU machine: make TORCH="torch==2.13.0 --index-url <your CUDA index>"
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m orchestration.sweep --model ddpm
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: setup
+	$(PY) -m data.bench
+	$(PY) -m models.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
