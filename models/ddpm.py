@@ -1,0 +1,205 @@
+"""The attribute-conditioned DDPM: config presets, the AdaGN U-Net and its family adapter.
+
+The denoiser is diffusers' `UNet2DModel` (ResNet blocks with `resnet_time_scale_shift=
+"scale_shift"`, i.e. AdaGN: the embedding gives a scale and shift after each group norm) with a
+learned `Linear(30, time_embed_dim)` in front of its identity class embedding, so the projected
+attribute vector c is added to the time embedding as class conditioning is in "Diffusion models
+beat GANs". The all-zero c is the unconditional input for classifier-free guidance.
+
+Presets (parameters counted with `python -m models.ddpm --list`):
+  study-large  64px  (256, 512, 768, 768)  2 ResNets/level, attention at every level  -- the study
+  study-small  64px  (128, 256, 512, 512)  2 ResNets/level, attention at every level
+  cpu-tiny     32px  (32, 64, 64, 64)      1 ResNet/level, attention at the lowest level only
+  cpu-16       16px  (32, 64, 64)          1 ResNet/level, attention at the lowest level only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+
+from data.schema import COND_DIM
+from models.family import DiffusionFamily
+from models.pipeline_ddpm import AttributeDiffusionPipeline
+from models.schedulers import make_scheduler, training_scheduler
+
+ATTENTION_CHOICES = ("all", "lowest", "none")
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Everything that defines an attribute DDPM (network + training noise schedule)."""
+
+    preset: str = "custom"
+    image_size: int = 64
+    block_out_channels: tuple[int, ...] = (256, 512, 768, 768)
+    layers_per_block: int = 2
+    attention: str = "all"  # where the self-attention blocks are: "all" levels, "lowest" level only, "none"
+    attention_head_dim: int = 64
+    norm_num_groups: int = 32
+    dropout: float = 0.0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # "linear" (the study, 1e-4..0.02 at T=1000) or "cosine"
+    beta_start: float = 1e-4  # for T = 1000; rescaled by 1000/T (see models.schedulers)
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # or "v_prediction"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"every channel count in {self.block_out_channels} must be a multiple of "
+                f"norm_num_groups={self.norm_num_groups}"
+            )
+        if self.image_size % 2 ** (len(self.block_out_channels) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2^{len(self.block_out_channels) - 1} "
+                f"for {len(self.block_out_channels)} levels"
+            )
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        return dict(
+            sample_size=self.image_size,
+            block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            attention=self.attention,
+            attention_head_dim=self.attention_head_dim,
+            norm_num_groups=self.norm_num_groups,
+            dropout=self.dropout,
+        )
+
+
+PRESETS: dict[str, DDPMConfig] = {
+    "study-large": DDPMConfig("study-large", 64, (256, 512, 768, 768), 2, "all"),
+    "study-small": DDPMConfig("study-small", 64, (128, 256, 512, 512), 2, "all"),
+    "cpu-tiny": DDPMConfig("cpu-tiny", 32, (32, 64, 64, 64), 1, "lowest", norm_num_groups=16),
+    "cpu-16": DDPMConfig("cpu-16", 16, (32, 64, 64), 1, "lowest", norm_num_groups=16),
+}
+
+
+def ddpm_config(preset: str, **overrides: Any) -> DDPMConfig:
+    """A preset by name with field overrides, e.g. ddpm_config("cpu-tiny", num_train_timesteps=10000)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown ddpm preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if "block_out_channels" in overrides:
+        overrides["block_out_channels"] = tuple(int(c) for c in overrides["block_out_channels"])
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+class AttributeUNet(ModelMixin, ConfigMixin):
+    """UNet2DModel + a learned projection of the 30-value attribute vector into its time embedding."""
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 64,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (256, 512, 768, 768),
+        layers_per_block: int = 2,
+        attention: str = "all",
+        attention_head_dim: int = 64,
+        norm_num_groups: int = 32,
+        dropout: float = 0.0,
+        cond_dim: int = COND_DIM,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        with_attn = {"all": [True] * levels, "lowest": [False] * (levels - 1) + [True], "none": [False] * levels}
+        attn = with_attn[attention]
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            dropout=dropout,
+            resnet_time_scale_shift="scale_shift",
+            add_attention=attention != "none",
+            class_embed_type="identity",
+        )
+        self.cond_proj = torch.nn.Linear(cond_dim, block_out_channels[0] * 4)
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor, return_dict: bool = True
+    ) -> UNet2DOutput | tuple:
+        emb = self.cond_proj(cond.to(self.cond_proj.weight.dtype))
+        return self.unet(sample, timestep, class_labels=emb, return_dict=return_dict)
+
+
+class DDPMFamily(DiffusionFamily):
+    """The attribute DDPM as a family the engine trains: x0 = pixels, cond = the 30-vector."""
+
+    name = "ddpm"
+
+    def __init__(self, config: DDPMConfig, unet: AttributeUNet | None = None):
+        self.config = config
+        self.module = unet if unet is not None else AttributeUNet(**config.unet_kwargs())
+        self.noise_scheduler = training_scheduler(
+            config.num_train_timesteps, config.beta_schedule, config.beta_start, config.beta_end,
+            config.prediction_type,
+        )
+
+    def training_inputs(
+        self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        x0 = batch["image"]
+        if tuple(x0.shape[-2:]) != (self.config.image_size,) * 2:
+            raise ValueError(
+                f"the data has {tuple(x0.shape[-2:])} images but ddpm preset {self.config.preset!r} is "
+                f"{self.config.image_size}px; use data of that size or set image_size"
+            )
+        cond = batch["cond"].to(torch.float32).masked_fill(uncond.view(-1, 1), 0.0)
+        device = self.device
+        return x0.to(device, non_blocking=True), {"cond": cond.to(device, non_blocking=True)}
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        return self.module(noisy, timesteps, cond["cond"]).sample
+
+    def pipeline(self, sampler: str = "ddpm") -> AttributeDiffusionPipeline:
+        return AttributeDiffusionPipeline(unet=self.module, scheduler=make_scheduler(sampler, self.noise_scheduler))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.pipeline().save_pretrained(directory)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **{f"ddpm_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
+
+
+def count_parameters(config: DDPMConfig) -> int:
+    """Parameters of the network a config builds (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        net = AttributeUNet(**config.unet_kwargs())
+    return sum(p.numel() for p in net.parameters())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.ddpm", description="List the attribute-DDPM presets and their parameter counts."
+    )
+    parser.add_argument("--list", action="store_true", help="print every preset with its parameter count (default)")
+    parser.parse_args(argv)
+    for name, cfg in PRESETS.items():
+        print(
+            f"{name:12s} {cfg.image_size:3d}px channels={cfg.block_out_channels} layers/level={cfg.layers_per_block} "
+            f"attention={cfg.attention:6s} params={count_parameters(cfg) / 1e6:.2f}M"
+        )
+
+
+if __name__ == "__main__":
+    main()
