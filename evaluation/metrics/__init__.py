@@ -1,0 +1,1 @@
+"""Metric classes, one job each; all accumulate mergeable sum states (see base.py)."""
