@@ -65,6 +65,12 @@ class DDPMConfig:
                 f"image_size {self.image_size} must be divisible by 2^{len(self.block_out_channels) - 1} "
                 f"for {len(self.block_out_channels)} levels"
             )
+        attn_channels = {"all": self.block_out_channels, "lowest": self.block_out_channels[-1:], "none": ()}
+        if any(c % self.attention_head_dim for c in attn_channels[self.attention]):
+            raise ValueError(
+                f"attention_head_dim={self.attention_head_dim} must divide the channels of every level with "
+                f"attention ({attn_channels[self.attention]})"
+            )
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 

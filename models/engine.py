@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from diffusers import DiffusionPipeline
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
+from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from models.family import DiffusionFamily
+from models.objective import heldout_loss, training_loss
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,268 @@ def fit(
 ) -> FitResult:
     """Train `family` on `train_dataset` (items: {"image", "levels", "cond", "caption"}).
 
-    checkpoint_dir: a checkpoint is written there after every epoch (atomically).
+    checkpoint_dir: a checkpoint is written there after every epoch (atomically), before `on_epoch`.
     resume: True -> continue from the latest checkpoint in checkpoint_dir if there is one;
     a path -> continue from that checkpoint directory; False -> start fresh.
+    val_dataset: the first `config.val_samples` items give the held-out denoising loss (EMA weights).
+    At the end the family holds the EMA weights (when EMA is on), ready for sampling / save_pretrained.
     """
-    raise NotImplementedError("engine body in progress")
+    cfg = config
+    _validate(cfg)
+    device = _device(cfg.device)
+    amp = _autocast_dtype(cfg.mixed_precision, device)
+    _seed_everything(cfg.seed)
+    family.to(device)
+    module = family.module
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+
+    named = family.trainable_parameters()
+    params = list(named.values())
+    if not params:
+        raise ValueError(f"family {family.name!r} has no trainable parameters")
+    steps_per_epoch = _steps_per_epoch(len(train_dataset), cfg)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
+    )
+    lr_sched = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=cfg.epochs * steps_per_epoch,
+    )
+    ema = (
+        EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power,
+                 foreach=device.type == "cuda")
+        if cfg.ema else None
+    )
+
+    start_epoch, step, sample_index = 0, 0, 0
+    source = _resume_source(checkpoint_dir, resume)
+    if source is not None:
+        start_epoch, step, sample_index = _restore(source, family, named, optimizer, lr_sched, ema, device)
+        print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
+    if cfg.compile and device.type == "cuda":
+        module.compile()
+    val_batches = _val_batches(val_dataset, cfg)
+
+    history: list[dict[str, float]] = []
+    stopped = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs):
+        module.train()
+        loader = DataLoader(
+            train_dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), pin_memory=device.type == "cuda",
+        )
+        batches = iter(loader)
+        loss_sum = torch.zeros((), device=device)
+        done = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        for _ in range(steps_per_epoch):
+            for _ in range(cfg.grad_accum):
+                loss = training_loss(family, next(batches), cfg.seed, sample_index, cfg.p_uncond,
+                                     cfg.min_snr_gamma, amp)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach() / cfg.grad_accum
+                sample_index += cfg.batch_size
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(params)
+            step += 1
+            done += 1
+            bar.update(1)
+            if done % 10 == 0 or done == steps_per_epoch:
+                bar.set_postfix(loss=f"{loss_sum.item() / done:.4f}")
+            if cfg.log_every and step % cfg.log_every == 0:
+                print(f"  step {step}  loss {loss_sum.item() / done:.4f}", flush=True)
+            if cfg.epoch_time_budget_s is not None and time.perf_counter() - start > cfg.epoch_time_budget_s:
+                break
+        del batches
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        bar.close()
+        train_loss = loss_sum.item() / done
+        val_loss = None
+        if val_batches:
+            with ema_weights(family, ema):
+                val_loss = heldout_loss(family, val_batches, amp)
+
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = _save(checkpoint_dir, epoch, family, named, optimizer, lr_sched, ema, step, sample_index, cfg)
+        report = EpochReport(
+            epoch=epoch, epochs=cfg.epochs, step=step, train_loss=train_loss, val_loss=val_loss,
+            epoch_seconds=seconds, images_per_second=done * cfg.grad_accum * cfg.batch_size / seconds,
+            lr=lr_sched.get_last_lr()[0], checkpoint=checkpoint, family=family, _ema=ema,
+        )
+        history.append({"epoch": float(epoch), **report.metrics()})
+        val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}  step {step}  loss {train_loss:.4f}{val_text}  {seconds:.1f}s  "
+            f"{report.images_per_second:.0f} img/s  lr {report.lr:.2e}",
+            flush=True,
+        )
+        if on_epoch is not None and on_epoch(report):
+            stopped = True
+            break
+
+    if ema is not None:
+        ema.copy_to(params)
+    module.eval()
+    return FitResult(epochs_completed=epoch + 1, step=step, stopped_early=stopped, history=history,
+                     ema_applied=ema is not None)
 
 
-__all__: list[Any] = ["TrainConfig", "EpochReport", "FitResult", "fit", "ema_weights"]
+# --- helpers ---------------------------------------------------------------------------------------
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 0, f"epochs must be >= 0, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (0.0 <= cfg.p_uncond <= 1.0, f"p_uncond must be in [0, 1], got {cfg.p_uncond}"),
+        (cfg.min_snr_gamma is None or cfg.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {cfg.min_snr_gamma}"),
+        (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
+         f"max_steps_per_epoch must be >= 1, got {cfg.max_steps_per_epoch}"),
+        (cfg.mixed_precision in ("auto", "bf16", "no"),
+         f"mixed_precision must be auto, bf16 or no, got {cfg.mixed_precision!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
+    return device
+
+
+def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _steps_per_epoch(n: int, cfg: TrainConfig) -> int:
+    steps = (n // cfg.batch_size) // cfg.grad_accum
+    if steps == 0:
+        raise ValueError(
+            f"the training set has {n} items, fewer than batch_size x grad_accum = {cfg.batch_size * cfg.grad_accum}; "
+            "lower the batch size or use more data"
+        )
+    return min(steps, cfg.max_steps_per_epoch or steps)
+
+
+def _val_batches(dataset: Dataset | None, cfg: TrainConfig) -> list[dict[str, Any]]:
+    if dataset is None or cfg.val_samples <= 0:
+        return []
+    n = min(cfg.val_samples, len(dataset))
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=cfg.val_batch_size, shuffle=False)
+    return list(loader)
+
+
+def _resume_source(checkpoint_dir: str | Path | None, resume: bool | str | Path) -> Path | None:
+    if resume is False:
+        return None
+    if resume is True:
+        return latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise ValueError(f"cannot resume: no checkpoint directory at {path}")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(np_state["state"]["pos"]),
+        "numpy_gauss": (int(np_state["has_gauss"]), float(np_state["gauss"])),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": state["numpy_key"].cpu().numpy().astype(np.uint32), "pos": state["numpy_pos"]},
+        "has_gauss": state["numpy_gauss"][0],
+        "gauss": state["numpy_gauss"][1],
+    })
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def _save(
+    root: str | Path, epoch: int, family: DiffusionFamily, named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer, lr_sched: Any, ema: EMAModel | None, step: int, sample_index: int,
+    cfg: TrainConfig,
+) -> Path:
+    tensors = {"trainable": dict(named)}
+    if ema is not None:
+        tensors["ema"] = dict(zip(named, ema.shadow_params))
+    state = {
+        "epoch": epoch + 1,
+        "step": step,
+        "sample_index": sample_index,
+        "family": family.name,
+        "parameter_names": list(named),
+        "lr_scheduler": lr_sched.state_dict(),
+        "ema_optimization_step": ema.optimization_step if ema is not None else 0,
+        "rng": _rng_state(),
+        "train_config": {k: v for k, v in asdict(cfg).items() if isinstance(v, int | float | str | bool | None)},
+    }
+    return save_checkpoint(root, epoch, tensors, {"optimizer": optimizer.state_dict(), "state": state})
+
+
+def _restore(
+    path: Path, family: DiffusionFamily, named: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+    lr_sched: Any, ema: EMAModel | None, device: torch.device,
+) -> tuple[int, int, int]:
+    ckpt = load_checkpoint(path, device="cpu")
+    state = ckpt["state"]
+    if state["family"] != family.name or state["parameter_names"] != list(named):
+        raise ValueError(
+            f"checkpoint {path} is of family {state['family']!r} with other parameters than this "
+            f"{family.name!r} model; point --resume/checkpoint_dir at a matching run or start fresh"
+        )
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(ckpt["trainable"][name])
+        if ema is not None and "ema" in ckpt:
+            for shadow, name in zip(ema.shadow_params, named):
+                shadow.copy_(ckpt["ema"][name])
+            ema.optimization_step = state["ema_optimization_step"]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    lr_sched.load_state_dict(state["lr_scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["epoch"]), int(state["step"]), int(state["sample_index"])

@@ -1,0 +1,112 @@
+"""The denoising objective: per-sample random draws, the (Min-SNR weighted) loss, the held-out loss.
+
+Each training sample's timestep, classifier-free-guidance drop and noise come from its own
+generator, seeded by (run seed, the sample's position in the run's sample stream). The random
+stream is then the same whatever the batch size or gradient accumulation, so 4 x 8 accumulated
+equals one batch of 32 exactly (up to float summation order), and a resumed run draws what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+from models.family import DiffusionFamily
+
+HELDOUT_SEED = 1_000_003  # fixed for every run: the held-out loss is comparable across trials
+
+
+def sample_generators(seed: int, first_index: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per sample, keyed by (seed, position in the sample stream)."""
+    base = (seed % 2**23) << 40
+    return [torch.Generator().manual_seed(base + first_index + i) for i in range(n)]
+
+
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, g)/SNR for epsilon, min(SNR, g)/(SNR+1) for v."""
+    snr = compute_snr(scheduler, timesteps)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"Min-SNR weighting needs prediction_type epsilon or v_prediction, got {prediction_type!r}")
+
+
+def regression_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r}; use epsilon or v_prediction")
+
+
+def _per_sample_mse(
+    family: DiffusionFamily, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    sched = family.noise_scheduler
+    noisy = sched.add_noise(x0, noise, t)
+    target = regression_target(sched, x0, noise, t, family.prediction_type)
+    amp = (
+        torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
+    with amp:
+        pred = family.predict(noisy, t, cond)
+    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
+def training_loss(
+    family: DiffusionFamily,
+    batch: dict[str, Any],
+    seed: int,
+    first_index: int,
+    p_uncond: float,
+    min_snr_gamma: float | None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean (optionally Min-SNR weighted) loss of one micro-batch whose samples start at `first_index`."""
+    n = len(batch["levels"]) if "levels" in batch else len(batch["image"])
+    gens = sample_generators(seed, first_index, n)
+    num_t = family.noise_scheduler.config.num_train_timesteps
+    t = torch.cat([torch.randint(0, num_t, (1,), generator=g) for g in gens])
+    uncond = torch.cat([torch.rand(1, generator=g) < p_uncond for g in gens])
+    x0, cond = family.training_inputs(batch, uncond, torch.Generator().manual_seed(seed + first_index))
+    noise = draw_noise(gens, tuple(x0.shape[1:])).to(x0.device, x0.dtype)
+    t = t.to(x0.device)
+    loss = _per_sample_mse(family, x0, noise, t, cond, autocast_dtype)
+    if min_snr_gamma is not None:
+        loss = loss * min_snr_weights(family.noise_scheduler, t, min_snr_gamma, family.prediction_type)
+    return loss.mean()
+
+
+@torch.no_grad()
+def heldout_loss(
+    family: DiffusionFamily, batches: list[dict[str, Any]], autocast_dtype: torch.dtype | None = None
+) -> float:
+    """Unweighted denoising loss on fixed items, fixed noise and fixed timestep *fractions* of T (conditional).
+
+    Cheap and deterministic, so it ranks short trials (whose samples are still near chance) and is
+    comparable across T, Min-SNR on/off and accumulation settings.
+    """
+    num_t = family.noise_scheduler.config.num_train_timesteps
+    total, count = 0.0, 0
+    for batch in batches:
+        n = len(batch["levels"]) if "levels" in batch else len(batch["image"])
+        gens = sample_generators(HELDOUT_SEED, count, n)
+        frac = torch.cat([torch.rand(1, generator=g) for g in gens])
+        t = (frac * num_t).long().clamp(max=num_t - 1)
+        x0, cond = family.training_inputs(batch, torch.zeros(n, dtype=torch.bool), torch.Generator().manual_seed(0))
+        noise = draw_noise(gens, tuple(x0.shape[1:])).to(x0.device, x0.dtype)
+        total += float(_per_sample_mse(family, x0, noise, t.to(x0.device), cond, autocast_dtype).sum())
+        count += n
+    return total / max(count, 1)
