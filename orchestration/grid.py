@@ -1,0 +1,131 @@
+"""The study's search space: every grid trial (16 DDPM / 24 LoRA), or the Optuna (TPE) space over the same axes.
+
+A trial is a `TrialSpec`; at the Ray Tune boundary it travels as a flat dict (Tune's param_space) and
+comes back with `TrialSpec.from_params`. Min-SNR "off" is 0.0 in the space (Optuna and Tune both
+handle plain numbers), None in the spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from ray import tune
+
+from orchestration.config import SweepConfig
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One point of the search space: the study's axes plus the continuous ones Optuna may vary."""
+
+    grad_accum: int
+    timesteps: int
+    min_snr_gamma: float | None
+    channels: str | None = None  # DDPM: a name from SweepConfig.channel_sets
+    lora_rank: int | None = None  # SD + LoRA
+    lr: float | None = None  # None: the sweep's lr
+    p_uncond: float | None = None
+    guidance_scale: float | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrialSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in params.items() if k in names}
+        gamma = values.get("min_snr_gamma")
+        values["min_snr_gamma"] = float(gamma) if gamma else None
+        for k in ("grad_accum", "timesteps", "lora_rank"):
+            if values.get(k) is not None:
+                values[k] = int(values[k])
+        return cls(**values)
+
+    def resolved(self, cfg: SweepConfig) -> TrialSpec:
+        """Fill the continuous values the search left open from the sweep's config."""
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else cfg.lr,
+            p_uncond=self.p_uncond if self.p_uncond is not None else cfg.p_uncond,
+            guidance_scale=self.guidance_scale if self.guidance_scale is not None else cfg.guidance_scale,
+        )
+
+    def params(self) -> dict[str, Any]:
+        """Flat dict for Tune's param_space (0.0 = Min-SNR off); unset fields are left out."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out["min_snr_gamma"] = self.min_snr_gamma or 0.0
+        return out
+
+    @property
+    def label(self) -> str:
+        """Short readable name, e.g. `ga1-T1000-snroff-small` / `ga4-T10000-snr5-r4`."""
+        snr = "off" if self.min_snr_gamma is None else f"{self.min_snr_gamma:g}"
+        last = self.channels if self.channels is not None else f"r{self.lora_rank}"
+        return f"ga{self.grad_accum}-T{self.timesteps}-snr{snr}-{last}"
+
+
+def _last_axis(cfg: SweepConfig) -> tuple[str, list]:
+    if cfg.model == "ddpm":
+        return "channels", [name for name, _ in cfg.channel_sets]
+    return "lora_rank", list(cfg.lora_ranks)
+
+
+def grid_trials(cfg: SweepConfig) -> list[TrialSpec]:
+    """Every combination of the study's grid: GA x T x Min-SNR x (channels | LoRA rank)."""
+    key, values = _last_axis(cfg)
+    out = []
+    for ga, t, gamma, last in itertools.product(cfg.grad_accum_axis, cfg.timesteps_axis, cfg.min_snr_axis, values):
+        out.append(TrialSpec(grad_accum=ga, timesteps=t, min_snr_gamma=gamma or None, **{key: last}))
+    return out
+
+
+def param_space(cfg: SweepConfig) -> dict[str, Any]:
+    """Tune's param_space: grid_search over the study's axes, or Optuna-ready distributions."""
+    key, values = _last_axis(cfg)
+    axes = {
+        "grad_accum": list(cfg.grad_accum_axis),
+        "timesteps": list(cfg.timesteps_axis),
+        "min_snr_gamma": list(cfg.min_snr_axis),
+        key: values,
+    }
+    if cfg.search == "grid":
+        return {k: tune.grid_search(v) for k, v in axes.items()}
+    space: dict[str, Any] = {k: tune.choice(v) for k, v in axes.items()}
+    space["lr"] = tune.loguniform(*cfg.lr_range)
+    space["p_uncond"] = tune.uniform(*cfg.p_uncond_range)
+    space["guidance_scale"] = tune.uniform(*cfg.guidance_range)
+    return space
+
+
+def num_trials(cfg: SweepConfig) -> int:
+    return len(grid_trials(cfg)) if cfg.search == "grid" else cfg.num_samples
+
+
+def trial_table(cfg: SweepConfig) -> str:
+    """The trials the sweep will run, one line each (grid), or the Optuna space and its trial count."""
+    key, _ = _last_axis(cfg)
+    last_title = "channels" if key == "channels" else "lora rank"
+    lines = []
+    if cfg.search == "grid":
+        trials = grid_trials(cfg)
+        lines.append(f"{cfg.model} grid, preset {cfg.preset}: {len(trials)} trials x {cfg.epochs} epochs "
+                     f"(lr {cfg.lr:g}, p_uncond {cfg.p_uncond:g}, batch {cfg.batch_size}, {cfg.image_size}px)")
+        header = f"{'#':>3}  {'grad accum':>10}  {'T':>6}  {'min-SNR':>7}  {last_title:<28}"
+        lines += [header, "-" * len(header)]
+        channels = cfg.channels
+        for i, s in enumerate(trials, 1):
+            snr = "off" if s.min_snr_gamma is None else f"{s.min_snr_gamma:g}"
+            last = f"{s.channels} {list(channels[s.channels])}" if key == "channels" else str(s.lora_rank)
+            lines.append(f"{i:>3}  {s.grad_accum:>10}  {s.timesteps:>6}  {snr:>7}  {last:<28}")
+    else:
+        lines.append(f"{cfg.model} Optuna (TPE) search, preset {cfg.preset}: {cfg.num_samples} trials x "
+                     f"{cfg.epochs} epochs, scheduler {cfg.scheduler}, ranked by {cfg.select_metric}")
+        _, values = _last_axis(cfg)
+        lines.append(f"  grad_accum      choice {list(cfg.grad_accum_axis)}")
+        lines.append(f"  timesteps       choice {list(cfg.timesteps_axis)}")
+        lines.append(f"  min_snr_gamma   choice {list(cfg.min_snr_axis)} (0 = off)")
+        lines.append(f"  {key:<15} choice {values}")
+        lines.append(f"  lr              log-uniform [{cfg.lr_range[0]:g}, {cfg.lr_range[1]:g}]")
+        lines.append(f"  p_uncond        uniform [{cfg.p_uncond_range[0]:g}, {cfg.p_uncond_range[1]:g}]")
+        lines.append(f"  guidance_scale  uniform [{cfg.guidance_range[0]:g}, {cfg.guidance_range[1]:g}]")
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""`python -m orchestration.sweep`: the study's grid as a Ray Tune sweep, the final run, the CFG sweep, MLflow.
+
+With no flags it runs the embedded default (preset `cpu-demo`, see orchestration.config) for real
+on the synthetic faces: estimator, 16-trial DDPM grid, final run, CFG sweep, MLflow record, summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from orchestration.config import (
+    CHECKPOINT_POLICIES,
+    DEFAULT_PRESET,
+    METRIC_MODES,
+    MODELS,
+    PRESETS,
+    SCHEDULERS,
+    SEARCHES,
+    SweepConfig,
+    resolve,
+)
+from orchestration.errors import SweepError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        sys.exit(f"error: {message} (see --help)")
+
+
+def _int(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+    return parse
+
+
+def _float(lo: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo:g}, got {text}")
+        return value
+    return parse
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,2,3,4,5,7, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers like 1,2,3,4,5,7, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m orchestration.sweep",
+        description="Run the study's hyperparameter grid (or an Optuna search) as a Ray Tune sweep, retrain the "
+                    "best configuration, sweep the guidance scale, and record everything in MLflow.",
+    )
+    a = p.add_argument
+    a("--model", choices=MODELS, default="ddpm", help="model family: attribute DDPM or SD Nano + LoRA (default ddpm)")
+    a("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+      help="study = the study's settings for a GPU cluster; cpu-demo = the embedded 2-core CPU default")
+    a("--data", help="'toy' (the embedded synthetic faces, default) or an image-cache directory from data.prepare")
+    a("--search", choices=SEARCHES, help="grid = every combination of the study's axes; optuna = TPE over them + lr, "
+                                         "p_uncond, guidance")
+    a("--num-samples", type=_int(1), help="number of Optuna trials (the grid always runs each combination once)")
+    a("--scheduler", choices=SCHEDULERS, help="fifo = run every trial to the end; asha = stop weak trials early")
+    a("--epochs", type=_int(1), help="epochs per grid trial (study: 5)")
+    a("--final-epochs", type=_int(0), help="epochs of the final run of the best configuration (study: 15; 0 = skip "
+                                           "final run and CFG sweep)")
+    a("--select-metric", choices=sorted(METRIC_MODES),
+      help="metric that picks the best trial (study: fid, or fd_estimator when Inception is missing)")
+    a("--address", help="attach to a running Ray cluster (host:port, ray://host:port or auto); default: start a "
+                        "local one")
+    a("--gpus-per-trial", type=_float(0), help="GPUs each trial requests (default 1 when the cluster has GPUs, else 0)")
+    a("--max-concurrent", type=_int(1), help="at most this many trials at once (default: as resources allow)")
+    a("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded store here)")
+    a("--experiment", help="MLflow experiment and Ray run name (default condface-<model>-<preset>)")
+    a("--storage-path", help="where Ray Tune keeps trial results and checkpoints (a shared filesystem on clusters)")
+    a("--resume", action="store_true", help="continue the latest unfinished sweep of this experiment (Tuner.restore)")
+    a("--dry-run", action="store_true", help="print the trial table and exit")
+    a("--lr", type=_float(1e-12), help="learning rate of every trial (Optuna searches around it)")
+    a("--batch-size", type=_int(1), help="micro-batch size (study: 32)")
+    a("--guidance-scale", type=_float(0), help="classifier-free guidance scale for per-epoch samples and the final run")
+    a("--cfg-scales", type=_scales, help="guidance scales of the CFG sweep, comma-separated (default 1,2,3,4,5,7)")
+    a("--eval-samples", type=_int(1), help="fixed, seeded conditions generated and scored every epoch")
+    a("--final-samples", type=_int(1), help="samples of the final comparison (study: 100)")
+    a("--cfg-samples", type=_int(1), help="samples per guidance scale in the CFG sweep (study: 250)")
+    a("--checkpoint-artifacts", choices=CHECKPOINT_POLICIES,
+      help="which trial checkpoints MLflow keeps: none, each trial's best epoch, or all")
+    a("--artifact-limit-mb", type=_float(0), help="stop logging checkpoints to MLflow past this many MB")
+    a("--max-failures", type=_int(0), help="retries of a crashed trial, each from its last checkpoint")
+    a("--seed", type=_int(0), help="seed of training, conditions and sampling")
+    a("--no-dashboard", action="store_true", help="do not start the Ray dashboard with the local Ray runtime")
+    a("--fail-once-at-epoch", type=_int(0), help=argparse.SUPPRESS)  # testing: every trial crashes once there
+    return p
+
+
+_OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epochs", "select_metric", "address",
+              "gpus_per_trial", "max_concurrent", "tracking_uri", "experiment", "storage_path", "lr", "batch_size",
+              "guidance_scale", "cfg_scales", "eval_samples", "final_samples", "cfg_samples",
+              "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch")
+
+
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    overrides = {k: getattr(args, k) for k in _OVERRIDES}
+    return resolve(args.preset, model=args.model, resume=args.resume, dry_run=args.dry_run, **overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that run before anything starts, so a bad flag costs seconds and leaves nothing half-written
+# --------------------------------------------------------------------------------------------------
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A host:port (or ray://host:port) must accept a TCP connection; `auto` is left to Ray."""
+    if address is None or address == "auto" or address == "local":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} is not host:port, ray://host:port or auto: e.g. --address 10.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise SweepError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}): start it with "
+                         "`ray start --head` there, or drop --address to run a local Ray runtime") from None
+
+
+def check_storage(path: str) -> None:
+    if "://" in path:  # s3://, gs://, ... : pyarrow checks it when Tune first writes
+        return
+    root = Path(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SweepError(f"--storage-path {path} is not writable ({err.strerror or err}): pass a writable "
+                         "directory (a shared filesystem on clusters)") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if cfg.dry_run:
+            from orchestration.grid import trial_table
+
+            print(trial_table(cfg))
+            return
+        from orchestration.tracking import check_tracking_uri, default_tracking_uri
+
+        check_storage(cfg.storage_path)
+        check_tracking_uri(cfg.tracking_uri or default_tracking_uri())
+        check_address(cfg.address)
+        from orchestration.driver import run_sweep
+
+        started = time.time()
+        run_sweep(cfg, dashboard=not args.no_dashboard)
+        print(f"total wall time: {time.time() - started:.0f} s")
+    except SweepError as err:
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: continue this sweep with the same command and --resume")
+    except Exception as err:  # the other layers' one-line user errors
+        from data.errors import DataError
+        from evaluation.errors import EvalError
+
+        if isinstance(err, (DataError, EvalError)):
+            sys.exit(f"error: {err}")
+        raise
+
+
+if __name__ == "__main__":
+    main()

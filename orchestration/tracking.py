@@ -1,0 +1,361 @@
+"""MLflow tracking with ONE writer: the driver.
+
+Trials never touch MLflow. They report to Ray Tune; `MlflowTrialCallback` runs inside the Tune driver
+and writes what they report (params, per-epoch metrics, the sample-grid PNG and checkpoints of each
+epoch). So concurrent trials never write the embedded SQLite store concurrently, and a remote
+cluster's workers need no access to the tracking server.
+
+Layout of one sweep in MLflow: one experiment per sweep name; a parent run for the sweep; nested
+runs per trial (phase "grid"), for the final run (phase "final"), for the CFG sweep (phase "cfg");
+reference rows (untrained model, ground truth) once per experiment (phase "reference"). Every run
+ends FINISHED or FAILED: the driver closes what it opened in `finally` blocks; a run that a killed
+driver left RUNNING is reattached and closed by `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from orchestration.errors import SweepError
+
+TAG_PREFIX = "condface."
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+# Keys Tune adds to every result; everything else numeric that a trial reports is logged as a metric.
+_TUNE_KEYS = set(AUTO_RESULT_KEYS) | {
+    "done", "trial_id", "experiment_tag", "should_checkpoint", "episodes_this_iter", "timesteps_this_iter",
+    "epoch",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Store location and reachability
+# --------------------------------------------------------------------------------------------------
+def default_tracking_uri(cwd: str | Path | None = None) -> str:
+    """The embedded store: an SQLite file in the working directory."""
+    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlruns.db'}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside an SQLite file; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise SweepError when the store cannot be written (SQLite/file) or reached (http)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):])
+        _check_writable_dir(path.parent, what=f"MLflow store {uri}", flag="--tracking-uri")
+    elif parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+        except OSError as err:
+            raise SweepError(f"cannot reach the MLflow server at {uri} ({err.strerror or err}): start it "
+                             f"(`mlflow server ...`) or drop --tracking-uri to use the embedded store") from None
+    elif parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme else uri)
+        _check_writable_dir(path, what=f"MLflow store {uri}", flag="--tracking-uri")
+    # other schemes (databricks, ...) are checked by MLflow itself on first use
+
+
+def _check_writable_dir(path: Path, what: str, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SweepError(f"{what} is not writable ({err.strerror or err}): pass a writable {flag}") from None
+
+
+def mlflow_ui_command(uri: str) -> str:
+    cmd = f"mlflow ui --backend-store-uri {uri}"
+    if uri.startswith("sqlite:///"):
+        cmd += f" --default-artifact-root {artifact_root(uri)}"
+    return cmd
+
+
+# --------------------------------------------------------------------------------------------------
+# The tracker: explicit run ids, no global MLflow state
+# --------------------------------------------------------------------------------------------------
+class Tracker:
+    """Thin layer over MlflowClient for one experiment. Used only in the driver process."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.experiment = experiment
+        self._logged_steps: dict[str, set[int]] = {}
+
+    # --- runs ---------------------------------------------------------------------------------
+    def find_run(self, key: str) -> str | None:
+        """The run tagged with this key in this experiment (any status), or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_PREFIX}key` = '{key}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def open_run(self, key: str, name: str, parent: str | None = None, tags: dict[str, str] | None = None,
+                 params: dict[str, Any] | None = None) -> str:
+        """Create the run identified by `key`, or reopen it (status RUNNING again) if it exists."""
+        run_id = self.find_run(key)
+        if run_id is None:
+            all_tags = {RUN_NAME_TAG: name, f"{TAG_PREFIX}key": key, **(tags or {})}
+            if parent:
+                all_tags[PARENT_TAG] = parent
+            run_id = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+            if params:
+                self.log_params(run_id, params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            if tags:
+                self.set_tags(run_id, tags)
+            if params:
+                self.log_params(run_id, params, only_new=True)
+        return run_id
+
+    def finish(self, run_id: str, ok: bool = True, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, f"{TAG_PREFIX}end_reason", reason[:4000])
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def children(self, parent: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
+                                       max_results=1000)
+
+    # --- data ---------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, Any], only_new: bool = False) -> None:
+        items = {k: _param_str(v) for k, v in params.items()}
+        if only_new:
+            have = self.client.get_run(run_id).data.params
+            items = {k: v for k, v in items.items() if k not in have}
+        batch = [Param(k, v) for k, v in items.items()]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[i:i + 100])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:4000]) for k, v in tags.items()])
+
+    def logged_steps(self, run_id: str, key: str = "epoch") -> set[int]:
+        if run_id not in self._logged_steps:
+            self._logged_steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, key)}
+        return self._logged_steps[run_id]
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> bool:
+        """Log finite numbers at `step`; with a step, a step already logged (a resumed trial) is skipped."""
+        if step is not None:
+            steps = self.logged_steps(run_id)
+            if step in steps:
+                return False
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
+        if step is not None:
+            batch.append(Metric("epoch", float(step), ts, step))
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i:i + 500])
+        if step is not None:
+            steps.add(step)
+        return True
+
+    def log_unavailable(self, run_id: str, unavailable: dict[str, str]) -> None:
+        """A metric that could not be computed is a tag with its reason, never a number."""
+        if unavailable:
+            self.set_tags(run_id, {f"{TAG_PREFIX}unavailable.{k}": v for k, v in unavailable.items()})
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, obj, artifact_file)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _param_str(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        v = ",".join(str(x) for x in v)
+    return ("none" if v is None else str(v))[:6000]
+
+
+def dir_mb(path: str | Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+# --------------------------------------------------------------------------------------------------
+# The Tune callback: the single MLflow writer for trials
+# --------------------------------------------------------------------------------------------------
+class MlflowTrialCallback(Callback):
+    """Mirror every Tune trial into a nested MLflow run, from the driver.
+
+    phase: "grid" or "final". trial_params(config_dict) -> (run name, params) gives each trial's whole
+    resolved configuration. Checkpoint artifacts follow `policy` ("none" | "best" | "all") within
+    `limit_mb`. Picklable (Tune stores callbacks with the experiment state for `Tuner.restore`).
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, phase: str, tags: dict[str, str],
+                 trial_params, select_metric: str, select_mode: str, policy: str = "best",
+                 limit_mb: float = 2048.0):
+        self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
+        self.phase, self.tags, self.trial_params = phase, dict(tags), trial_params
+        self.metric, self.mode = select_metric, select_mode
+        self.policy, self.limit_mb = policy, limit_mb
+        self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.best: dict[str, tuple[float, str, int]] = {}  # trial id -> (value, checkpoint path, epoch)
+        self.logged_mb = 0.0
+        self._tracker: Tracker | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_tracker"] = None
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.experiment)
+        return self._tracker
+
+    def get_state(self) -> dict:
+        return {"runs": self.runs, "best": self.best, "logged_mb": self.logged_mb}
+
+    def set_state(self, state: dict) -> None:
+        self.runs, self.best, self.logged_mb = state["runs"], state["best"], state["logged_mb"]
+
+    def _run(self, trial) -> str:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            name, params = self.trial_params(trial.config)
+            tags = {**self.tags, f"{TAG_PREFIX}phase": self.phase, f"{TAG_PREFIX}trial_id": trial.trial_id}
+            run_id = self.tracker.open_run(f"{self.parent}/{self.phase}/{trial.trial_id}", name, self.parent,
+                                           tags=tags, params=params)
+            self.runs[trial.trial_id] = run_id
+        return run_id
+
+    # --- Tune hooks -------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.client.update_run(self._run(trial), status="RUNNING")
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.on_trial_start(iteration, trials, trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}retries": trial.num_failures,
+                                       f"{TAG_PREFIX}last_error": _error_line(trial)})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run(trial)
+        epoch = result.get("epoch")
+        metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and _is_number(v)}
+        self.tracker.log_metrics(run_id, metrics, step=int(epoch) if epoch is not None else None)
+        unavailable = result.get("unavailable")
+        if isinstance(unavailable, dict):
+            self.tracker.log_unavailable(run_id, unavailable)
+        static = result.get("static_params")
+        if isinstance(static, dict):
+            self.tracker.log_params(run_id, static, only_new=True)
+        value = result.get(self.metric)
+        if _is_number(value) and epoch is not None:
+            best = self.best.get(trial.trial_id)
+            better = best is None or (value < best[0] if self.mode == "min" else value > best[0])
+            if better:
+                self.best[trial.trial_id] = (float(value), "", int(epoch))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        run_id = self._run(trial)
+        path = Path(checkpoint.path)
+        report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else {}
+        epoch = int(report.get("epoch", -1))
+        for png in sorted(path.glob("*.png")):
+            self.tracker.log_artifact(run_id, png, f"samples/epoch_{epoch:03d}")
+        best = self.best.get(trial.trial_id)
+        if best is not None and best[2] == epoch:
+            self.best[trial.trial_id] = (best[0], str(path), epoch)
+        if self.policy == "all":
+            self._log_checkpoint(run_id, path / "engine", f"checkpoints/epoch_{epoch:03d}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        if self.policy == "best" and trial.trial_id in self.best:
+            value, path, epoch = self.best[trial.trial_id]
+            if path and Path(path, "engine").is_dir():
+                self._log_checkpoint(run_id, Path(path, "engine"), f"checkpoints/best_epoch_{epoch:03d}")
+        self.tracker.finish(run_id, ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        self.tracker.finish(run_id, ok=False, reason=_error_line(trial))
+
+    def _log_checkpoint(self, run_id: str, path: Path, artifact_path: str) -> None:
+        if not path.is_dir():
+            return
+        size = dir_mb(path)
+        if self.logged_mb + size > self.limit_mb:
+            self.tracker.set_tags(run_id, {f"{TAG_PREFIX}checkpoint_skipped":
+                                           f"{artifact_path}: artifact limit {self.limit_mb:g} MB reached "
+                                           f"(raise --artifact-limit-mb); it stays in the Ray storage path"})
+            return
+        self.tracker.log_artifact(run_id, path, artifact_path)
+        self.logged_mb += size
+
+
+def _error_line(trial) -> str:
+    msg = ""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        if path and os.path.isfile(path):
+            lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+            msg = lines[-1] if lines else ""
+    except OSError:
+        pass
+    return msg or "trial failed (see the Ray storage path for its error file)"
+
+
+def copy_tree(src: str | Path, dst: str | Path) -> Path:
+    """Copy a directory to `dst` atomically (temp + rename); replaces an older copy."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def numeric_items(d: dict[str, Any]) -> Iterable[tuple[str, float]]:
+    return ((k, float(v)) for k, v in d.items() if _is_number(v))
