@@ -1,0 +1,349 @@
+"""Stable Diffusion Nano 2.1 + LoRA: the text-conditioned family, trained by the one engine.
+
+The base is a diffusers `StableDiffusionPipeline` loaded with `from_pretrained` from a hub id or a
+local folder (default `bguisard/stable-diffusion-nano-2-1`; its VAE was trained at 128 px and turns
+64 px images into 8x8x4 latents), with no safety checker and the hub offline (`HF_HUB_OFFLINE=1`:
+the weights must already be in the local cache or folder). With `pretrained=None` the family uses the
+tiny offline base of `models.tiny_base`, saved in the same pipeline format and loaded by the same code.
+
+Every base weight is frozen; peft LoRA adapters (rank r, alpha = r, B initialised to zero so training
+starts exactly at the base) sit on every attention projection of the U-Net -- `to_q`, `to_k`, `to_v`,
+`to_out.0` of self- and cross-attention -- and are the only weights that train, in fp32 under the
+engine's bf16 autocast. Captions come from the data items; the engine's classifier-free-guidance drop
+replaces them with the empty caption, which is what the pipeline uses as its unconditional prompt.
+
+Noise schedule: the base's own scheduler config (betas, prediction type: epsilon or v) with
+`num_train_timesteps` = T. The study's caution holds: the base was trained with T = 1000. For another
+T the betas are rescaled by 1000/T (as the DDPM family does), so the noise *level* at a given fraction
+of the chain is unchanged, but the U-Net then receives timesteps 0..T-1 its time embedding never saw
+in pretraining, and the LoRA adapters must make up for it.
+
+Only the LoRA weights are saved (diffusers LoRA format, safetensors); `load_pipeline(dir)` loads them
+onto a fresh base with `pipe.load_lora_weights`, and any diffusers scheduler swaps in by `from_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+from models.errors import ConfigError
+from models.family import DiffusionFamily
+from models.schedulers import make_scheduler
+
+NANO_ID = "bguisard/stable-diffusion-nano-2-1"
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_INFO_FILE = "condface_lora.json"
+# The U-Net of Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1 unet/config.json; Nano 2.1 keeps the
+# architecture of 2-1-base): 865,910,724 parameters, the study's 865.91M. Used to count without weights.
+SD2_UNET_CONFIG: dict[str, Any] = dict(
+    sample_size=96, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True, upcast_attention=True,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
+)
+REAL_BASE_HINT = (
+    f"to use the real base, pass --pretrained {NANO_ID} (or a local folder) after "
+    f"`huggingface-cli download {NANO_ID}` on a connected machine"
+)
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """The base to adapt, the LoRA rank and the training schedule's T."""
+
+    preset: str = "custom"
+    pretrained: str | None = NANO_ID  # hub id or local folder; None -> the tiny offline base below
+    tiny_base: str = "cpu-32"  # models.tiny_base preset, used when pretrained is None
+    image_size: int = 64
+    rank: int = 4  # the study's grid: 2, 4, 8; alpha = rank
+    num_train_timesteps: int = 1000
+    prediction_type: str | None = None  # None: the base scheduler's (what the base was trained for)
+
+    def __post_init__(self) -> None:
+        from models.tiny_base import PRESETS as TINY
+
+        if self.rank < 1:
+            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.num_train_timesteps < 2:
+            raise ConfigError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ConfigError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.pretrained is None:
+            if self.tiny_base not in TINY:
+                raise ConfigError(f"unknown tiny base {self.tiny_base!r}; choose one of {sorted(TINY)}")
+            if TINY[self.tiny_base].image_size != self.image_size:
+                raise ConfigError(
+                    f"the tiny base {self.tiny_base!r} works at {TINY[self.tiny_base].image_size}px, not "
+                    f"image_size={self.image_size}; set image_size to {TINY[self.tiny_base].image_size}"
+                )
+
+    @property
+    def alpha(self) -> int:
+        return self.rank
+
+
+PRESETS: dict[str, LoRAConfig] = {
+    "study": LoRAConfig("study", NANO_ID, image_size=64),
+    "cpu-tiny": LoRAConfig("cpu-tiny", None, "cpu-32", image_size=32),
+    "cpu-16": LoRAConfig("cpu-16", None, "cpu-16", image_size=16),
+    "test": LoRAConfig("test", None, "test", image_size=16),
+}
+
+
+def lora_config(preset: str, **overrides: Any) -> LoRAConfig:
+    """A preset by name with field overrides, e.g. lora_config("cpu-tiny", rank=8, num_train_timesteps=10000)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown sd-lora preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> None:
+    """Freeze `unet` and add a peft LoRA adapter (B = 0 at start) on every attention projection.
+
+    Only the adapter weights require grad afterwards; they are kept in fp32 whatever the base's dtype.
+    """
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+                   target_modules=list(LORA_TARGETS))
+    )
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def count_sd2_parameters(rank: int) -> tuple[int, int]:
+    """(U-Net parameters, LoRA parameters at `rank`) of SD 2.x, built on the meta device (no memory)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD2_UNET_CONFIG)
+        total = sum(p.numel() for p in unet.parameters())
+        add_lora(unet, rank)
+    return total, sum(p.numel() for p in unet.parameters() if p.requires_grad)
+
+
+def load_base(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
+    """(the base pipeline in fp32 on CPU, a one-line description of which base it is)."""
+    if config.pretrained is None:
+        from models.tiny_base import PRESETS as TINY
+        from models.tiny_base import ensure_tiny_base
+
+        path, description = ensure_tiny_base(TINY[config.tiny_base])
+        return load_pipeline_folder(path), description
+    return load_pipeline_folder(config.pretrained), f"{config.pretrained} (pretrained Stable Diffusion base)"
+
+
+def load_pipeline_folder(id_or_path: str | Path) -> StableDiffusionPipeline:
+    """`StableDiffusionPipeline.from_pretrained` offline, without a safety checker; one-line error if missing."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(id_or_path), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            dtype=torch.float32,
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot load the Stable Diffusion base {str(id_or_path)!r} offline ({type(err).__name__}); download it "
+            f"first (`huggingface-cli download {id_or_path}`) or pass a local pipeline folder, or omit --pretrained "
+            "to use the tiny offline base"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def training_scheduler(base_scheduler_config: Any, num_train_timesteps: int, prediction_type: str | None):
+    """DDPMScheduler with the base's betas and prediction type; betas rescaled by T_base/T for another T."""
+    cfg = dict(base_scheduler_config)
+    base_t = cfg.get("num_train_timesteps", 1000)
+    overrides: dict[str, Any] = {"num_train_timesteps": num_train_timesteps, "clip_sample": False}
+    if num_train_timesteps != base_t:
+        if cfg.get("trained_betas") is not None or cfg.get("beta_schedule") not in ("linear", "scaled_linear"):
+            raise ConfigError(
+                f"T={num_train_timesteps} differs from the base's T={base_t} and its schedule "
+                f"{cfg.get('beta_schedule')!r} cannot be rescaled; keep num_train_timesteps={base_t}"
+            )
+        scale = base_t / num_train_timesteps  # scales every (scaled-)linear beta by the same factor
+        overrides.update(beta_start=cfg.get("beta_start", 0.00085) * scale, beta_end=cfg.get("beta_end", 0.012) * scale)
+    if prediction_type is not None:
+        overrides["prediction_type"] = prediction_type
+    return DDPMScheduler.from_config(cfg, **overrides)
+
+
+class StableDiffusionFamily(DiffusionFamily):
+    """A Stable Diffusion pipeline as an engine family: x0 = VAE latents, cond = caption embeddings.
+
+    As is, the whole U-Net trains (how `models.tiny_base` pretrains its base); `SDLoRAFamily`
+    freezes it and trains adapters.
+    """
+
+    name = "sd"
+
+    def __init__(self, pipe: StableDiffusionPipeline, image_size: int, base_description: str,
+                 num_train_timesteps: int = 1000, prediction_type: str | None = None):
+        self.base = pipe
+        self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+        self.module = pipe.unet
+        self.image_size = image_size
+        self.base_description = base_description
+        self.vae.requires_grad_(False).eval()
+        self.text_encoder.requires_grad_(False).eval()
+        self.noise_scheduler = training_scheduler(pipe.scheduler.config, num_train_timesteps, prediction_type)
+        factor = pipe.vae_scale_factor
+        if image_size % factor:
+            raise ConfigError(f"image_size {image_size} must be a multiple of the VAE's downsampling factor {factor}")
+
+    def to(self, device: str | torch.device) -> StableDiffusionFamily:
+        for net in (self.module, self.vae, self.text_encoder):
+            net.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """Caption embeddings exactly as StableDiffusionPipeline.encode_prompt computes them (no clip skip)."""
+        ids = self.tokenizer(
+            list(captions), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        )
+        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
+            else None
+        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents (a sample of the VAE posterior, as SD training does)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        latents = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist.sample(generator=generator)
+        return latents * self.vae.config.scaling_factor
+
+    def training_inputs(
+        self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        images = batch["image"]
+        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
+            raise ConfigError(
+                f"the data has {tuple(images.shape[-2:])} images but this sd-lora base is set up for "
+                f"{self.image_size}px; use data of that size (e.g. --data toy at {self.image_size}px)"
+            )
+        captions = ["" if drop else str(c) for c, drop in zip(batch["caption"], uncond.tolist())]
+        return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(captions)}
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        return self.module(noisy, timesteps, encoder_hidden_states=cond["encoder_hidden_states"]).sample
+
+    def pipeline(self, sampler: str = "ddpm") -> StableDiffusionPipeline:
+        """The standard StableDiffusionPipeline over this family's networks with sampler `sampler`."""
+        pipe = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.module,
+            scheduler=make_scheduler(sampler, self.noise_scheduler, space="latent"), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        _atomic_dir(directory, lambda tmp: self.pipeline().save_pretrained(tmp))
+
+    def parameter_counts(self) -> dict[str, int]:
+        nets = (self.module, self.vae, self.text_encoder)
+        return {
+            "total": sum(p.numel() for net in nets for p in net.parameters()),
+            "trainable": sum(p.numel() for p in self.trainable_parameters().values()),
+            "unet": sum(p.numel() for n, p in self.module.named_parameters() if "lora_" not in n),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "image_size": self.image_size, "base": self.base_description}
+
+
+class SDLoRAFamily(StableDiffusionFamily):
+    """The base frozen, LoRA (rank r, alpha r) on every U-Net attention projection; only LoRA trains."""
+
+    name = "sd-lora"
+
+    def __init__(self, config: LoRAConfig, base: tuple[StableDiffusionPipeline, str] | None = None,
+                 verbose: bool = True):
+        pipe, description = base if base is not None else load_base(config)
+        super().__init__(pipe, config.image_size, description, config.num_train_timesteps, config.prediction_type)
+        self.config = config
+        add_lora(self.module, config.rank, config.alpha)
+        if verbose:
+            counts = self.parameter_counts()
+            print(
+                f"sd-lora: base {description}\n"
+                f"sd-lora: U-Net {counts['unet'] / 1e6:.2f}M params (all frozen), LoRA r={config.rank} trains "
+                f"{counts['trainable']:,} ({100 * counts['trainable'] / counts['total']:.3f}% of "
+                f"{counts['total'] / 1e6:.2f}M in U-Net + VAE + text encoder)",
+                flush=True,
+            )
+            if config.pretrained is None:
+                print(f"sd-lora: {REAL_BASE_HINT}", flush=True)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapters in the diffusers LoRA format (what `save_lora_weights` writes)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.module))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Only the LoRA weights (safetensors, diffusers format) + which base and settings they belong to."""
+        info = {"lora_config": dataclasses.asdict(self.config), "base_description": self.base_description,
+                "scheduler": dict(self.noise_scheduler.config)}
+
+        def write(tmp: Path) -> None:
+            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=self.lora_state_dict(),
+                                                      safe_serialization=True)
+            (tmp / LORA_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+
+        _atomic_dir(directory, write)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **{f"lora_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
+
+
+def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm") -> StableDiffusionPipeline:
+    """A fresh base with the saved LoRA weights loaded (`load_lora_weights`) and sampler `sampler`."""
+    lora_dir = Path(lora_dir)
+    info_path = lora_dir / LORA_INFO_FILE
+    if not info_path.is_file():
+        raise ConfigError(f"{lora_dir} holds no sd-lora weights (no {LORA_INFO_FILE}); point at a saved LoRA folder")
+    info = json.loads(info_path.read_text())
+    config = LoRAConfig(**info["lora_config"])
+    pipe, _ = load_base(config)
+    pipe.load_lora_weights(lora_dir)
+    base_sched = training_scheduler(pipe.scheduler.config, config.num_train_timesteps, config.prediction_type)
+    pipe.scheduler = make_scheduler(sampler, base_sched, space="latent")
+    return pipe
+
+
+def _atomic_dir(directory: str | Path, write) -> None:
+    """Write a folder via `write(tmp)` into a temporary sibling, then rename it into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,265 @@
+"""A small offline stand-in for Stable Diffusion Nano 2.1, built from the same diffusers/transformers classes.
+
+The real base (`bguisard/stable-diffusion-nano-2-1`) cannot be downloaded on offline machines, so the
+`sd-lora` family falls back to this one: AutoencoderKL + CLIPTextModel with a CLIP BPE tokenizer trained
+here on the captions + UNet2DConditionModel with SD 2.x-style cross-attention (linear projections).
+Like Nano at 64 px, it turns images into 8x8x4 latents (a VAE with fewer down blocks at 32 px).
+
+Pretraining (about a minute or two on 2 CPU cores):
+1. the tokenizer is trained on the training captions (`CLIPTokenizer.train_new_from_iterator`);
+2. the CLIP text encoder keeps its seeded random weights (frozen, like SD's text encoder);
+3. the VAE is trained briefly to reconstruct the faces (MSE + a small KL term), and its latent
+   `scaling_factor` is set to 1/std of the latents, the way SD's 0.18215 was chosen;
+4. the U-Net is trained with the one training engine on captions SHUFFLED across images (10% empty):
+   it learns to draw faces and sees the real distribution of text contexts, but no caption tells it
+   anything about its image. The base therefore does not know the attributes, and what the LoRA
+   adapters learn about the condition shows in the metrics above the base's reference row.
+
+The result is saved as a real `StableDiffusionPipeline` folder (`save_pretrained`), so the same
+`StableDiffusionPipeline.from_pretrained(path)` loads it and the real base. It is cached under
+`$CONDFACE_HOME/sd-base/<name>-<hash>` (default `~/.cache/condface`), written atomically under a file
+lock so concurrent trials build it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+BASE_INFO_FILE = "condface_base.json"
+
+
+@dataclass(frozen=True)
+class TinyBaseConfig:
+    """Architecture and pretraining budget of the tiny offline base."""
+
+    name: str = "cpu-32"
+    image_size: int = 32
+    # len(vae_channels) - 1 down-samplings: 3 blocks -> 4x, so 32 px -> 8x8x4 latents (Nano: 64 px -> 8x8x4).
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (64, 128)
+    unet_head_dims: tuple[int, ...] = (4, 8)  # diffusers' `attention_head_dim` = number of heads here, as in SD 2.x
+    text_hidden: int = 64
+    text_layers: int = 2
+    vocab_size: int = 512
+    max_caption_tokens: int = 64  # the synthetic captions are at most 62 tokens with this tokenizer
+    vae_steps: int = 300
+    vae_lr: float = 1e-3
+    unet_epochs: int = 1
+    unet_lr: float = 1e-3
+    batch_size: int = 32
+    train_images: int | None = 20000  # images of the training split used for pretraining (None: all)
+    p_uncond: float = 0.1
+    seed: int = 0
+
+    def key(self) -> str:
+        """A short content hash: a changed setting gets its own cache folder."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+PRESETS: dict[str, TinyBaseConfig] = {
+    "cpu-32": TinyBaseConfig(),
+    # 16 px images, a 2-block VAE (2x) -> 8x8x4 latents: for the fastest CPU demos.
+    "cpu-16": TinyBaseConfig(name="cpu-16", image_size=16, vae_channels=(32, 64), train_images=20000),
+    # Seconds to build: for tests only (it draws noise, not faces).
+    "test": TinyBaseConfig(
+        name="test", image_size=16, vae_channels=(16, 16), unet_channels=(16, 32), unet_head_dims=(2, 4),
+        text_hidden=16, text_layers=1, vocab_size=300, max_caption_tokens=64, vae_steps=2, unet_epochs=1,
+        batch_size=8, train_images=16,
+    ),
+}
+
+
+def condface_home() -> Path:
+    return Path(os.environ.get("CONDFACE_HOME", Path.home() / ".cache" / "condface"))
+
+
+def tiny_base_dir(config: TinyBaseConfig, root: str | Path | None = None) -> Path:
+    return Path(root) if root is not None else condface_home() / "sd-base" / config.key()
+
+
+def describe(config: TinyBaseConfig, path: Path) -> str:
+    return (
+        f"tiny offline SD base '{config.name}' ({config.image_size}px, pretrained here on the synthetic faces "
+        f"with shuffled captions; not Stable Diffusion Nano) at {path}"
+    )
+
+
+def build_components(config: TinyBaseConfig, captions: list[str]):
+    """Untrained vae, text_encoder, tokenizer (trained on `captions`), unet, scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(config.seed)
+    tokenizer = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=config.vocab_size)
+    tokenizer.model_max_length = config.max_caption_tokens
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=config.text_hidden, intermediate_size=2 * config.text_hidden,
+            num_hidden_layers=config.text_layers, num_attention_heads=max(1, config.text_hidden // 16),
+            max_position_embeddings=config.max_caption_tokens, projection_dim=config.text_hidden,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    n = len(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=config.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1, norm_num_groups=min(16, config.vae_channels[0]), sample_size=config.image_size,
+    )
+    latent = config.image_size // 2 ** (n - 1)
+    m = len(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=config.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (m - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (m - 1),
+        cross_attention_dim=config.text_hidden, attention_head_dim=config.unet_head_dims,
+        use_linear_projection=True, norm_num_groups=min(16, config.unet_channels[0]),
+    )
+    # SD 2.x's training schedule: scaled-linear betas 0.00085..0.012 over T = 1000, epsilon prediction.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, steps_offset=1,
+    )
+    return vae, text_encoder, tokenizer, unet, scheduler
+
+
+def pretrain_vae(vae, images: torch.Tensor, config: TinyBaseConfig, kl_weight: float = 1e-6) -> float:
+    """Train the autoencoder to reconstruct `images` (N,3,H,W in [-1,1]); set its latent scaling factor.
+
+    Returns the final reconstruction MSE. Diffusers ships the model but no VAE trainer; this is that loop.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    vae.train()
+    bar = tqdm(range(config.vae_steps), desc="tiny base: VAE", leave=False)
+    mse = float("nan")
+    for _ in bar:
+        x = images[torch.randint(len(images), (config.batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss_rec = torch.nn.functional.mse_loss(recon, x)
+        loss = loss_rec + kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        mse = loss_rec.item()
+        bar.set_postfix(mse=f"{mse:.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        z = vae.encode(images[:256]).latent_dist.sample(generator=gen)
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return mse
+
+
+class ShuffledCaptions(torch.utils.data.Dataset):
+    """The dataset with every image paired with another item's caption (a fixed permutation).
+
+    The U-Net sees the real distribution of captions but none that describes its image.
+    """
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset = dataset
+        self.perm = np.random.default_rng(seed).permutation(len(dataset))
+        self.captions = [dataset.cache.captions[int(j)] for j in dataset.indices] if hasattr(dataset, "cache") else [
+            dataset[i]["caption"] for i in range(len(dataset))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        item["caption"] = self.captions[int(self.perm[i])]
+        return item
+
+
+def pretrain_unet(family, dataset, config: TinyBaseConfig) -> dict:
+    """Train the whole U-Net with the one engine on `dataset` with shuffled captions; EMA weights kept."""
+    from models.engine import TrainConfig, fit
+
+    train = TrainConfig(
+        epochs=config.unet_epochs, batch_size=config.batch_size, lr=config.unet_lr, p_uncond=config.p_uncond,
+        seed=config.seed, val_samples=0, ema=True, ema_decay=0.999, device="cpu",
+    )
+    result = fit(family, train, ShuffledCaptions(dataset, config.seed), checkpoint_dir=None, resume=False)
+    return result.history[-1] if result.history else {}
+
+
+def build_tiny_base(config: TinyBaseConfig, dataset, out: str | Path) -> Path:
+    """Build, pretrain and save the tiny base as a StableDiffusionPipeline folder at `out` (atomically)."""
+    from diffusers import StableDiffusionPipeline
+
+    from models.sd_lora import StableDiffusionFamily
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    captions = [dataset[i]["caption"] for i in range(len(dataset))] if not hasattr(dataset, "cache") else [
+        dataset.cache.captions[int(j)] for j in dataset.indices
+    ]
+    vae, text_encoder, tokenizer, unet, scheduler = build_components(config, captions)
+    n_vae = min(len(dataset), 4096)
+    images = torch.stack([dataset[i]["image"] for i in range(n_vae)])
+    if tuple(images.shape[-2:]) != (config.image_size,) * 2:
+        raise ValueError(f"tiny base {config.name!r} needs {config.image_size}px images, got {tuple(images.shape[-2:])}")
+    mse = pretrain_vae(vae, images, config)
+    vae_seconds = time.perf_counter() - start
+    print(f"tiny base: VAE trained ({config.vae_steps} steps, reconstruction MSE {mse:.4f}, "
+          f"latent scaling factor {vae.config.scaling_factor:.3f}, {vae_seconds:.0f}s)", flush=True)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    family = StableDiffusionFamily(pipe, config.image_size, "tiny base (being pretrained)")
+    last = pretrain_unet(family, dataset, config)
+    seconds = time.perf_counter() - start
+    info = {"config": dataclasses.asdict(config), "vae_mse": mse, "unet_train_loss": last.get("train_loss"),
+            "pretrain_seconds": round(seconds, 1), "train_images": len(dataset),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / BASE_INFO_FILE).write_text(json.dumps(info, indent=2))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"tiny base: pretrained in {seconds:.0f}s, saved to {out}", flush=True)
+    return out
+
+
+def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dataset=None) -> tuple[Path, str]:
+    """(folder, description) of the cached tiny base, building it first if needed (once, under a lock).
+
+    dataset: what to pretrain on; default the embedded synthetic faces' training split at the base's size.
+    """
+    from filelock import FileLock
+
+    path = tiny_base_dir(config, root)
+    if not (path / BASE_INFO_FILE).is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.parent / f".{path.name}.lock")):
+            if not (path / BASE_INFO_FILE).is_file():
+                if dataset is None:
+                    from data.dataset import FaceDataset, resolve_data
+
+                    dataset = FaceDataset(resolve_data("toy", config.image_size), "train", limit=config.train_images)
+                print(f"tiny base: building '{config.name}' (no cached base at {path}; about a minute or two)",
+                      flush=True)
+                build_tiny_base(config, dataset, path)
+    return path, describe(config, path)
