@@ -27,6 +27,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from data.schema import COND_DIM
+from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
 from models.schedulers import make_scheduler, training_scheduler
@@ -54,25 +55,25 @@ class DDPMConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+            raise ConfigError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(
+            raise ConfigError(
                 f"every channel count in {self.block_out_channels} must be a multiple of "
                 f"norm_num_groups={self.norm_num_groups}"
             )
         if self.image_size % 2 ** (len(self.block_out_channels) - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} must be divisible by 2^{len(self.block_out_channels) - 1} "
                 f"for {len(self.block_out_channels)} levels"
             )
         attn_channels = {"all": self.block_out_channels, "lowest": self.block_out_channels[-1:], "none": ()}
         if any(c % self.attention_head_dim for c in attn_channels[self.attention]):
-            raise ValueError(
+            raise ConfigError(
                 f"attention_head_dim={self.attention_head_dim} must divide the channels of every level with "
                 f"attention ({attn_channels[self.attention]})"
             )
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+            raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
     def unet_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -97,7 +98,7 @@ PRESETS: dict[str, DDPMConfig] = {
 def ddpm_config(preset: str, **overrides: Any) -> DDPMConfig:
     """A preset by name with field overrides, e.g. ddpm_config("cpu-tiny", num_train_timesteps=10000)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown ddpm preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown ddpm preset {preset!r}; choose one of {sorted(PRESETS)}")
     if "block_out_channels" in overrides:
         overrides["block_out_channels"] = tuple(int(c) for c in overrides["block_out_channels"])
     return dataclasses.replace(PRESETS[preset], **overrides)
@@ -166,7 +167,7 @@ class DDPMFamily(DiffusionFamily):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         x0 = batch["image"]
         if tuple(x0.shape[-2:]) != (self.config.image_size,) * 2:
-            raise ValueError(
+            raise ConfigError(
                 f"the data has {tuple(x0.shape[-2:])} images but ddpm preset {self.config.preset!r} is "
                 f"{self.config.image_size}px; use data of that size or set image_size"
             )

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.objective import heldout_loss, training_loss
 
@@ -151,7 +152,7 @@ def fit(
     named = family.trainable_parameters()
     params = list(named.values())
     if not params:
-        raise ValueError(f"family {family.name!r} has no trainable parameters")
+        raise ConfigError(f"family {family.name!r} has no trainable parameters")
     steps_per_epoch = _steps_per_epoch(len(train_dataset), cfg)
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
@@ -266,7 +267,7 @@ def _validate(cfg: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 def _device(name: str) -> torch.device:
@@ -274,7 +275,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
+        raise ConfigError("device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
     return device
 
 
@@ -293,7 +294,7 @@ def _seed_everything(seed: int) -> None:
 def _steps_per_epoch(n: int, cfg: TrainConfig) -> int:
     steps = (n // cfg.batch_size) // cfg.grad_accum
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"the training set has {n} items, fewer than batch_size x grad_accum = {cfg.batch_size * cfg.grad_accum}; "
             "lower the batch size or use more data"
         )
@@ -315,7 +316,7 @@ def _resume_source(checkpoint_dir: str | Path | None, resume: bool | str | Path)
         return latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     path = Path(resume)
     if not path.is_dir():
-        raise ValueError(f"cannot resume: no checkpoint directory at {path}")
+        raise ConfigError(f"cannot resume: no checkpoint directory at {path}")
     return path
 
 
@@ -379,7 +380,7 @@ def _restore(
     ckpt = load_checkpoint(path, device="cpu")
     state = ckpt["state"]
     if state["family"] != family.name or state["parameter_names"] != list(named):
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {path} is of family {state['family']!r} with other parameters than this "
             f"{family.name!r} model; point --resume/checkpoint_dir at a matching run or start fresh"
         )

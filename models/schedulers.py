@@ -20,6 +20,8 @@ from typing import Any
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
+from models.errors import ConfigError
+
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
@@ -38,9 +40,9 @@ def training_scheduler(
 ) -> DDPMScheduler:
     """The training `DDPMScheduler`; `beta_start`/`beta_end` are given for T = 1000 and rescaled for other T."""
     if beta_schedule not in BETA_SCHEDULES:
-        raise ValueError(f"unknown beta schedule {beta_schedule!r}; choose one of {sorted(BETA_SCHEDULES)}")
+        raise ConfigError(f"unknown beta schedule {beta_schedule!r}; choose one of {sorted(BETA_SCHEDULES)}")
     if num_train_timesteps < 2:
-        raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
+        raise ConfigError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
     scale = REFERENCE_T / num_train_timesteps
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
@@ -59,9 +61,9 @@ def make_scheduler(name: str, base_config: Any, space: str = "pixel") -> Schedul
     """A sampler `name` ("ddpm", "ddim", "dpm++") with the betas/T/prediction type of `base_config`
     (a scheduler or its config), configured for `space` ("pixel" in [-1, 1] or "latent")."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     if space not in ("pixel", "latent"):
-        raise ValueError(f"space must be 'pixel' or 'latent', got {space!r}")
+        raise ConfigError(f"space must be 'pixel' or 'latent', got {space!r}")
     config = getattr(base_config, "config", base_config)
     pixel = space == "pixel"
     if name == "ddpm":

@@ -1,0 +1,57 @@
+"""Model families by name, so callers never branch on family internals.
+
+    config = family_config("ddpm", "cpu-tiny", num_train_timesteps=10_000)
+    family = build_family("ddpm", config, seed=0)
+
+A family registers a `FamilySpec` factory in FAMILIES (imported lazily: building the registry
+loads no model code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.errors import ConfigError
+from models.family import DiffusionFamily
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    presets: tuple[str, ...]
+    config: Callable[..., Any]  # (preset, **overrides) -> the family's frozen config dataclass
+    build: Callable[[Any], DiffusionFamily]  # config -> family with freshly initialised weights
+
+
+def _ddpm() -> FamilySpec:
+    from models.ddpm import PRESETS, DDPMFamily, ddpm_config
+
+    return FamilySpec(presets=tuple(PRESETS), config=ddpm_config, build=DDPMFamily)
+
+
+FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm}
+
+
+def family_spec(model: str) -> FamilySpec:
+    if model not in FAMILIES:
+        raise ConfigError(f"unknown model {model!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[model]()
+
+
+def family_config(model: str, preset: str, **overrides: Any) -> Any:
+    """The named preset of `model` with field overrides (unknown fields raise ConfigError)."""
+    try:
+        return family_spec(model).config(preset, **overrides)
+    except TypeError as err:  # dataclasses.replace on an unknown field
+        raise ConfigError(f"bad {model} setting: {err}") from err
+
+
+def build_family(model: str, config: Any, seed: int = 0) -> DiffusionFamily:
+    """A fresh family whose weight initialisation is seeded (the global RNG is left untouched)."""
+    spec = family_spec(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build(config)

@@ -1,0 +1,130 @@
+"""The sampling API every family shares, and attribute sample grids.
+
+`generate` takes a family (its current weights; inside `fit` use `with report.sampling() as pipe`
+to get the EMA weights) or a loaded pipeline, and returns uint8 images. Attribute pipelines
+(the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA) on `captions`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image, ImageDraw
+
+from data.schema import ATTRIBUTES, NUM_LEVELS, check_levels
+from data.synthetic_captions import caption
+from models.errors import ConfigError
+from models.family import DiffusionFamily
+from models.pipeline_ddpm import AttributeDiffusionPipeline
+from models.schedulers import make_scheduler
+
+
+def generate(
+    family_or_pipeline: DiffusionFamily | DiffusionPipeline,
+    levels: np.ndarray | None,
+    captions: Sequence[str] | None,
+    guidance_scale: float,
+    num_inference_steps: int,
+    seed: int,
+    scheduler: str = "ddpm",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """uint8 (B, H, W, 3) images, one per condition, sampled with `scheduler` ("ddpm", "ddim", "dpm++").
+
+    Deterministic for a given (seed, batch_size): one CPU generator drives all batches in order.
+    """
+    pipe = family_or_pipeline.pipeline() if isinstance(family_or_pipeline, DiffusionFamily) else family_or_pipeline
+    attribute = isinstance(pipe, AttributeDiffusionPipeline)
+    if attribute:
+        if levels is None:
+            raise ConfigError("this model is conditioned on attribute levels: pass levels (B, 5)")
+        conditions = np.asarray(levels)
+        check_levels(conditions)
+    else:
+        if captions is None:
+            raise ConfigError("this model is conditioned on text: pass captions")
+        conditions = list(captions)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(scheduler, original.config, space="pixel" if attribute else "latent")
+    pipe.set_progress_bar_config(disable=not progress)
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    try:
+        for start in range(0, len(conditions), batch_size):
+            part = conditions[start : start + batch_size]
+            kwargs = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                          generator=generator, output_type="np")
+            out = pipe(part, **kwargs) if attribute else pipe(prompt=part, **kwargs)
+            chunks.append(np.asarray(out.images))
+    finally:
+        pipe.scheduler = original
+    if not chunks:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    return (np.concatenate(chunks) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def attribute_sweep(base: Sequence[int] = (0, 0, 0, 0, 0)) -> np.ndarray:
+    """Levels for a 5 x 6 grid: row a varies attribute a over levels 0..5, the others stay at `base`."""
+    rows = []
+    for a in range(len(ATTRIBUTES)):
+        for level in range(NUM_LEVELS):
+            row = list(base)
+            row[a] = level
+            rows.append(row)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def image_grid(
+    images: np.ndarray, ncols: int, row_labels: Sequence[str] | None = None, scale: int | None = None
+) -> Image.Image:
+    """Tile uint8 (N, H, W, 3) images into one picture (nearest-neighbour enlarged), labels left of rows."""
+    n, h, w, _ = images.shape
+    scale = scale or max(1, 64 // h)  # tiles at least 64 px wide
+    nrows = -(-n // ncols)
+    label_w = 70 if row_labels else 0
+    canvas = Image.new("RGB", (label_w + ncols * w * scale, nrows * h * scale), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncols)
+        tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
+        canvas.paste(tile, (label_w + c * w * scale, r * h * scale))
+    for r, label in enumerate(row_labels or []):
+        draw.text((4, r * h * scale + h * scale // 2 - 6), label, fill="black")
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def attribute_grid(
+    family_or_pipeline: DiffusionFamily | DiffusionPipeline,
+    guidance_scale: float,
+    num_inference_steps: int,
+    seed: int = 0,
+    scheduler: str = "ddpm",
+    captions: Sequence[str] | None = None,
+) -> Image.Image:
+    """The study's picture: one row per attribute, its level rising 0..5 left to right."""
+    levels = attribute_sweep()
+    pipe = family_or_pipeline.pipeline() if isinstance(family_or_pipeline, DiffusionFamily) else family_or_pipeline
+    if captions is None and not isinstance(pipe, AttributeDiffusionPipeline):
+        rng = np.random.default_rng(seed)
+        captions = [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]
+    images = generate(family_or_pipeline, levels, captions, guidance_scale, num_inference_steps, seed, scheduler)
+    return image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES))
