@@ -379,7 +379,10 @@ def _restore(
 ) -> tuple[int, int, int]:
     ckpt = load_checkpoint(path, device="cpu")
     state = ckpt["state"]
-    if state["family"] != family.name or state["parameter_names"] != list(named):
+    shapes_match = all(
+        name in ckpt["trainable"] and ckpt["trainable"][name].shape == p.shape for name, p in named.items()
+    )
+    if state["family"] != family.name or state["parameter_names"] != list(named) or not shapes_match:
         raise ConfigError(
             f"checkpoint {path} is of family {state['family']!r} with other parameters than this "
             f"{family.name!r} model; point --resume/checkpoint_dir at a matching run or start fresh"
