@@ -25,8 +25,8 @@ from tqdm import tqdm
 from data.cache import SPLITS, CacheWriter, FaceCache
 from data.errors import DataError
 from data.schema import ATTRIBUTES, NUM_ATTRIBUTES, NUM_LEVELS, check_levels
-from data.synthetic_captions import LEVEL_LABELS, caption
-from data.synthetic_draw import render_face, sample_look
+from data.synthetic_captions import LEVEL_LABELS
+from data.synthetic_draw import draw_range, face_rng, render_face, sample_look
 
 GENERATOR_VERSION = 1  # bump when drawing changes, so old cached toy sets are not reused
 MIN_SIZE, MAX_SIZE = 16, 512
@@ -57,22 +57,6 @@ def sample_levels(n: int, rng: np.random.Generator, distribution: str = "skewed"
     return np.stack(cols, 1).astype(np.int64).reshape(n, NUM_ATTRIBUTES)
 
 
-def face_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator for face `index` of a set drawn with `seed` (its look and caption wording)."""
-    return np.random.default_rng([seed, index])
-
-
-def _draw_range(levels: np.ndarray, size: int, seed: int, start: int) -> tuple[np.ndarray, list[str]]:
-    images = np.empty((len(levels), size, size, 3), np.uint8)
-    captions = []
-    for j, lv in enumerate(levels):
-        rng = face_rng(seed, start + j)
-        look = sample_look(rng, int(lv[2]))
-        images[j] = render_face(lv, look, size)
-        captions.append(caption(lv, look.male, rng))
-    return images, captions
-
-
 def _check_size(size: int) -> None:
     if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(f"image size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}: pick e.g. 16, 32 or 64")
@@ -100,11 +84,11 @@ def iter_faces(levels: np.ndarray, size: int, seed: int, workers: int | None = N
     starts = range(0, n, _CHUNK)
     if workers == 1 or n < _PARALLEL_FROM:
         for s in starts:
-            yield (s, *_draw_range(levels[s:s + _CHUNK], size, seed, s))
+            yield (s, *draw_range(levels[s:s + _CHUNK], size, seed, s))
         return
     # spawn, not fork: callers may be Ray workers or hold torch/OpenCV thread pools that fork would copy broken
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_draw_range, levels[s:s + _CHUNK], size, seed, s) for s in starts]
+        futures = [pool.submit(draw_range, levels[s:s + _CHUNK], size, seed, s) for s in starts]
         for s, fut in zip(starts, futures):
             yield (s, *fut.result())
 

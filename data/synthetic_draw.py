@@ -6,7 +6,7 @@ designed on a 64 x 64 unit square, drawn at 2x-8x the output resolution with ant
 primitives on a transparent layer, warped by the pose, area-downsampled and laid over the
 background. Feature sizes and contrasts are chosen so the levels stay apart at 16 x 16 pixels.
 
-This module imports only numpy and OpenCV so that worker processes start fast.
+This module imports only numpy, OpenCV and the caption templates, so worker processes start fast.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from data.synthetic_captions import caption
 
 UNITS = 64.0  # design square
 PAD = 12.0  # units drawn around the square so a shifted or shrunken face never shows a cut edge
@@ -33,13 +35,13 @@ IRIS_COLOURS = np.array([(60, 40, 25), (35, 25, 20), (60, 95, 130), (80, 100, 60
 
 # Per-level tables (index = level 0..5), tuned by eye on 64 px and 16 px grids.
 BANGS_DEPTH = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fraction of the forehead (hairline -> below the brows) covered
-GREY = (0.0, 0.0, 0.3, 0.55, 0.78, 0.97)  # hair greyness by age level
+GREY = (0.0, 0.0, 0.28, 0.52, 0.75, 1.0)  # hair greyness by age level
 WRINKLE = (0.0, 0.0, 0.35, 0.55, 0.8, 1.0)  # wrinkle darkness by age level
 MOUTH_WIDTH = (0.38, 0.58, 0.78, 0.84, 0.94, 1.04)  # mouth half-width as a fraction of the face half-width
 MOUTH_LIFT = (-0.4, 1.5, 3.0, 2.6, 2.8, 3.0)  # units the mouth corners rise
 MOUTH_OPEN = (0.0, 0.0, 0.0, 2.4, 4.2, 6.8)  # units the mouth opens
 MOUTH_CLOSED_THICKNESS = (1.1, 1.8, 2.6)  # units, closed mouths (levels 0..2)
-CHEEK_BLUSH = (0.0, 0.22, 0.35, 0.42, 0.5, 0.55)  # raised, flushed cheeks by smile level
+CHEEK_BLUSH = (0.0, 0.3, 0.42, 0.5, 0.55, 0.6)  # raised, flushed cheeks by smile level
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,11 @@ class _Layer:
 
     def _pts(self, pts) -> np.ndarray:
         pts = (np.asarray(pts, np.float64) + PAD) * (self.s * _ONE)
-        return np.round(pts).astype(np.int32).reshape(-1, 1, 2)
+        return np.rint(pts).astype(np.int32).reshape(-1, 1, 2)
+
+    def _xy(self, x: float, y: float) -> tuple[int, int]:
+        k = self.s * _ONE
+        return int(round((x + PAD) * k)), int(round((y + PAD) * k))
 
     def _w(self, thickness: float) -> int:
         return max(1, int(round(thickness * self.s)))
@@ -136,8 +142,8 @@ class _Layer:
 
     def ellipse(self, centre, axes, rgb, angle: float = 0.0, start: float = 0.0, end: float = 360.0,
                 thickness: float = -1) -> None:
-        c = tuple(int(v) for v in self._pts([centre]).ravel())
-        ax = tuple(max(1, int(round(a * self.s * _ONE))) for a in axes)
+        c = self._xy(*centre)
+        ax = (max(1, int(round(axes[0] * self.s * _ONE))), max(1, int(round(axes[1] * self.s * _ONE))))
         w = -1 if thickness < 0 else self._w(thickness)
         cv2.ellipse(self.img, c, ax, angle, start, end, self._c(rgb), w, cv2.LINE_AA, _SHIFT)
 
@@ -247,6 +253,9 @@ def _draw_wrinkles(layer: _Layer, g: _Geometry, look: Look, age: int) -> None:
         for side in (-1, 1):
             ex = cx + side * g.eye_dx
             layer.line(_arc(ex, g.eye_y + 1.5, g.eye_r * 1.2, 2.0, 0.2 * np.pi, 0.8 * np.pi, 8), col, 0.6)  # bags
+            if age == 5:  # marionette lines from the mouth corners
+                layer.line([(cx + side * (hw + 0.8), g.mouth_y + 1.0), (cx + side * (hw - 0.2), g.cy + 0.86 * g.h)],
+                           col, 0.9)
             for dy in (-1.3, 0.2, 1.7):  # crow's feet
                 layer.line([(ex + side * (g.eye_r + 1.2), g.eye_y + dy * 0.6),
                             (ex + side * (g.eye_r + 3.2), g.eye_y + dy)], col, 0.5)
@@ -256,7 +265,8 @@ def _draw_beard(layer: _Layer, g: _Geometry, look: Look, beard: int, hair) -> No
     if beard == 0:
         return
     cx, cy, w, h = g.cx, g.cy, g.w, g.h
-    dark = _mix(hair, (0, 0, 0), 0.15)
+    # push the beard away from the skin tone so stubble levels stay apart
+    dark = _mix(hair, (0, 0, 0) if _luma(hair) < _luma(look.skin) else (255, 255, 255), 0.15)
     grow = {4: (0.6, 2.0), 5: (2.8, 9.0)}.get(beard, (0.0, 0.0))  # outward, below the chin
     t = np.linspace(0.12 * np.pi, 0.88 * np.pi, 21)
     lower = np.sin(t)
@@ -271,7 +281,7 @@ def _draw_beard(layer: _Layer, g: _Geometry, look: Look, beard: int, hair) -> No
              (cx + 0.78 * w, cy + 0.2 * h)]
     region = np.concatenate([outer, inner])
     if beard in (1, 2, 3):
-        layer.fill(region, _mix(look.skin, dark, (0.3, 0.55, 0.3)[beard - 1]))
+        layer.fill(region, _mix(look.skin, dark, (0.38, 0.68, 0.3)[beard - 1]))
     else:
         layer.fill(region, dark)
     if beard == 3:  # goatee and moustache
@@ -322,7 +332,7 @@ def _draw_mouth(layer: _Layer, g: _Geometry, look: Look, smile: int) -> None:
     if CHEEK_BLUSH[smile] > 0:  # smiling lifts and flushes the cheeks
         blush = _mix(look.skin, (236, 110, 120), CHEEK_BLUSH[smile])
         for side in (-1, 1):
-            layer.ellipse((cx + side * 0.55 * g.w, g.nose_y - 0.5), (2.6, 1.8), blush)
+            layer.ellipse((cx + side * 0.55 * g.w, g.nose_y - 0.3), (3.0, 2.1), blush)
     x = np.linspace(cx - hw, cx + hw, 15)
     u = (x - cx) / hw
     bulge = 1 - u**2
@@ -402,7 +412,10 @@ def render_face(levels, look: Look, size: int) -> np.ndarray:
     render = max(128, 2 * size)  # draw at >= 2x and area-downsample
     layer = _Layer(render / UNITS)
     g = _geometry(age, look)
-    hair = _mix(look.hair, (200, 200, 205) if _luma(look.skin) < 150 else (150, 150, 155), GREY[age])
+    silver = (200, 200, 205) if _luma(look.skin) < 150 else (150, 150, 155)
+    if age == 5:  # white rather than grey
+        silver = _mix(silver, (255, 255, 255), 0.4)
+    hair = _mix(look.hair, silver, GREY[age])
 
     _draw_back(layer, g, look, hair)
     layer.fill(_face_outline(g.cx, g.cy, g.w, g.h, g.chin), look.skin)
@@ -436,3 +449,23 @@ def _background(look: Look, size: int) -> np.ndarray:
     t = np.clip(0.5 + xx * np.cos(look.bg_angle) + yy * np.sin(look.bg_angle), 0, 1)[..., None]
     start, end = np.asarray(look.bg_from, np.float32), np.asarray(look.bg_to, np.float32)
     return start + (end - start) * t
+
+
+def face_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for face `index` of a set drawn with `seed` (its look and caption wording)."""
+    return np.random.default_rng([seed, index])
+
+
+def draw_range(levels: np.ndarray, size: int, seed: int, start: int) -> tuple[np.ndarray, list[str]]:
+    """Faces start .. start+len(levels)-1 of a set drawn with `seed`: images and captions.
+
+    Face i depends only on (seed, i) and its levels, so chunks drawn apart join up exactly.
+    """
+    images = np.empty((len(levels), size, size, 3), np.uint8)
+    captions = []
+    for j, lv in enumerate(levels):
+        rng = face_rng(seed, start + j)
+        look = sample_look(rng, int(lv[2]))
+        images[j] = render_face(lv, look, size)
+        captions.append(caption(lv, look.male, rng))
+    return images, captions
