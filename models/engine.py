@@ -57,6 +57,9 @@ class TrainConfig:
     log_every: int = 0  # also print a line every N optimizer steps (0: per-epoch lines only)
     progress: bool = True  # tqdm bar per epoch
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass
 class EpochReport:
@@ -137,7 +140,6 @@ def fit(
     At the end the family holds the EMA weights (when EMA is on), ready for sampling / save_pretrained.
     """
     cfg = config
-    _validate(cfg)
     device = _device(cfg.device)
     amp = _autocast_dtype(cfg.mixed_precision, device)
     _seed_everything(cfg.seed)

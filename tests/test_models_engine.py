@@ -169,6 +169,6 @@ def test_max_steps_per_epoch_caps_the_epoch():
     ],
 )
 def test_bad_settings_raise_one_line_errors(overrides, message):
-    with pytest.raises(ConfigError, match=message) as err:
+    with pytest.raises(ConfigError, match=message) as err:  # at construction, or at fit for data-size checks
         fit(micro_family(), dataclasses.replace(QUIET, **overrides), RandomFaces(16))
     assert "\n" not in str(err.value)
