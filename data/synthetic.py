@@ -72,35 +72,42 @@ def _cpu_count() -> int:
 
 
 def iter_faces(levels: np.ndarray, size: int, seed: int, workers: int | None = None):
-    """Yield (start, images, captions) chunks in order; big sets are drawn by several processes."""
+    """Validate, then yield (start, images, captions) chunks in order; big sets use several processes."""
     levels = np.asarray(levels)
     check_levels(levels)
     if levels.ndim != 2:
         raise ValueError(f"levels must have shape (N, {NUM_ATTRIBUTES}), got {levels.shape}")
     _check_size(size)
     _check_seed(seed)
-    n = len(levels)
     workers = min(_cpu_count(), 8) if workers is None else max(1, workers)
-    starts = range(0, n, _CHUNK)
-    if workers == 1 or n < _PARALLEL_FROM:
+    return _chunks(levels, size, seed, workers)
+
+
+def _chunks(levels: np.ndarray, size: int, seed: int, workers: int):
+    starts = range(0, len(levels), _CHUNK)
+    if workers == 1 or len(levels) < _PARALLEL_FROM:
         for s in starts:
             yield (s, *draw_range(levels[s:s + _CHUNK], size, seed, s))
         return
-    # spawn, not fork: callers may be Ray workers or hold torch/OpenCV thread pools that fork would copy broken
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    # spawn, not fork: callers may be Ray workers or hold torch/OpenCV thread pools that fork would copy broken.
+    # (As with any spawned pool, the caller's main module must be import-safe.)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
         futures = [pool.submit(draw_range, levels[s:s + _CHUNK], size, seed, s) for s in starts]
         for s, fut in zip(starts, futures):
             yield (s, *fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def draw_faces(levels: np.ndarray, size: int, seed: int, *, workers: int | None = None,
                progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """Draw one face per row of `levels` (N, 5): uint8 (N, size, size, 3) RGB images and their captions."""
-    levels = np.asarray(levels)
+    chunks = iter_faces(levels, size, seed, workers)
     images = np.empty((len(levels), size, size, 3), np.uint8)
     captions: list[str] = []
     with tqdm(total=len(levels), desc="drawing faces", unit="face", disable=not progress) as bar:
-        for start, imgs, caps in iter_faces(levels, size, seed, workers):
+        for start, imgs, caps in chunks:
             images[start:start + len(imgs)] = imgs
             captions.extend(caps)
             bar.update(len(imgs))
@@ -161,7 +168,11 @@ def toy_cache(size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: i
         return path
     base.mkdir(parents=True, exist_ok=True)
     with open(base / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process drawing {path} ...", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if _is_complete(path):
             return path
         try:
@@ -175,7 +186,10 @@ def toy_cache(size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: i
 def _is_complete(path: Path) -> bool:
     if not path.is_dir():
         return False
-    FaceCache.open(path)  # raises DataError with the fix if it is damaged
+    try:
+        FaceCache.open(path)
+    except DataError as err:
+        raise DataError(f"{err} (a toy cache: delete {path} and it is drawn again)") from None
     return True
 
 

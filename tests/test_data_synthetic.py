@@ -253,3 +253,41 @@ def test_save_grid_is_a_labelled_png(tmp_path):
     assert arr.shape[1] > 6 * 128 and arr.shape[0] > 5 * 128
     left_margin = arr[:, :100]
     assert (left_margin < 100).any()  # attribute names are written in the margin
+
+
+def test_cli_without_out_fills_and_then_reuses_the_toy_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONDFACE_HOME", str(tmp_path))
+    args = ["--size", "16", "--n-train", "10", "--n-val", "2", "--n-test", "2", "--seed", "4"]
+    synthetic.main(args)
+    first = capsys.readouterr().out
+    synthetic.main(args)
+    second = capsys.readouterr().out
+    assert "drawn in" in first and "already cached" in second
+    (path,) = [p for p in (tmp_path / "toy").iterdir() if p.is_dir()]
+    assert str(path) in second and len(FaceCache.open(path)) == 14
+
+
+def test_failed_drawing_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_second_chunk(levels, size, seed, start):
+        calls.append(start)
+        if len(calls) == 2:
+            raise RuntimeError("drawing failed")
+        return draw_range(levels, size, seed, start)
+
+    monkeypatch.setattr(synthetic, "_CHUNK", 5)
+    monkeypatch.setattr(synthetic, "draw_range", fail_on_second_chunk)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        synthetic.write_synthetic_cache(tmp_path / "c", size=16, n_train=12, n_val=0, n_test=0, workers=1,
+                                        progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_toy_cache_is_reported_not_overwritten(tmp_path):
+    base, name = synthetic.toy_cache_path(size=16, n_train=4, n_val=0, n_test=0, seed=0, root=tmp_path)
+    (base / name).mkdir(parents=True)
+    (base / name / "images.npy").write_bytes(b"junk")
+    with pytest.raises(DataError, match="delete"):
+        toy_cache(size=16, n_train=4, n_val=0, n_test=0, seed=0, root=tmp_path, progress=False)
+    assert (base / name / "images.npy").read_bytes() == b"junk"
