@@ -56,6 +56,7 @@ class TrainConfig:
     val_batch_size: int = 64
     log_every: int = 0  # also print a line every N optimizer steps (0: per-epoch lines only)
     progress: bool = True  # tqdm bar per epoch
+    verbose: bool = True  # one printed line per epoch
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -173,7 +174,8 @@ def fit(
     source = _resume_source(checkpoint_dir, resume)
     if source is not None:
         start_epoch, step, sample_index = _restore(source, family, named, optimizer, lr_sched, ema, device)
-        print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
+        if cfg.verbose:
+            print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
     if cfg.compile and device.type == "cuda":
         module.compile()
     val_batches = _val_batches(val_dataset, cfg)
@@ -183,6 +185,8 @@ def fit(
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs):
         module.train()
+        if hasattr(train_dataset, "set_epoch"):  # e.g. to reseed augmentation per epoch (exact resume)
+            train_dataset.set_epoch(epoch)
         loader = DataLoader(
             train_dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
             generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), pin_memory=device.type == "cuda",
@@ -237,11 +241,12 @@ def fit(
         )
         history.append({"epoch": float(epoch), **report.metrics()})
         val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}  step {step}  loss {train_loss:.4f}{val_text}  {seconds:.1f}s  "
-            f"{report.images_per_second:.0f} img/s  lr {report.lr:.2e}",
-            flush=True,
-        )
+        if cfg.verbose:
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}  step {step}  loss {train_loss:.4f}{val_text}  {seconds:.1f}s  "
+                f"{report.images_per_second:.0f} img/s  lr {report.lr:.2e}",
+                flush=True,
+            )
         if on_epoch is not None and on_epoch(report):
             stopped = True
             break
