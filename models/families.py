@@ -32,7 +32,13 @@ def _ddpm() -> FamilySpec:
     return FamilySpec(presets=tuple(PRESETS), config=ddpm_config, build=DDPMFamily)
 
 
-FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm}
+def _sd_lora() -> FamilySpec:
+    from models.sd_lora import PRESETS, SDLoRAFamily, lora_config
+
+    return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily)
+
+
+FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora}
 
 
 def family_spec(model: str) -> FamilySpec:
