@@ -27,8 +27,15 @@ def sample_generators(seed: int, first_index: int, n: int) -> list[torch.Generat
     return [torch.Generator().manual_seed(base + first_index + i) for i in range(n)]
 
 
-def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Per-sample noise. On CPU from the samples' generators; on an accelerator from device generators with
+    the same keys (drawing 128 x 3 x 64 x 64 normals on the CPU would take ~10 ms a step and starve a GPU)."""
+    if device.type == "cpu":
+        return torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator(device).manual_seed(g.initial_seed()), device=device)
+        for g in generators
+    ])
 
 
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -81,7 +88,7 @@ def training_loss(
     t = torch.cat([torch.randint(0, num_t, (1,), generator=g) for g in gens])
     uncond = torch.cat([torch.rand(1, generator=g) < p_uncond for g in gens])
     x0, cond = family.training_inputs(batch, uncond, torch.Generator().manual_seed(seed + first_index))
-    noise = draw_noise(gens, tuple(x0.shape[1:])).to(x0.device, x0.dtype)
+    noise = draw_noise(gens, tuple(x0.shape[1:]), x0.device).to(x0.dtype)
     t = t.to(x0.device)
     loss = _per_sample_mse(family, x0, noise, t, cond, autocast_dtype)
     if min_snr_gamma is not None:
@@ -106,7 +113,7 @@ def heldout_loss(
         frac = torch.cat([torch.rand(1, generator=g) for g in gens])
         t = (frac * num_t).long().clamp(max=num_t - 1)
         x0, cond = family.training_inputs(batch, torch.zeros(n, dtype=torch.bool), torch.Generator().manual_seed(0))
-        noise = draw_noise(gens, tuple(x0.shape[1:])).to(x0.device, x0.dtype)
+        noise = draw_noise(gens, tuple(x0.shape[1:]), x0.device).to(x0.dtype)
         total += float(_per_sample_mse(family, x0, noise, t.to(x0.device), cond, autocast_dtype).sum())
         count += n
     return total / max(count, 1)
