@@ -322,8 +322,10 @@ def _resume_source(checkpoint_dir: str | Path | None, resume: bool | str | Path)
     if resume is True:
         return latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     path = Path(resume)
-    if not path.is_dir():
-        raise ConfigError(f"cannot resume: no checkpoint directory at {path}")
+    if path.is_dir() and latest_checkpoint(path) is not None:  # a checkpoint root rather than one epoch's directory
+        return latest_checkpoint(path)
+    if not (path / "state.pt").is_file():
+        raise ConfigError(f"cannot resume: no checkpoint at {path} (expected state.pt or a 'latest' pointer)")
     return path
 
 

@@ -102,6 +102,13 @@ def test_checkpoint_contents_are_safe_formats(tmp_path):
     loaded = load_checkpoint(ckpt)  # torch.load(weights_only=True) for the .pt files
     assert loaded["state"]["epoch"] == 2 and loaded["state"]["step"] == 8
     assert loaded["optimizer"]["state"]
+    # resume=<a checkpoint root> or <one epoch's directory> (what Ray Tune hands back), writing elsewhere
+    for source in (tmp_path, ckpt):
+        more = fit(micro_family(seed=5), dataclasses.replace(QUIET, epochs=3), RandomFaces(32), resume=source,
+                   checkpoint_dir=tmp_path / f"next-{source.name}")
+        assert more.step == 12 and more.epochs_completed == 3
+    with pytest.raises(ConfigError, match="cannot resume"):
+        fit(micro_family(), QUIET, RandomFaces(32), resume=tmp_path / "nothing")
 
 
 def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path):
