@@ -23,6 +23,7 @@ import os
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,8 @@ def run_job(job: BenchJob) -> dict[str, Any]:
 
 
 def _run_isolated(job: BenchJob) -> dict[str, Any]:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_job, (job,))
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(run_job, job).result()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

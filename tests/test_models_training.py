@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -135,3 +136,23 @@ def test_train_command_bad_input_is_one_line_and_writes_nothing(tmp_path, extra,
     text = str(exit_info.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text
     assert not out.exists()
+
+
+def test_bench_job_reports_throughput_memory_and_cfg_counted_nfe():
+    from models.bench import BenchJob, run_job
+
+    job = BenchJob("cpu-16", batch_size=4, train_steps=2, samplers=("ddim", "dpm++"), sample_batch=2, sample_steps=3,
+                   guidance_scale=3.0, device="cpu", compile=False, threads=1)
+    row = run_job(job)
+    assert row["params_M"] == pytest.approx(1.20, abs=0.01) and row["train_img_s"] > 0 and row["peak_mem_MB"] > 0
+    assert row["fwd_GFLOP_per_img"] > 0
+    assert {k: v["nfe_per_img"] for k, v in row["sampling"].items()} == {"ddim": 6, "dpm++": 6}
+    unguided = run_job(dataclasses.replace(job, samplers=("ddim",), guidance_scale=1.0))
+    assert unguided["sampling"]["ddim"]["nfe_per_img"] == 3
+
+
+def test_bench_rejects_unknown_presets():
+    from models.bench import main as bench_main
+
+    with pytest.raises(SystemExit, match="^error: unknown ddpm preset 'mega'"):
+        bench_main(["--presets", "mega"])
