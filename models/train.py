@@ -30,7 +30,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The study: batch 32, lr 1e-4, 5 epochs per grid trial.
     "study": dict(epochs=5, batch_size=32, lr=1e-4),
     # Short CPU runs: a higher lr makes the small presets learn the condition within minutes.
-    "cpu": dict(epochs=1, batch_size=32, lr=1e-3, val_samples=256),
+    "cpu": dict(epochs=1, batch_size=32, lr=2e-3, val_samples=256),
 }
 
 
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU only)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--sampler", default="ddpm", choices=sorted(SAMPLERS), help="sampler for the sample grid")
@@ -179,6 +180,10 @@ def run(cfg: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         cfg = resolve_config(args)
         run(cfg, args.out, resume=args.resume)
