@@ -164,6 +164,18 @@ def load_pipeline_folder(id_or_path: str | Path) -> StableDiffusionPipeline:
     return pipe
 
 
+def set_resolution(pipe: StableDiffusionPipeline, image_size: int) -> None:
+    """Make `image_size` the pipeline's default output size (Nano was fine-tuned at 128 px; the study samples 64).
+
+    The U-Net is convolutional: `sample_size` only sets the default height/width of `pipe(...)`.
+    """
+    factor = pipe.vae_scale_factor
+    if image_size % factor:
+        raise ConfigError(f"image_size {image_size} must be a multiple of the VAE's downsampling factor {factor}")
+    if pipe.unet.config.sample_size != image_size // factor:
+        pipe.unet.register_to_config(sample_size=image_size // factor)
+
+
 def training_scheduler(base_scheduler_config: Any, num_train_timesteps: int, prediction_type: str | None):
     """DDPMScheduler with the base's betas and prediction type; betas rescaled by T_base/T for another T."""
     cfg = dict(base_scheduler_config)
@@ -201,9 +213,7 @@ class StableDiffusionFamily(DiffusionFamily):
         self.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(False).eval()
         self.noise_scheduler = training_scheduler(pipe.scheduler.config, num_train_timesteps, prediction_type)
-        factor = pipe.vae_scale_factor
-        if image_size % factor:
-            raise ConfigError(f"image_size {image_size} must be a multiple of the VAE's downsampling factor {factor}")
+        set_resolution(pipe, image_size)
 
     def to(self, device: str | torch.device) -> StableDiffusionFamily:
         for net in (self.module, self.vae, self.text_encoder):
@@ -323,6 +333,7 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm") -> StableDiffusio
     info = json.loads(info_path.read_text())
     config = LoRAConfig(**info["lora_config"])
     pipe, _ = load_base(config)
+    set_resolution(pipe, config.image_size)
     pipe.load_lora_weights(lora_dir)
     base_sched = training_scheduler(pipe.scheduler.config, config.num_train_timesteps, config.prediction_type)
     pipe.scheduler = make_scheduler(sampler, base_sched, space="latent")
