@@ -30,8 +30,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class FaceDataset(Dataset):
     """Items: {"image": float32 (3,H,W) in [-1,1], "levels": int64 (5,), "cond": float32 (30,), "caption": str}.
 
-    Augmentation is reseeded in each DataLoader worker from torch's per-worker seed, so workers
-    never repeat each other and a run seeded with torch.manual_seed is reproducible.
+    Augmentation is reseeded in each DataLoader worker from torch's per-worker seed and the epoch
+    (`set_epoch`), so workers never repeat each other and a run seeded with torch.manual_seed,
+    interrupted and resumed at an epoch boundary, draws the same augmentations.
     """
 
     def __init__(
@@ -46,13 +47,19 @@ class FaceDataset(Dataset):
         self.split, self.augment_name = split, augment
         self.augment = build_augmentation(augment)
         self._seeded_pid: int | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentation for this epoch (the training engine calls it), so a resumed run repeats it."""
+        self.epoch = epoch
+        self._seeded_pid = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _maybe_reseed(self) -> None:
         if self.augment is not None and self._seeded_pid != os.getpid():
-            self.augment.set_random_seed(torch.initial_seed() % 2**32)
+            self.augment.set_random_seed((torch.initial_seed() + 1_000_003 * self.epoch) % 2**32)
             self._seeded_pid = os.getpid()
 
     def __getitem__(self, i: int) -> dict:

@@ -128,3 +128,17 @@ def test_unknown_augmentation_and_data_spec(cache_dir, tmp_path):
         resolve_data(tmp_path / "missing")
     with pytest.raises(DataError, match="--size 32"):
         resolve_data(cache_dir[0], size=32)
+
+
+def test_set_epoch_makes_augmentation_repeatable(cache_dir):
+    def epoch_images(ds, epoch):
+        ds.set_epoch(epoch)
+        return torch.stack([ds[i]["image"] for i in range(8)])
+
+    torch.manual_seed(3)
+    first = FaceDataset(cache_dir[0], "train", augment="study")
+    e0, e1 = epoch_images(first, 0), epoch_images(first, 1)
+    assert not torch.equal(e0, e1)
+    torch.manual_seed(3)
+    resumed = FaceDataset(cache_dir[0], "train", augment="study")  # a fresh process resuming at epoch 1
+    assert torch.equal(epoch_images(resumed, 1), e1)
