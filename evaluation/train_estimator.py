@@ -1,0 +1,209 @@
+"""Train the attribute estimator: `python -m evaluation.train_estimator --data toy --out runs/estimator`.
+
+The study's recipe (see evaluation/estimator.py): loss = mean of the five cross-entropies; Adam;
+ReduceLROnPlateau (mode max, patience 5) on validation accuracy; phase 1 trains only the heads of a
+pretrained backbone, phase 2 the whole network. Without pretrained weights phase 1 is skipped (a
+random backbone is not worth freezing). The weights of the epoch with the best validation accuracy
+are kept. Output directory: estimator.safetensors + config.json (loadable by AttributeEstimator.load),
+report.json (per-attribute, mean and class-balanced accuracy on val and test, per-epoch history) and
+one confusion-matrix PNG per attribute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.cache import FaceCache
+from data.dataset import FaceDataset, resolve_data
+from data.errors import DataError
+from data.schema import ATTRIBUTES, NUM_LEVELS
+from evaluation.errors import EvalError
+from evaluation.estimator import (
+    ESTIMATOR_PRESETS,
+    AttributeEstimator,
+    EstimatorConfig,
+    atomic_dir,
+    build_estimator,
+    estimator_preset,
+)
+from evaluation.metrics.accuracy import EstimatorAccuracy
+from evaluation.metrics.base import EvalBatch
+
+
+@torch.no_grad()
+def evaluate(model: AttributeEstimator, cache: FaceCache, split: str, batch_size: int = 256,
+             limit: int | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy figures (est_acc, est_acc_balanced, est_acc_<attr>) on a split, and the (5, 6, 6) confusion matrices."""
+    model.eval()
+    device = next(model.parameters()).device
+    metric = EstimatorAccuracy(model)
+    idx = cache.indices(split)[:limit]
+    for i in range(0, len(idx), batch_size):
+        rows = idx[i : i + batch_size]
+        images = torch.from_numpy(np.asarray(cache.images[rows])).permute(0, 3, 1, 2).to(device)
+        metric.update(EvalBatch(images=images, levels=torch.from_numpy(cache.levels[rows])))
+    outcome = metric.compute(metric.state())
+    confmats = np.stack([m.confmat.cpu().numpy() for m in metric.confmats])
+    return outcome.values, confmats
+
+
+def plot_confusion(confmat: np.ndarray, attribute: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confmat / np.maximum(confmat.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    im = ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+    for r in range(NUM_LEVELS):
+        for c in range(NUM_LEVELS):
+            ax.text(c, r, int(confmat[r, c]), ha="center", va="center", fontsize=7,
+                    color="white" if rows[r, c] > 0.5 else "black")
+    ax.set(xlabel="estimated level", ylabel="true level", xticks=range(NUM_LEVELS), yticks=range(NUM_LEVELS))
+    acc = confmat.trace() / max(confmat.sum(), 1)
+    ax.set_title(f"{attribute}: accuracy {acc:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true level")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out: str | Path,
+                    progress: bool = True, hub_download: bool = False, log=print) -> dict:
+    """Train on the cache's train split, select on val, report on val and test; write everything to `out`."""
+    cache = cache if isinstance(cache, FaceCache) else FaceCache.open(cache)
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train = FaceDataset(cache, "train", augment=config.augment, limit=config.train_limit)
+    if len(cache.indices("val")) == 0:
+        raise EvalError(f"cache {cache.root} has no validation split: the estimator selects its epoch on val")
+    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=len(train) > config.batch_size,
+                        generator=torch.Generator().manual_seed(config.seed))
+    model, note = build_estimator(config, hub_download)
+    model.to(device)
+    pretrained = note.startswith("backbone initialised from")
+    log(f"estimator {config.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{len(train)} training images at {cache.size}px -> {config.input_size}px; {note}")
+
+    phases = [("full", config.full_epochs, config.full_lr)]
+    if pretrained and config.heads_epochs > 0:
+        phases.insert(0, ("heads", config.heads_epochs, config.heads_lr))
+    history, best_acc, best_state, t0 = [], -1.0, None, time.time()
+    for phase, epochs, lr in phases:
+        model.backbone.requires_grad_(phase == "full")
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=config.patience)
+        for epoch in range(epochs):
+            model.train()
+            if phase == "heads":
+                model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+            t_epoch, losses = time.time(), []
+            for batch in tqdm(loader, desc=f"{phase} {epoch + 1}/{epochs}", leave=False, disable=not progress):
+                logits = model((batch["image"].to(device) + 1) / 2)
+                # equal batch size per attribute, so the mean over B*5 entries is the mean of the 5 CEs
+                loss = F.cross_entropy(logits.reshape(-1, NUM_LEVELS), batch["levels"].to(device).reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            val, _ = evaluate(model, cache, "val")
+            plateau.step(val["est_acc"])
+            row = {"phase": phase, "epoch": epoch + 1, "loss": float(np.mean(losses)), "val_acc": val["est_acc"],
+                   "val_acc_balanced": val["est_acc_balanced"], "lr": lr, "seconds": time.time() - t_epoch}
+            lr = opt.param_groups[0]["lr"]
+            history.append(row)
+            log(f"{phase} epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}  val acc {row['val_acc']:.4f}  "
+                f"balanced {row['val_acc_balanced']:.4f}  ({row['seconds']:.1f}s)")
+            if val["est_acc"] > best_acc:
+                best_acc = val["est_acc"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    train_seconds = time.time() - t0
+
+    report = {"preset": config.preset, "note": note, "data": str(cache.root), "image_size": cache.size,
+              "train_images": len(train), "train_seconds": train_seconds, "history": history}
+    with atomic_dir(out) as tmp:
+        for split in ("val", "test"):
+            if len(cache.indices(split)):
+                values, confmats = evaluate(model, cache, split)
+                report[split] = values
+                if split == "val":
+                    for attr, cm in zip(ATTRIBUTES, confmats):
+                        plot_confusion(cm, attr, tmp / f"confusion_{attr}.png")
+                    report["val_confusion"] = {a: cm.tolist() for a, cm in zip(ATTRIBUTES, confmats)}
+        model.write(tmp, extra={"note": note, "val_acc": report["val"]["est_acc"]})
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'split':<6} {'mean':>7} {'balanced':>9} " + " ".join(f"{a:>10}" for a in ATTRIBUTES)]
+    for split in ("val", "test"):
+        if split in report:
+            v = report[split]
+            lines.append(f"{split:<6} {v['est_acc']:>7.4f} {v['est_acc_balanced']:>9.4f} "
+                         + " ".join(f"{v[f'est_acc_{a}']:>10.4f}" for a in ATTRIBUTES))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m evaluation.train_estimator", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="toy", help="image cache directory, or 'toy' for the embedded synthetic faces")
+    p.add_argument("--size", type=int, default=None, help="image size of the toy data (default: the toy default)")
+    p.add_argument("--preset", default="small", choices=sorted(ESTIMATOR_PRESETS), help="estimator preset")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--epochs", type=int, default=None, help="phase-2 (whole network) epochs")
+    p.add_argument("--heads-epochs", type=int, default=None, help="phase-1 (heads only) epochs, pretrained only")
+    p.add_argument("--lr", type=float, default=None, help="phase-2 learning rate")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    p.add_argument("--augment", default=None, help="augmentation: none | study | study-no-color")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--pretrained", default=None, help="backbone weights: Hub id or local dir, 'none' for scratch")
+    p.add_argument("--hub-download", action="store_true", help="allow downloading pretrained weights from the Hub")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if not args.hub_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    overrides = {k: v for k, v in {
+        "full_epochs": args.epochs, "heads_epochs": args.heads_epochs, "full_lr": args.lr,
+        "batch_size": args.batch_size, "augment": args.augment, "train_limit": args.train_limit, "seed": args.seed,
+    }.items() if v is not None}
+    if args.pretrained is not None:
+        overrides["pretrained"] = None if args.pretrained.lower() == "none" else args.pretrained
+    try:
+        for name in ("full_epochs", "heads_epochs", "batch_size", "train_limit"):
+            if name in overrides and overrides[name] < (1 if name in ("batch_size", "train_limit") else 0):
+                raise EvalError(f"--{name.replace('_', '-')} must be positive, got {overrides[name]}")
+        config = estimator_preset(args.preset, **overrides)
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise EvalError(f"output {out} already exists: choose another --out or pass --overwrite")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        cache = resolve_data(args.data, args.size)
+        report = train_estimator(cache, config, out, progress=not args.quiet, hub_download=args.hub_download)
+    except (EvalError, DataError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(format_report(report))
+    print(f"trained in {report['train_seconds']:.0f}s; wrote {out}/ (estimator.safetensors, report.json, "
+          f"confusion_<attribute>.png)")
+
+
+if __name__ == "__main__":
+    main()
