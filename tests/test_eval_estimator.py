@@ -1,0 +1,90 @@
+"""The attribute estimator: learns the synthetic faces, saves/loads exactly, caches, and its CLI checks input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.cache import FaceCache
+from data.schema import ATTRIBUTES
+from evaluation.errors import EvalError
+from evaluation.estimator import AttributeEstimator, ensure_estimator, estimator_preset
+from evaluation.train_estimator import main, train_estimator
+from tests.eval_helpers import face_cache, one_torch_thread  # noqa: F401
+
+CHANCE = 1 / 6
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    return face_cache(tmp_path_factory.mktemp("est"), size=16, n_train=1200, n_val=240, n_test=120)
+
+
+@pytest.fixture(scope="module")
+def trained(faces, tmp_path_factory):
+    out = tmp_path_factory.mktemp("est-out") / "estimator"
+    config = estimator_preset("small", full_epochs=3, batch_size=32)
+    report = train_estimator(faces, config, out, progress=False, log=lambda _: None)
+    return out, report
+
+
+def test_learns_the_synthetic_faces_well_above_chance(trained):
+    _, report = trained
+    assert report["val"]["est_acc_balanced"] > 2.5 * CHANCE
+    assert report["test"]["est_acc_balanced"] > 2.5 * CHANCE
+    assert report["history"][-1]["loss"] < report["history"][0]["loss"]
+
+
+def test_writes_weights_report_and_confusion_pngs(trained, faces):
+    out, report = trained
+    assert {p.name for p in out.iterdir()} >= {"estimator.safetensors", "config.json", "report.json",
+                                               *(f"confusion_{a}.png" for a in ATTRIBUTES)}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["val"] == report["val"] and len(saved["history"]) == 3
+    cm = np.asarray(saved["val_confusion"]["smiling"])
+    assert cm.shape == (6, 6) and cm.sum() == len(FaceCache.open(faces).indices("val"))
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_reloaded_estimator_predicts_identically(trained, faces):
+    out, report = trained
+    cache = FaceCache.open(faces)
+    val = cache.indices("val")
+    images = torch.from_numpy(np.asarray(cache.images[val])).permute(0, 3, 1, 2)
+    model = AttributeEstimator.load(out)
+    predicted = model.predict(images).numpy()
+    assert float(np.mean(predicted == cache.levels[val])) == pytest.approx(report["val"]["est_acc"])
+
+
+def test_ensure_estimator_trains_once_and_reuses(faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDFACE_HOME", str(tmp_path))
+    first = ensure_estimator(faces, preset="small", full_epochs=1, train_limit=64, progress=False)
+    stamp = (first / "estimator.safetensors").stat().st_mtime_ns
+    again = ensure_estimator(faces, preset="small", full_epochs=1, train_limit=64, progress=False)
+    assert again == first and (again / "estimator.safetensors").stat().st_mtime_ns == stamp
+    assert first.is_relative_to(tmp_path / "estimators")
+    other = ensure_estimator(faces, preset="small", full_epochs=1, train_limit=32, progress=False)
+    assert other != first  # a different config is a different cached estimator
+
+
+def test_missing_estimator_names_the_command_to_train_one(tmp_path):
+    with pytest.raises(EvalError, match="python -m evaluation.train_estimator"):
+        AttributeEstimator.load(tmp_path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{tmp}/no-cache", "--out", "{tmp}/o"], "does not exist"),
+    (["--data", "{faces}", "--out", "{faces}"], "already exists"),
+    (["--data", "{faces}", "--out", "{tmp}/o", "--epochs", "-1"], "must be positive"),
+    (["--data", "{faces}", "--out", "{tmp}/o", "--augment", "wild"], "unknown augmentation"),
+])
+def test_cli_bad_input_is_a_one_line_error(faces, tmp_path, args, message, capsys):
+    argv = [a.format(tmp=tmp_path, faces=faces) for a in args]
+    with pytest.raises(SystemExit) as err:
+        main(argv + ["--quiet"])
+    text = str(err.value.code)
+    assert text.startswith("error: ") and message in text and "\n" not in text
+    assert not (tmp_path / "o").exists()
