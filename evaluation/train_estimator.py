@@ -100,6 +100,8 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
     phases = [("full", config.full_epochs, config.full_lr)]
     if pretrained and config.heads_epochs > 0:
         phases.insert(0, ("heads", config.heads_epochs, config.heads_lr))
+    if sum(epochs for _, epochs, _ in phases) == 0:
+        raise EvalError("no epochs to train (phase 1 only runs on a pretrained backbone): set --epochs >= 1")
     history, best_acc, best_state, t0 = [], -1.0, None, time.time()
     for phase, epochs, lr in phases:
         model.backbone.requires_grad_(phase == "full")
