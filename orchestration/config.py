@@ -80,6 +80,7 @@ class SweepConfig:
     ddpm_preset: str = "study-large"  # models.ddpm preset whose channels the axis replaces
     lora_ranks: tuple[int, ...] = (2, 4, 8)
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
+    pretrained: str | None = None  # sd-lora: a local SD Nano 2.1 folder or hub id (None: the preset's base)
 
     # --- search ----------------------------------------------------------------------------------
     search: str = "grid"
@@ -114,6 +115,8 @@ class SweepConfig:
     sampling_steps: int = 1000
     select_metric: str = "fid"
     mtcnn: bool = True
+    inception_weights: str | None = None  # torch-fidelity Inception file for real FID (None: look in torch's cache)
+    clip_model: str | None = "openai/clip-vit-large-patch14"  # CLIP score model id or folder (None: unavailable)
     eval_actors: int = 1
     gpus_per_eval_actor: float = 0.0
 
@@ -216,9 +219,9 @@ CPU_DEMO = dataclasses.replace(
     preset="cpu-demo",
     image_size=16,
     augment="none",
-    channel_sets=(("small", (24, 48, 48)), ("large", (32, 64, 64))),
-    ddpm_preset="cpu-tiny",
-    lora_preset="cpu-tiny",
+    channel_sets=(("small", (16, 32, 64)), ("large", (32, 64, 64))),
+    ddpm_preset="cpu-16",
+    lora_preset="cpu-16",
     epochs=2,
     final_epochs=6,
     epoch_images=2048,
@@ -227,7 +230,7 @@ CPU_DEMO = dataclasses.replace(
     lr_range=(5e-4, 4e-3),
     ema_decay=0.999,
     val_samples=256,
-    estimator_preset="cpu-tiny",
+    estimator_preset="small",
     eval_samples=32,
     final_samples=100,
     cfg_samples=100,
@@ -236,6 +239,7 @@ CPU_DEMO = dataclasses.replace(
     sampling_steps=20,
     select_metric="val_loss",
     mtcnn=False,
+    clip_model=None,
     threads_per_trial=1,
     max_concurrent=2,
     checkpoint_artifacts="best",

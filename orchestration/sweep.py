@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="which trial checkpoints MLflow keeps: none, each trial's best epoch, or all")
     a("--artifact-limit-mb", type=_float(0), help="stop logging checkpoints to MLflow past this many MB")
     a("--max-failures", type=_int(0), help="retries of a crashed trial, each from its last checkpoint")
+    a("--pretrained", help="sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt instead of the "
+                           "preset's base")
+    a("--inception-weights", help="torch-fidelity Inception weights file for real FID (else fd_estimator stands in)")
+    a("--clip-model", help="CLIP model id or local folder for the CLIP score (cpu-demo: none)")
     a("--seed", type=_int(0), help="seed of training, conditions and sampling")
     a("--no-dashboard", action="store_true", help="do not start the Ray dashboard with the local Ray runtime")
     a("--fail-once-at-epoch", type=_int(0), help=argparse.SUPPRESS)  # testing: every trial crashes once there
@@ -122,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epochs", "select_metric", "address",
               "gpus_per_trial", "max_concurrent", "tracking_uri", "experiment", "storage_path", "lr", "batch_size",
               "guidance_scale", "cfg_scales", "eval_samples", "final_samples", "cfg_samples",
-              "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch")
+              "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch",
+              "pretrained", "inception_weights", "clip_model")
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:

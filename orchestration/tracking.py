@@ -110,7 +110,7 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
-        self._logged_steps: dict[str, set[int]] = {}
+        self._logged_steps: dict[tuple[str, str], set[int]] = {}
 
     # --- runs ---------------------------------------------------------------------------------
     def find_run(self, key: str) -> str | None:
@@ -165,23 +165,26 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:4000]) for k, v in tags.items()])
 
     def logged_steps(self, run_id: str, key: str = "epoch") -> set[int]:
-        if run_id not in self._logged_steps:
-            self._logged_steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, key)}
-        return self._logged_steps[run_id]
+        if (run_id, key) not in self._logged_steps:
+            self._logged_steps[(run_id, key)] = {m.step for m in self.client.get_metric_history(run_id, key)}
+        return self._logged_steps[(run_id, key)]
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> bool:
-        """Log finite numbers at `step`; with a step, a step already logged (a resumed trial) is skipped."""
-        if step is not None:
-            steps = self.logged_steps(run_id)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None,
+                    step_metric: str | None = "epoch") -> bool:
+        """Log finite numbers at `step`. With a `step_metric` (default "epoch", also logged as a metric), a
+        step already logged is skipped: a trial resumed from an older checkpoint never logs an epoch twice."""
+        dedupe = step is not None and step_metric is not None
+        if dedupe:
+            steps = self.logged_steps(run_id, step_metric)
             if step in steps:
                 return False
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
-        if step is not None:
-            batch.append(Metric("epoch", float(step), ts, step))
+        if dedupe:
+            batch.append(Metric(step_metric, float(step), ts, step))
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
-        if step is not None:
+        if dedupe:
             steps.add(step)
         return True
 
@@ -236,6 +239,8 @@ class MlflowTrialCallback(Callback):
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.best: dict[str, tuple[float, str, int]] = {}  # trial id -> (value, checkpoint path, epoch)
         self.logged_mb = 0.0
+        self.labels: dict[str, str] = {}
+        self.finished = 0
         self._tracker: Tracker | None = None
 
     def __getstate__(self):
@@ -259,6 +264,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             name, params = self.trial_params(trial.config)
+            self.labels[trial.trial_id] = name
             tags = {**self.tags, f"{TAG_PREFIX}phase": self.phase, f"{TAG_PREFIX}trial_id": trial.trial_id}
             run_id = self.tracker.open_run(f"{self.parent}/{self.phase}/{trial.trial_id}", name, self.parent,
                                            tags=tags, params=params)
@@ -280,14 +286,12 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
         epoch = result.get("epoch")
+        print(progress_line(self.labels.get(trial.trial_id, trial.trial_id), result, self.metric), flush=True)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and _is_number(v)}
         self.tracker.log_metrics(run_id, metrics, step=int(epoch) if epoch is not None else None)
         unavailable = result.get("unavailable")
         if isinstance(unavailable, dict):
             self.tracker.log_unavailable(run_id, unavailable)
-        static = result.get("static_params")
-        if isinstance(static, dict):
-            self.tracker.log_params(run_id, static, only_new=True)
         value = result.get(self.metric)
         if _is_number(value) and epoch is not None:
             best = self.best.get(trial.trial_id)
@@ -300,6 +304,8 @@ class MlflowTrialCallback(Callback):
         path = Path(checkpoint.path)
         report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else {}
         epoch = int(report.get("epoch", -1))
+        if report.get("describe"):  # the built model's own description: parameter counts, scheduler settings
+            self.tracker.log_params(run_id, {f"built.{k}": v for k, v in report["describe"].items()}, only_new=True)
         for png in sorted(path.glob("*.png")):
             self.tracker.log_artifact(run_id, png, f"samples/epoch_{epoch:03d}")
         best = self.best.get(trial.trial_id)
@@ -315,6 +321,9 @@ class MlflowTrialCallback(Callback):
             if path and Path(path, "engine").is_dir():
                 self._log_checkpoint(run_id, Path(path, "engine"), f"checkpoints/best_epoch_{epoch:03d}")
         self.tracker.finish(run_id, ok=True)
+        self.finished += 1
+        print(f"[{self.phase}] {self.labels.get(trial.trial_id, trial.trial_id)} finished "
+              f"({self.finished}/{len(trials)} trials done)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
@@ -331,6 +340,19 @@ class MlflowTrialCallback(Callback):
             return
         self.tracker.log_artifact(run_id, path, artifact_path)
         self.logged_mb += size
+
+
+def progress_line(label: str, result: dict[str, Any], metric: str) -> str:
+    """One line per reported epoch, e.g. `grid:ga1-T1000-snroff-small epoch 2: train_loss 0.071 ...`."""
+    keys = ["train_loss", "val_loss", metric, "est_acc_balanced"]
+    shown = []
+    for k in dict.fromkeys(keys):
+        if _is_number(result.get(k)):
+            shown.append(f"{k} {result[k]:.4g}")
+    speed = ""
+    if _is_number(result.get("epoch_seconds")):
+        speed = f"  ({result['epoch_seconds']:.1f} s, {result.get('images_per_second', 0):.0f} img/s)"
+    return f"{label} epoch {result.get('epoch', '?')}: " + "  ".join(shown) + speed
 
 
 def _error_line(trial) -> str:

@@ -1,0 +1,73 @@
+"""Sample a saved pipeline on a fixed set of conditions and score it: the final comparison and the CFG sweep.
+
+Runs as a Ray task with the resources of a trial (a GPU on a cluster), so the driver stays light.
+Metrics come from the evaluation actors; the images come back (small uint8 arrays) for the PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class Scored:
+    guidance_scale: float
+    values: dict[str, float]
+    unavailable: dict[str, str]
+    counts: dict[str, int]
+    images: np.ndarray = field(repr=False)  # uint8 (N, H, W, 3)
+    levels: np.ndarray = field(repr=False)
+
+
+def load_pipeline(model: str, path: str | Path):
+    """A pipeline saved by the family's save_pretrained (the final run's `pipeline/` folder)."""
+    from models import families
+
+    if hasattr(families, "load_pipeline"):  # the models layer's loader, where it has one
+        return families.load_pipeline(model, path)
+    if model == "sd-lora":
+        from models.sd_lora import load_pipeline as load_lora
+
+        return load_lora(path)
+    import models.ddpm  # noqa: F401  (diffusers loads a component's class only from an imported module)
+    from models.pipeline_ddpm import AttributeDiffusionPipeline
+
+    return AttributeDiffusionPipeline.from_pretrained(str(path))
+
+
+def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int, scales: list[float],
+                     sampler: str, steps: int, pool: Any, threads: int = 0) -> list[Scored]:
+    """For each guidance scale: generate one image per condition of a seeded paired set, score it."""
+    import torch
+
+    from evaluation.conditions import paired_conditions
+    from models.sampling import generate
+
+    if threads:
+        torch.set_num_threads(threads)
+    pipe = load_pipeline(model, pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    conditions = paired_conditions(data_root, n, split="val", seed=seed)
+    real = conditions.real_images
+    out = []
+    for scale in scales:
+        images = generate(pipe, conditions.levels, conditions.captions, scale, steps, seed, sampler)
+        result = pool.score(images, conditions.levels, conditions.captions, real)
+        out.append(Scored(float(scale), dict(result.values), dict(result.unavailable), dict(result.counts), images,
+                          conditions.levels))
+    return out
+
+
+def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:
+    """`sample_and_score` as a Ray task holding `resources` (e.g. {"cpu": 2} or {"cpu": 1, "gpu": 1})."""
+    import ray
+
+    task = ray.remote(sample_and_score).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+    return ray.get(task.remote(**kwargs))

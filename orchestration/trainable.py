@@ -1,0 +1,200 @@
+"""The Ray Tune trainable: one trial = the one training engine + per-epoch sampling, scoring and reporting.
+
+Every epoch: the engine writes its checkpoint and calls `on_epoch`; the trial samples a fixed,
+seeded set of validation conditions with the EMA weights, has the evaluation actors score them,
+draws the study's attribute grid, and reports loss + metrics + a checkpoint (the engine's files and
+the PNGs) to Tune. A retried trial (FailureConfig) or a resumed sweep (Tuner.restore) continues
+from the last reported checkpoint. The trial never writes MLflow: the driver's callback does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestration.config import SweepConfig
+from orchestration.grid import TrialSpec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one phase shares (shipped to the workers with tune.with_parameters)."""
+
+    sweep: SweepConfig
+    phase: str  # "grid" | "final"
+    data_root: str
+    epochs: int
+    epoch_images: int | None
+    lr: float | None = None  # final phase: --final-lr when given
+    pool: Any = None  # evaluation.EvaluatorPool (actor handles) or None
+    marker_dir: str | None = None  # where injected failures remember they happened (testing)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration of one trial: pure functions, also used by the driver to log params
+# --------------------------------------------------------------------------------------------------
+def model_config(cfg: SweepConfig, spec: TrialSpec):
+    from models.families import family_config
+
+    if cfg.model == "ddpm":
+        return family_config("ddpm", cfg.ddpm_preset, image_size=cfg.image_size,
+                             block_out_channels=cfg.channels[spec.channels], num_train_timesteps=spec.timesteps)
+    extra = {"pretrained": cfg.pretrained} if cfg.pretrained else {}
+    return family_config("sd-lora", cfg.lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps, **extra)
+
+
+def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
+    from models.engine import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs, batch_size=cfg.batch_size, grad_accum=spec.grad_accum, lr=spec.lr,
+        min_snr_gamma=spec.min_snr_gamma, p_uncond=spec.p_uncond, ema_decay=cfg.ema_decay,
+        grad_clip=cfg.grad_clip, seed=cfg.seed, val_samples=cfg.val_samples, progress=False,
+    )
+
+
+def trial_spec(config: dict[str, Any], ctx: TrialContext) -> TrialSpec:
+    spec = TrialSpec.from_params(config).resolved(ctx.sweep)
+    return dataclasses.replace(spec, lr=ctx.lr) if ctx.lr is not None else spec
+
+
+def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[str, Any]]:
+    """(run name, every resolved hyperparameter) of a trial, for its MLflow run."""
+    spec = trial_spec(config, ctx)
+    params: dict[str, Any] = {f"trial.{k}": v for k, v in dataclasses.asdict(spec).items()}
+    params["trial.channels_list"] = ctx.sweep.channels.get(spec.channels) if spec.channels else None
+    params.update({f"train.{k}": v for k, v in dataclasses.asdict(train_config(ctx.sweep, spec, ctx.epochs)).items()})
+    params.update({f"model.{k}": v for k, v in dataclasses.asdict(model_config(ctx.sweep, spec)).items()})
+    params.update({
+        "phase": ctx.phase, "model": ctx.sweep.model, "preset": ctx.sweep.preset, "data": ctx.sweep.data,
+        "image_size": ctx.sweep.image_size, "augment": ctx.sweep.augment, "epoch_images": ctx.epoch_images,
+        "eval_samples": ctx.sweep.eval_samples, "sampler": ctx.sweep.sampler,
+        "sampling_steps": ctx.sweep.sampling_steps, "select_metric": ctx.sweep.select_metric,
+    })
+    return f"{ctx.phase}:{spec.label}", params
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainable
+# --------------------------------------------------------------------------------------------------
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    import torch
+    from ray import tune
+
+    from data.dataset import FaceDataset
+    from evaluation.conditions import paired_conditions
+    from models.engine import fit
+    from models.families import build_family
+    from models.sampling import generate
+
+    cfg = ctx.sweep
+    if cfg.threads_per_trial:
+        torch.set_num_threads(cfg.threads_per_trial)
+    spec = trial_spec(config, ctx)
+    family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed)
+    train_set = FaceDataset(ctx.data_root, "train", augment=cfg.augment, limit=ctx.epoch_images)
+    val_set = FaceDataset(ctx.data_root, "val")
+    conditions = paired_conditions(ctx.data_root, cfg.eval_samples, split="val", seed=cfg.seed)
+    real = conditions.real_images
+    trial_id = tune.get_context().get_trial_id()
+
+    work = Path(tempfile.mkdtemp(prefix="condface-trial-"))
+    resume: bool | Path = False
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        local = Path(restored.to_directory(str(work / "restored")))
+        resume = local / "engine"
+
+    def on_epoch(report) -> bool:
+        epoch = report.epoch + 1  # 1-based in every report and MLflow step
+        started = time.perf_counter()
+        stage = work / f"report-{epoch:04d}"
+        stage.mkdir()
+        with report.sampling() as pipe:
+            images = generate(pipe, conditions.levels, conditions.captions, spec.guidance_scale,
+                              cfg.sampling_steps, cfg.seed, cfg.sampler)
+            _attribute_png(pipe, cfg, spec, stage / "attributes.png", conditions.captions)
+            if ctx.phase == "final" and epoch == report.epochs:
+                family.save_pretrained(stage / "pipeline")  # EMA weights: what gets registered
+        sampled = time.perf_counter() - started
+        result = ctx.pool.score(images, conditions.levels, conditions.captions, real) if ctx.pool else None
+        _samples_png(images, stage / "samples.png")
+        shutil.copytree(report.checkpoint, stage / "engine", copy_function=_link_or_copy)
+        metrics: dict[str, Any] = {**report.metrics(), "epoch": epoch, "sample_seconds": sampled,
+                                   "eval_seconds": time.perf_counter() - started}
+        if result is not None:
+            metrics.update(result.values)
+            metrics.update(result.counts)  # sample counts, e.g. fd_estimator_n: recorded with every value
+            metrics["unavailable"] = dict(result.unavailable)
+        describe = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                    for k, v in family.describe().items()}
+        (stage / "report.json").write_text(json.dumps({"epoch": epoch, "trial_id": trial_id, "phase": ctx.phase,
+                                                       "describe": describe}))
+        _maybe_fail(ctx, trial_id, report.epoch)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+        shutil.rmtree(stage, ignore_errors=True)
+        return False
+
+    try:
+        fit(family, train_config(cfg, spec, ctx.epochs), train_set, on_epoch=on_epoch,
+            checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _maybe_fail(ctx: TrialContext, trial_id: str, epoch_index: int) -> None:
+    """Testing hook: crash each trial once, before it reports this epoch (so it resumes from the one before)."""
+    if ctx.sweep.fail_once_at_epoch is None or epoch_index != ctx.sweep.fail_once_at_epoch or ctx.phase != "grid":
+        return
+    marker = Path(ctx.marker_dir or tempfile.gettempdir()) / f"failed-{trial_id}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("1")
+        raise RuntimeError(f"injected failure at epoch index {epoch_index} (--fail-once-at-epoch)")
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _samples_png(images, path: Path) -> None:
+    from models.sampling import image_grid, save_png
+
+    size = images.shape[1]
+    save_png(image_grid(images, ncols=8, scale=max(1, 64 // size)), path)
+
+
+def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path, captions) -> None:
+    """The study's picture: one row per attribute, level 0..5 left to right (DDPM: levels; SD: captions)."""
+    from data.schema import ATTRIBUTES, NUM_LEVELS
+    from models.sampling import attribute_sweep, generate, image_grid, save_png
+
+    levels = attribute_sweep()
+    prompts = level_captions(levels) if cfg.model != "ddpm" else None
+    images = generate(pipe, levels, prompts, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler)
+    size = images.shape[1]
+    save_png(image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES), scale=max(1, 64 // size)), path)
+
+
+def level_captions(levels) -> list[str]:
+    """Captions that state the given levels in words (the synthetic faces' caption style)."""
+    import numpy as np
+
+    from data.synthetic_captions import caption
+
+    rng = np.random.default_rng(0)
+    return [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]

@@ -1,0 +1,120 @@
+"""The sweep's command line: --dry-run lists the study's grid exactly; bad flags give one-line errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestration.config import CPU_DEMO, STUDY, resolve
+from orchestration.errors import SweepError
+from orchestration.grid import TrialSpec, grid_trials, param_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestration.sweep", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines() if re.match(r"^\s*\d+\s", line)]
+
+
+@pytest.mark.parametrize("preset", ["study", "cpu-demo"])
+def test_dry_run_lists_the_ddpm_grid_exactly(preset, tmp_path):
+    out = sweep("--model", "ddpm", "--preset", preset, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert len(rows) == 16
+    combos = {(r[1], r[2], r[3], r[4]) for r in rows}
+    expected = {(ga, t, snr, ch) for ga in ("1", "4") for t in ("1000", "10000") for snr in ("off", "5")
+                for ch in ("small", "large")}
+    assert combos == expected
+    if preset == "study":
+        assert "[128, 256, 512, 512]" in out.stdout and "[256, 512, 768, 768]" in out.stdout
+    assert not list(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def test_dry_run_lists_the_lora_grid_exactly(tmp_path):
+    out = sweep("--model", "sd-lora", "--preset", "study", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert len(rows) == 24
+    assert {(r[1], r[2], r[3], r[4]) for r in rows} == {
+        (ga, t, snr, r) for ga in ("1", "4") for t in ("1000", "10000") for snr in ("off", "5") for r in ("2", "4", "8")
+    }
+
+
+def test_dry_run_optuna_describes_the_space(tmp_path):
+    out = sweep("--search", "optuna", "--num-samples", "7", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "7 trials" in out.stdout and "lr" in out.stdout and "guidance_scale" in out.stdout
+
+
+def test_bad_model_from_the_real_command_line(tmp_path):
+    out = sweep("--model", "gan", cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "error: argument --model: invalid choice: 'gan' (choose from 'ddpm', 'sd-lora') (see --help)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--epochs", "-1"], ["--epochs", "-1"]),
+        (["--epochs", "many"], ["--epochs"]),
+        (["--final-epochs", "-2"], ["--final-epochs"]),
+        (["--address", "127.0.0.1:1"], ["127.0.0.1:1", "ray start"]),
+        (["--address", "nonsense"], ["--address"]),
+        (["--storage-path", "{file}/sub"], ["--storage-path", "not writable"]),
+        (["--tracking-uri", "sqlite:///{file}/sub/mlruns.db"], ["MLflow store", "not writable"]),
+        (["--resume"], ["nothing to resume"]),
+    ],
+)
+def test_bad_flags_give_one_line_errors(args, words, tmp_path, monkeypatch):
+    from orchestration.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = [a.replace("{file}", str(blocker)) for a in args]
+    extra = [] if "--storage-path" in args else ["--storage-path", str(tmp_path / "results")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *extra])
+    message = str(exit_info.value.code)
+    assert exit_info.value.code not in (0, None)
+    assert message.startswith("error:") and "\n" not in message, message
+    for w in words:
+        assert w in message
+    assert not (tmp_path / "mlruns.db").exists(), "nothing half-written"
+
+
+def test_grid_and_param_space_agree():
+    for cfg, n in ((STUDY, 16), (CPU_DEMO, 16), (resolve("study", model="sd-lora"), 24)):
+        trials = grid_trials(cfg)
+        assert len(trials) == n and len(set(trials)) == n
+        space = param_space(cfg)
+        sizes = [len(v["grid_search"]) for v in space.values()]
+        assert __import__("math").prod(sizes) == n
+        for t in trials:
+            assert TrialSpec.from_params(t.params()) == t
+
+
+def test_config_validation_names_the_fix():
+    with pytest.raises(SweepError, match="unknown preset"):
+        resolve("huge")
+    with pytest.raises(SweepError, match="--eval-samples"):
+        resolve("cpu-demo", eval_samples=0)
+    with pytest.raises(SweepError, match="--fail-once-at-epoch"):
+        resolve("cpu-demo", epochs=2, fail_once_at_epoch=2)
+    # the cpu preset keeps the study's axes and maps the channel axis to two tiny channel sets
+    assert CPU_DEMO.grad_accum_axis == STUDY.grad_accum_axis and CPU_DEMO.timesteps_axis == STUDY.timesteps_axis
+    assert [n for n, _ in CPU_DEMO.channel_sets] == ["small", "large"]
+    small, large = (sum(c) for _, c in CPU_DEMO.channel_sets)
+    assert small < large
