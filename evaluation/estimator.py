@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ResNetConfig, ResNetModel
 
+from data.cache import FaceCache
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.config import condface_home
 from evaluation.errors import EvalError
@@ -192,6 +193,10 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def build_estimator(config: EstimatorConfig, hub_download: bool = False) -> tuple[AttributeEstimator, str]:
     """A fresh estimator and a note on its initialisation (ImageNet weights, or from scratch and why)."""
     if config.pretrained is None:
@@ -204,12 +209,16 @@ def build_estimator(config: EstimatorConfig, hub_download: bool = False) -> tupl
             f"ImageNet weights {config.pretrained!r} could not be loaded ({reason[:160]}); "
             "backbone trained FROM SCRATCH"
         )
-    expected = config.resnet_config()
-    got = backbone.config
-    if list(got.hidden_sizes) != list(expected.hidden_sizes) or list(got.depths) != list(expected.depths):
+    # the saved estimator is rebuilt from EstimatorConfig alone, so the pretrained architecture must match it
+    expected, got = config.resnet_config(), backbone.config
+    fields = ("embedding_size", "hidden_sizes", "depths", "layer_type", "hidden_act", "downsample_in_first_stage",
+              "downsample_in_bottleneck")
+    diff = [f for f in fields if _plain(getattr(got, f, None)) != _plain(getattr(expected, f, None))]
+    if diff:
         raise EvalError(
-            f"pretrained backbone {config.pretrained} has hidden sizes {got.hidden_sizes} / depths {got.depths}, "
-            f"but preset {config.preset} expects {expected.hidden_sizes} / {expected.depths}: use a matching preset"
+            f"pretrained backbone {config.pretrained} differs from preset {config.preset} in "
+            + ", ".join(f"{f} ({getattr(got, f, None)} vs {getattr(expected, f, None)})" for f in diff)
+            + ": use a matching preset or backbone"
         )
     return AttributeEstimator(config, backbone=backbone), f"backbone initialised from {config.pretrained}"
 
@@ -221,9 +230,9 @@ def estimator_cache_dir(cache_root: Path, config: EstimatorConfig) -> Path:
     return condface_home() / "estimators" / f"{config.preset}-{key}"
 
 
-def ensure_estimator(data: str | Path = "toy", preset: str = "small", size: int | None = None,
+def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small", size: int | None = None,
                      progress: bool = True, **overrides) -> Path:
-    """Return the directory of an estimator trained on `data` (a cache dir, or "toy" at `size` px).
+    """Return the directory of an estimator trained on `data` (a cache or its dir, or "toy" at `size` px).
 
     Trained on first use and cached under $CONDFACE_HOME/estimators/ (keyed by the data cache's manifest
     and the estimator config); a file lock makes concurrent callers wait for one training run.
@@ -233,7 +242,7 @@ def ensure_estimator(data: str | Path = "toy", preset: str = "small", size: int 
     from data.dataset import resolve_data
     from evaluation.train_estimator import train_estimator
 
-    cache_root = resolve_data(str(data), size)
+    cache_root = data.root if isinstance(data, FaceCache) else resolve_data(str(data), size)
     config = estimator_preset(preset, **overrides)
     out = estimator_cache_dir(cache_root, config)
     if (out / WEIGHTS_NAME).is_file():
