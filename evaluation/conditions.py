@@ -36,6 +36,11 @@ class PairedSet:
         """All real images, uint8 (n, H, W, 3). For large n iterate `batches` instead."""
         return np.asarray(self.cache.images[self.real_indices])
 
+    def condition_images(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The real images of the condition rows themselves, in chunks (the "ground truth" answer)."""
+        for i in range(0, len(self), batch_size):
+            yield np.asarray(self.cache.images[self.indices[i : i + batch_size]])
+
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
         """(levels, captions, real images) chunks in order."""
         for i in range(0, len(self), batch_size):

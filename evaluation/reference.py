@@ -7,7 +7,8 @@ Rows:
                   LoRA training, the study's "SD Nano 2.1 (no LoRA)" row), asked for the paired
                   validation conditions;
     ground truth  the real validation images themselves, scored against their own levels and captions
-                  (FID of a set against itself, 0 as in the study);
+                  (paired protocol: FID of a set against itself, 0 as in the study; unpaired: against an
+                  independent draw of validation images);
     real held-out real test images against the paired validation images (unpaired): the FID floor
                   two real samples of this size reach, which shows how much of a small-sample FID is bias.
 """
@@ -40,8 +41,7 @@ def score_set(scorer: Scorer, images_batches, paired: PairedSet, batch_size: int
 
 
 def ground_truth_row(scorer: Scorer, paired: PairedSet, batch_size: int = 256) -> MetricResult:
-    reals = (real for _, _, real in paired.batches(batch_size))
-    return score_set(scorer, reals, paired, batch_size)
+    return score_set(scorer, paired.condition_images(batch_size), paired, batch_size)
 
 
 def held_out_row(scorer: Scorer, paired: PairedSet, seed: int, batch_size: int = 256) -> MetricResult:
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=None, help="toy image size in px (default: the toy default)")
     p.add_argument("--samples", type=int, default=FID_SAMPLES["study-final"],
                    help="paired validation samples (study: 100; large-sample protocol: 10000)")
+    p.add_argument("--fid-protocol", default="paired", choices=["paired", "unpaired"],
+                   help="real half of FID: the paired validation images (study) or an independent draw")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     p.add_argument("--estimator", default="auto",
                    help="estimator directory, 'auto' (train once and cache the small preset) or 'none'")
@@ -127,8 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.estimator != "none":
             estimator = args.estimator
         config = EvalConfig(estimator=estimator, inception_weights=args.inception_weights,
-                            clip_model=args.clip_model, mtcnn=not args.no_mtcnn, device=args.device)
-        paired = paired_conditions(cache, args.samples, split="val", seed=args.seed)
+                            clip_model=args.clip_model, mtcnn=not args.no_mtcnn, device=args.device,
+                            fid_protocol=args.fid_protocol)
+        paired = paired_conditions(cache, args.samples, split="val", seed=args.seed, protocol=config.fid_protocol)
         scorer = Scorer(config)
         rows: dict[str, MetricResult] = {}
         for name in rows_asked:

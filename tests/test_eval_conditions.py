@@ -53,3 +53,9 @@ def test_bad_requests_are_one_line_errors(cache, n, protocol):
     with pytest.raises(EvalError) as err:
         paired_conditions(cache, n, protocol=protocol)
     assert "\n" not in str(err.value)
+
+
+def test_condition_images_are_the_rows_asked_for(cache):
+    unpaired = paired_conditions(cache, 30, seed=2, protocol="unpaired")
+    own = np.concatenate(list(unpaired.condition_images(8)))
+    np.testing.assert_array_equal(own, cache.images[unpaired.indices])
