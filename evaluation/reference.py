@@ -79,6 +79,7 @@ def format_rows(rows: dict[str, MetricResult]) -> str:
         for r in rows.values():
             if metric in r.values:
                 v = r.values[metric]
+                v = round(v, 4) + 0.0  # no "-0.0000" for numerical noise around zero
                 cells.append(f"{v:>18.4f}" if metric != "mtcnn" else f"{v:>17.2f}%")
             else:
                 cells.append(f"{'unavailable':>18}")

@@ -15,9 +15,12 @@ from tests.eval_helpers import face_cache, one_torch_thread, random_estimator  #
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def test_pool_equals_in_process(tmp_path_factory, local_ray):
