@@ -7,6 +7,8 @@
     (by paired FID, or its stand-in when Inception weights are missing) retrained for 15 epochs,
     100 final samples, a CFG sweep with 250 samples per scale, one GPU per trial.
 
+`smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch); what the tests run
+
 `cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in about 15 minutes
     The study's grid is kept (16 DDPM / 24 LoRA trials, the same axes), everything else shrinks:
     * Resolution 16x16 (`image_size`): a 16x16 face still shows all five attributes on the synthetic
@@ -246,7 +248,32 @@ CPU_DEMO = dataclasses.replace(
     artifact_limit_mb=256.0,
 )
 
-PRESETS: dict[str, SweepConfig] = {"study": STUDY, "cpu-demo": CPU_DEMO}
+# A minute-long check that an installation works end to end (also what the tests run): two trials of a
+# tiny network on the channel axis only, one short epoch, a handful of samples. Pass a small --data cache.
+SMOKE = dataclasses.replace(
+    CPU_DEMO,
+    preset="smoke",
+    grad_accum_axis=(1,),
+    timesteps_axis=(1000,),
+    min_snr_axis=(0.0,),
+    channel_sets=(("small", (16, 64)), ("large", (32, 64))),
+    lora_ranks=(2, 4),
+    lora_preset="test",
+    epochs=1,
+    final_epochs=1,
+    epoch_images=64,
+    final_epoch_images=64,
+    batch_size=16,
+    val_samples=16,
+    eval_samples=8,
+    final_samples=8,
+    cfg_samples=8,
+    cfg_scales=(1.0, 3.0),
+    sampling_steps=4,
+    artifact_limit_mb=64.0,
+)
+
+PRESETS: dict[str, SweepConfig] = {"study": STUDY, "cpu-demo": CPU_DEMO, "smoke": SMOKE}
 DEFAULT_PRESET = "cpu-demo"
 
 

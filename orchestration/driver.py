@@ -118,7 +118,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
         # --- grid -----------------------------------------------------------------------------------
         print(f"\n== {cfg.search} phase: {num_trials(cfg)} trials x {cfg.epochs} epochs, ranked by {metric} ==",
               flush=True)
-        callback = make_callback(ctx, tracking_uri, parent, tags, metric, mode)
+        callback = make_callback(ctx, tracking_uri, parent, tags, metric, mode, total=num_trials(cfg))
         results = run_phase(ctx, state.root, "grid", param_space(cfg), grid_res, metric, mode, callback,
                             num_samples=1 if cfg.search == "grid" else cfg.num_samples, search=cfg.search,
                             scheduler=cfg.scheduler, max_concurrent=cfg.max_concurrent, resume=cfg.resume)

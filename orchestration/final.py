@@ -42,7 +42,7 @@ def run_final(ctx: TrialContext, root: Path, spec: TrialSpec, tracker: Tracker, 
     cfg = ctx.sweep
     ctx = dataclasses.replace(ctx, phase="final", epochs=cfg.final_epochs, epoch_images=cfg.final_epoch_images,
                               lr=cfg.final_lr)
-    callback = make_callback(ctx, tracker.uri, parent_run_id, tags, metric, mode)
+    callback = make_callback(ctx, tracker.uri, parent_run_id, tags, metric, mode, total=1)
     print(f"\n== final run: {spec.label}, {cfg.final_epochs} epochs ==", flush=True)
     results = run_phase(ctx, root, "final", spec.params(), resources, metric, mode, callback, resume=resume)
     result = results[0]

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model", choices=MODELS, default="ddpm", help="model family: attribute DDPM or SD Nano + LoRA (default ddpm)")
     a("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-      help="study = the study's settings for a GPU cluster; cpu-demo = the embedded 2-core CPU default")
+      help="study = the study's settings for a GPU cluster; cpu-demo = the embedded 2-core CPU default; "
+           "smoke = a one-minute check")
     a("--data", help="'toy' (the embedded synthetic faces, default) or an image-cache directory from data.prepare")
     a("--search", choices=SEARCHES, help="grid = every combination of the study's axes; optuna = TPE over them + lr, "
                                          "p_uncond, guidance")

@@ -231,7 +231,7 @@ class MlflowTrialCallback(Callback):
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, phase: str, tags: dict[str, str],
                  trial_params, select_metric: str, select_mode: str, policy: str = "best",
-                 limit_mb: float = 2048.0):
+                 limit_mb: float = 2048.0, total: int | None = None):
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.phase, self.tags, self.trial_params = phase, dict(tags), trial_params
         self.metric, self.mode = select_metric, select_mode
@@ -240,6 +240,7 @@ class MlflowTrialCallback(Callback):
         self.best: dict[str, tuple[float, str, int]] = {}  # trial id -> (value, checkpoint path, epoch)
         self.logged_mb = 0.0
         self.labels: dict[str, str] = {}
+        self.total = total
         self.finished = 0
         self._tracker: Tracker | None = None
 
@@ -323,7 +324,7 @@ class MlflowTrialCallback(Callback):
         self.tracker.finish(run_id, ok=True)
         self.finished += 1
         print(f"[{self.phase}] {self.labels.get(trial.trial_id, trial.trial_id)} finished "
-              f"({self.finished}/{len(trials)} trials done)", flush=True)
+              f"({self.finished}/{self.total or len(trials)} trials done)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)

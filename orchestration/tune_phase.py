@@ -77,11 +77,11 @@ def run_phase(
 
 
 def make_callback(ctx: TrialContext, tracking_uri: str, parent_run_id: str, tags: dict[str, str], metric: str,
-                  mode: str) -> MlflowTrialCallback:
+                  mode: str, total: int | None = None) -> MlflowTrialCallback:
     """The driver-side MLflow writer for this phase (its params function must not carry actor handles)."""
     plain = dataclasses.replace(ctx, pool=None)
     return MlflowTrialCallback(
         uri=tracking_uri, experiment=ctx.sweep.experiment_name, parent_run_id=parent_run_id, phase=ctx.phase,
         tags=tags, trial_params=functools.partial(_callback_params, ctx=plain), select_metric=metric,
-        select_mode=mode, policy=ctx.sweep.checkpoint_artifacts, limit_mb=ctx.sweep.artifact_limit_mb,
+        select_mode=mode, policy=ctx.sweep.checkpoint_artifacts, limit_mb=ctx.sweep.artifact_limit_mb, total=total,
     )

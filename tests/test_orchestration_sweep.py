@@ -1,0 +1,212 @@
+"""The sweep for real: a local Ray runtime, a real MLflow SQLite store, the real engine and evaluation actors.
+
+Everything is tiny (16 px synthetic faces, 2-level U-Nets, one short epoch) so the file runs in a few
+minutes on 2 cores; the record is checked through MlflowClient the way a user would see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Caches (estimator) in a temporary CONDFACE_HOME for this module."""
+    path = tmp_path_factory.mktemp("condface-home")
+    old = os.environ.get("CONDFACE_HOME")
+    os.environ["CONDFACE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CONDFACE_HOME", None)
+    else:
+        os.environ["CONDFACE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def data(home, tmp_path_factory):
+    from data.synthetic import toy_cache
+
+    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
+                         progress=False))
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(home):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def smoke(tmp: Path, data: str, **changes):
+    from orchestration.config import resolve
+
+    return resolve("smoke", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+                   storage_path=str(tmp / "results"), **changes)
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def children(client, parent_id: str):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_mini_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
+    from orchestration.driver import run_sweep
+
+    cfg = smoke(tmp_path, data)
+    out = run_sweep(cfg, dashboard=False)
+    client = client_for(cfg.tracking_uri)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    # every field of the resolved config is a param of the parent run: no hidden defaults
+    assert parent.data.params == cfg.params()
+    assert parent.data.tags["condface.family"] == "ddpm" and parent.data.tags["condface.preset"] == "smoke"
+
+    runs = children(client, parent.info.run_id)
+    by_phase: dict[str, list] = {}
+    for r in runs:
+        by_phase.setdefault(r.data.tags["condface.phase"], []).append(r)
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+    assert sorted(by_phase) == ["cfg", "final", "grid", "reference"]
+    assert len(by_phase["grid"]) == 2 and len(by_phase["final"]) == 1
+
+    for run in by_phase["grid"] + by_phase["final"]:
+        params = run.data.params
+        for key in ("trial.grad_accum", "trial.timesteps", "trial.min_snr_gamma", "train.lr", "train.batch_size",
+                    "train.p_uncond", "model.block_out_channels", "built.params_total", "sampler"):
+            assert key in params, key
+        for key in ("train_loss", "val_loss", "fd_estimator", "est_acc", "est_acc_balanced", "epoch_seconds",
+                    "images_per_second", "fd_estimator_n"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1], (key, history)
+        assert "fid" not in run.data.metrics  # no Inception here: unavailable with a reason, never a number
+        assert "torch-fidelity" in run.data.tags["condface.unavailable.fid"]
+        files = artifact_paths(client, run.info.run_id)
+        assert {"samples/epoch_001/samples.png", "samples/epoch_001/attributes.png"} <= files
+        assert any(f.startswith("checkpoints/best_epoch_001/") and f.endswith(".safetensors") for f in files)
+    channels = {r.data.params["trial.channels"] for r in by_phase["grid"]}
+    assert channels == {"small", "large"}
+
+    # final run: evaluated on the final sample set and registered as a loadable diffusers pipeline
+    final = by_phase["final"][0]
+    assert final.data.metrics["final_est_acc_n"] == cfg.final_samples
+    model_uri = final.data.tags["condface.registered_model"]
+    assert model_uri == out["final"].model_uri
+    import mlflow
+
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp_path / "dl"),
+                                                tracking_uri=cfg.tracking_uri)
+    from models.sampling import generate
+    from orchestration.evaluate import load_pipeline
+
+    loaded, saved = load_pipeline("ddpm", local), load_pipeline("ddpm", out["final"].pipeline_dir)
+    levels = np.array([[0, 1, 2, 3, 4], [5, 4, 3, 2, 1]])
+    a = generate(loaded, levels, None, 3.0, 3, seed=0, scheduler="ddim")
+    b = generate(saved, levels, None, 3.0, 3, seed=0, scheduler="ddim")
+    assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)
+
+    # CFG sweep: one step per scale, the Pareto plot, the table
+    cfg_run = by_phase["cfg"][0]
+    scales = client.get_metric_history(cfg_run.info.run_id, "guidance_scale")
+    assert sorted(m.value for m in scales) == list(cfg.cfg_scales)
+    assert {"cfg/cfg_pareto.png", "cfg/cfg_sweep.json"} <= artifact_paths(client, cfg_run.info.run_id)
+    # reference rows, once per experiment
+    ref = by_phase["reference"][0]
+    assert {"untrained.est_acc_balanced", "ground_truth.est_acc_balanced"} <= set(ref.data.metrics)
+
+
+def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, data, ray_runtime):
+    from orchestration.driver import run_sweep
+
+    cfg = smoke(tmp_path, data, epochs=2, final_epochs=0, max_failures=1, fail_once_at_epoch=1)
+    cfg = dataclasses.replace(cfg, channel_sets=(("small", (16, 64)),))
+    out = run_sweep(cfg, dashboard=False)
+    (record,) = out["records"]
+    assert record.error is None
+    # Tune's history: epoch 1 from the first attempt, epoch 2 from the retry, which restored epoch 1's checkpoint
+    assert [int(r["epoch"]) for r in record.history] == [1, 2]
+    assert record.history[-1]["iterations_since_restore"] == 1
+    assert list((out["state"].root / "injected-failures").iterdir()), "the failure really happened"
+
+    client = client_for(cfg.tracking_uri)
+    (run,) = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] == "grid"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["condface.retries"] == "1"
+    assert "injected failure" in run.data.tags["condface.last_error"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started (its local Ray runtime): the machine 'dies'."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    for child in parent.children(recursive=True):
+        child.send_signal(signal.SIGKILL)
+    parent.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, home):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--epochs", "2",
+            "--final-epochs", "0", "--max-concurrent", "1", "--no-dashboard", "--tracking-uri", uri,
+            "--storage-path", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", "CONDFACE_HOME": str(home)}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        done = []
+        while time.time() < deadline and proc.poll() is None and not done:
+            time.sleep(1)
+            done = re.findall(r"\[grid\] (\S+) finished \(1/2 trials done\)", (tmp_path / "first.log").read_text())
+        assert done, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(2)  # the experiment state (saved every second here) records the finished trial
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        _kill_tree(proc)
+    done_label = done[0]
+    client = client_for(uri)
+
+    resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming the grid phase" in resumed.stdout
+    assert f"{done_label} epoch" not in resumed.stdout, "a finished trial ran again"
+
+    exp = client.get_experiment_by_name("condface-ddpm-smoke")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = children(client, parents[0].info.run_id)
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    assert len(grid) == 2 and all(r.info.status == "FINISHED" for r in grid)
+    for r in grid:  # every epoch of every trial logged exactly once
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
+    sweep_dir = Path(parents[0].data.tags["condface.storage"])
+    assert json.loads((sweep_dir / "sweep.json").read_text())["phases"]["done"] is True
