@@ -28,6 +28,7 @@ from data.cache import FaceCache
 from data.dataset import FaceDataset, resolve_data
 from data.errors import DataError
 from data.schema import ATTRIBUTES, NUM_LEVELS
+from evaluation.degrade import Degraded
 from evaluation.errors import EvalError
 from evaluation.estimator import (
     ESTIMATOR_PRESETS,
@@ -87,6 +88,8 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = FaceDataset(cache, "train", augment=config.augment, limit=config.train_limit)
+    if config.degrade > 0:
+        train = Degraded(train, config.degrade, config.seed)
     if len(cache.indices("val")) == 0:
         raise EvalError(f"cache {cache.root} has no validation split: the estimator selects its epoch on val")
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=len(train) > config.batch_size,

@@ -116,3 +116,16 @@ def test_unloadable_pretrained_weights_train_from_scratch_and_say_so(faces, tmp_
     report = train_estimator(faces, config, tmp_path / "est", progress=False, log=lambda _: None)
     assert "FROM SCRATCH" in report["note"]
     assert [h["phase"] for h in report["history"]] == ["full"]
+
+
+def test_degraded_training_images_keep_their_labels(faces):
+    from data.dataset import FaceDataset
+    from evaluation.degrade import Degraded
+
+    clean = FaceDataset(faces, "train", limit=40)
+    always, never = Degraded(clean, 1.0, seed=0), Degraded(clean, 0.0, seed=0)
+    changed = sum(not torch.equal(always[i]["image"], clean[i]["image"]) for i in range(len(clean)))
+    assert changed >= 30
+    assert all(torch.equal(never[i]["image"], clean[i]["image"]) for i in range(len(clean)))
+    assert all(torch.equal(always[i]["levels"], clean[i]["levels"]) and always[i]["caption"] == clean[i]["caption"]
+               for i in range(len(clean)))
