@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=None, help="phase-2 learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
     p.add_argument("--augment", default=None, help="augmentation: none | study | study-no-color")
+    p.add_argument("--degrade", type=float, default=None, help="probability of a blur/resize/noise per image")
+    p.add_argument("--patience", type=int, default=None, help="ReduceLROnPlateau patience (epochs)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--pretrained", default=None, help="backbone weights: Hub id or local dir, 'none' for scratch")
     p.add_argument("--hub-download", action="store_true", help="allow downloading pretrained weights from the Hub")
@@ -188,13 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in {
         "full_epochs": args.epochs, "heads_epochs": args.heads_epochs, "full_lr": args.lr,
         "batch_size": args.batch_size, "augment": args.augment, "train_limit": args.train_limit, "seed": args.seed,
+        "degrade": args.degrade, "patience": args.patience,
     }.items() if v is not None}
     if args.pretrained is not None:
         overrides["pretrained"] = None if args.pretrained.lower() == "none" else args.pretrained
     try:
-        for name in ("full_epochs", "heads_epochs", "batch_size", "train_limit"):
+        for name in ("full_epochs", "heads_epochs", "batch_size", "train_limit", "patience"):
             if name in overrides and overrides[name] < (1 if name in ("batch_size", "train_limit") else 0):
                 raise EvalError(f"--{name.replace('_', '-')} must be positive, got {overrides[name]}")
+        if not 0 <= overrides.get("degrade", 0) <= 1:
+            raise EvalError(f"--degrade is a probability in [0, 1], got {overrides['degrade']}")
         config = estimator_preset(args.preset, **overrides)
         out = Path(args.out)
         if out.exists() and not args.overwrite:
