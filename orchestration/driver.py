@@ -38,7 +38,7 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
     else:
         ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
     resources = ray.cluster_resources()
-    return {"dashboard_url": getattr(ctx, "dashboard_url", None) if ctx else None,
+    return {"dashboard_url": getattr(ctx, "dashboard_url", None) if ctx is not None else None,
             "cpus": int(resources.get("CPU", 1)), "gpus": float(resources.get("GPU", 0)), "local": not cfg.address}
 
 
@@ -110,7 +110,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"state": state, "parent_run_id": parent, "tracking_uri": tracking_uri}
     ok, reason = False, None
     try:
-        references = log_references(tracker, parent, cfg, data_root, pool, tags, lone_res)
+        references = log_references(tracker, parent, cfg, data_root, eval_config, tags, lone_res)
         metric = effective_metric(cfg, eval_config)
         mode = METRIC_MODES[metric]
         tracker.set_tags(parent, {f"{TAG_PREFIX}select_metric": metric})
@@ -195,9 +195,11 @@ def effective_metric(cfg: SweepConfig, eval_config) -> str:
     return "fid"
 
 
-def log_references(tracker: Tracker, parent: str, cfg: SweepConfig, data_root: str, pool, tags: dict[str, str],
+def log_references(tracker: Tracker, parent: str, cfg: SweepConfig, data_root: str, eval_config,
+                   tags: dict[str, str],
                    resources: dict[str, float]) -> dict[str, dict[str, float]]:
-    """The reference rows (untrained model, ground truth) on the final sample set, once per experiment."""
+    """The reference rows (untrained model, ground truth, real held-out) on the final sample set, once per
+    experiment (keyed by family, preset, data, size, sample count and seed)."""
     from orchestration.references import compute_references
 
     key = f"reference/{cfg.model}/{cfg.preset}/{cfg.data}/{cfg.image_size}/{cfg.final_samples}/{cfg.seed}"
@@ -214,7 +216,7 @@ def log_references(tracker: Tracker, parent: str, cfg: SweepConfig, data_root: s
                               params={"samples": cfg.final_samples, "seed": cfg.seed + 1, "model": cfg.model,
                                       "guidance_scale": cfg.guidance_scale})
     try:
-        rows, unavailable = compute_references(cfg, data_root, pool, resources)
+        rows, unavailable = compute_references(cfg, data_root, eval_config, resources)
         for row, values in rows.items():
             tracker.log_metrics(run_id, {f"{row}.{k}": v for k, v in values.items()})
         tracker.log_unavailable(run_id, unavailable)

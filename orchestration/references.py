@@ -1,9 +1,9 @@
-"""The reference rows of the study's Table 3.1 for this sweep's final sample set, scored by the same actors.
+"""The reference rows of the study's Table 3.1 for this sweep's final sample set (evaluation.reference's rows).
 
-untrained: the family with random weights (the study's "untrained DDPM"; for sd-lora, the base
-without LoRA) sampled on the final-comparison conditions at the sweep's guidance scale.
-ground_truth: the real validation images of those conditions, scored as if generated (FID 0 by
-construction: the real half is the same images, as in the study).
+untrained: the family with random weights (for sd-lora: the base before LoRA), asked for the final
+comparison's conditions; ground_truth: the real validation images of those conditions (FID 0, as in
+the study); real_held_out: real test images against them, the floor a sample of this size reaches.
+Computed once per experiment in a Ray task with the trial resources, by the same Scorer code.
 """
 
 from __future__ import annotations
@@ -11,35 +11,35 @@ from __future__ import annotations
 from typing import Any
 
 from orchestration.config import SweepConfig
-from orchestration.grid import grid_trials
 
 
-def _references(cfg: SweepConfig, data_root: str, pool: Any, threads: int) -> tuple[dict, dict]:
+def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int) -> tuple[dict, dict]:
     import torch
 
     from evaluation.conditions import paired_conditions
-    from models.families import build_family
-    from models.sampling import generate
-    from orchestration.trainable import model_config
+    from evaluation.reference import ground_truth_row, held_out_row, untrained_row
+    from evaluation.scorer import Scorer
 
     if threads:
         torch.set_num_threads(threads)
-    conditions = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
-    real = conditions.real_images
-    spec = grid_trials(cfg)[0].resolved(cfg)
-    family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed)
-    family.module.eval()
-    images = generate(family, conditions.levels, conditions.captions, cfg.guidance_scale, cfg.sampling_steps,
-                      cfg.seed + 1, cfg.sampler)
-    untrained = pool.score(images, conditions.levels, conditions.captions, real)
-    truth = pool.score(real, conditions.levels, conditions.captions, real)
-    rows = {"untrained": dict(untrained.values), "ground_truth": dict(truth.values)}
-    return rows, {**truth.unavailable, **untrained.unavailable}
+    scorer = Scorer(eval_config)
+    paired = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
+    preset = cfg.ddpm_preset if cfg.model == "ddpm" else cfg.lora_preset
+    rows = {
+        "untrained": untrained_row(scorer, paired, cfg.model, preset, cfg.sampling_steps, cfg.guidance_scale,
+                                   cfg.seed),
+        "ground_truth": ground_truth_row(scorer, paired),
+        "real_held_out": held_out_row(scorer, paired, cfg.seed),
+    }
+    unavailable: dict[str, str] = {}
+    for result in rows.values():
+        unavailable.update(result.unavailable)
+    return {name: dict(r.values) for name, r in rows.items()}, unavailable
 
 
-def compute_references(cfg: SweepConfig, data_root: str, pool: Any, resources: dict[str, float]):
-    """({"untrained": metrics, "ground_truth": metrics}, unavailable) computed in a Ray task."""
+def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resources: dict[str, float]):
+    """({"untrained": metrics, "ground_truth": metrics, "real_held_out": metrics}, unavailable), in a Ray task."""
     import ray
 
     task = ray.remote(_references).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-    return ray.get(task.remote(cfg, data_root, pool, int(resources.get("cpu", 1))))
+    return ray.get(task.remote(cfg, data_root, eval_config, int(resources.get("cpu", 1))))
