@@ -45,13 +45,11 @@ def load_pipeline(model: str, path: str | Path):
 def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int, scales: list[float],
                      sampler: str, steps: int, pool: Any, threads: int = 0) -> list[Scored]:
     """For each guidance scale: generate one image per condition of a seeded paired set, score it."""
-    import torch
-
     from evaluation.conditions import paired_conditions
     from models.sampling import generate
+    from orchestration.trainable import configure_torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    configure_torch(threads)
     pipe = load_pipeline(model, pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     conditions = paired_conditions(data_root, n, split="val", seed=seed)

@@ -40,8 +40,9 @@ class FinalOutcome:
 def run_final(ctx: TrialContext, root: Path, spec: TrialSpec, tracker: Tracker, parent_run_id: str,
               tags: dict[str, str], metric: str, mode: str, resources: dict[str, float], resume: bool) -> FinalOutcome:
     cfg = ctx.sweep
+    # the final run is alone: on a CPU it takes every core (resources["cpu"] threads)
     ctx = dataclasses.replace(ctx, phase="final", epochs=cfg.final_epochs, epoch_images=cfg.final_epoch_images,
-                              lr=cfg.final_lr)
+                              lr=cfg.final_lr, threads=int(resources.get("cpu", 1)) if not resources.get("gpu") else 0)
     callback = make_callback(ctx, tracker.uri, parent_run_id, tags, metric, mode, total=1)
     print(f"\n== final run: {spec.label}, {cfg.final_epochs} epochs ==", flush=True)
     results = run_phase(ctx, root, "final", spec.params(), resources, metric, mode, callback, resume=resume)

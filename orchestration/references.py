@@ -14,14 +14,12 @@ from orchestration.config import SweepConfig
 
 
 def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int) -> tuple[dict, dict]:
-    import torch
-
     from evaluation.conditions import paired_conditions
     from evaluation.reference import ground_truth_row, held_out_row, untrained_row
     from evaluation.scorer import Scorer
+    from orchestration.trainable import configure_torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    configure_torch(threads)
     scorer = Scorer(eval_config)
     paired = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
     preset = cfg.ddpm_preset if cfg.model == "ddpm" else cfg.lora_preset

@@ -32,6 +32,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+# CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint: wanted (exact resume), not a warning.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -263,9 +263,10 @@ class MlflowTrialCallback(Callback):
 
     def _run(self, trial) -> str:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
+        if run_id is None or trial.trial_id not in self.labels:  # new, or restored by Tuner.restore
             name, params = self.trial_params(trial.config)
             self.labels[trial.trial_id] = name
+        if run_id is None:
             tags = {**self.tags, f"{TAG_PREFIX}phase": self.phase, f"{TAG_PREFIX}trial_id": trial.trial_id}
             run_id = self.tracker.open_run(f"{self.parent}/{self.phase}/{trial.trial_id}", name, self.parent,
                                            tags=tags, params=params)

@@ -62,7 +62,7 @@ def run_phase(
         trainable,
         param_space=param_space,
         tune_config=TuneConfig(metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
-                               scheduler=sched, max_concurrent_trials=max_concurrent, reuse_actors=False),
+                               scheduler=sched, max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=RunConfig(
             name=name,
             storage_path=str(root),

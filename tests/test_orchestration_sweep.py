@@ -177,28 +177,32 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, home):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--epochs", "2",
+    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--epochs", "6",
             "--final-epochs", "0", "--max-concurrent", "1", "--no-dashboard", "--tracking-uri", uri,
             "--storage-path", str(tmp_path / "results")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", "CONDFACE_HOME": str(home)}
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 240
-        done = []
-        while time.time() < deadline and proc.poll() is None and not done:
-            time.sleep(1)
-            done = re.findall(r"\[grid\] (\S+) finished \(1/2 trials done\)", (tmp_path / "first.log").read_text())
-        assert done, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(2)  # the experiment state (saved every second here) records the finished trial
-        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        text = ""
+        # kill once one trial has finished and the other has reported its first epoch (and so checkpointed)
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            text = (tmp_path / "first.log").read_text()
+            if "(1/2 trials done)" in text and re.search(r"^grid:\S+ epoch 1:", text.split("(1/2 trials done)")[1],
+                                                           re.M):
+                break
+        assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + text[-3000:]
         _kill_tree(proc)
-    done_label = done[0]
+    done_label = re.search(r"\[grid\] (\S+) finished \(1/2 trials done\)", text).group(1)
     client = client_for(uri)
 
     resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming the grid phase" in resumed.stdout
     assert f"{done_label} epoch" not in resumed.stdout, "a finished trial ran again"
+    assert re.search(r"^grid:\S+ epoch 6:", resumed.stdout, re.M), "the interrupted trial went on"
 
     exp = client.get_experiment_by_name("condface-ddpm-smoke")
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'sweep'")
@@ -207,6 +211,6 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
     grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
     assert len(grid) == 2 and all(r.info.status == "FINISHED" for r in grid)
     for r in grid:  # every epoch of every trial logged exactly once
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     sweep_dir = Path(parents[0].data.tags["condface.storage"])
     assert json.loads((sweep_dir / "sweep.json").read_text())["phases"]["done"] is True
