@@ -143,6 +143,10 @@ def load_base(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
 
         path, description = ensure_tiny_base(TINY[config.tiny_base])
         return load_pipeline_folder(path), description
+    info = Path(config.pretrained) / "condface_base.json"  # a tiny base passed by path describes itself
+    if info.is_file():
+        return load_pipeline_folder(config.pretrained), json.loads(info.read_text()).get(
+            "description", f"tiny offline SD base at {config.pretrained}")
     return load_pipeline_folder(config.pretrained), f"{config.pretrained} (pretrained Stable Diffusion base)"
 
 
@@ -358,3 +362,32 @@ def _atomic_dir(directory: str | Path, write) -> None:
             os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m models.sd_lora",
+        description="List the sd-lora presets and the parameter counts of SD 2.x's U-Net with LoRA (no weights needed).",
+    )
+    parser.add_argument("--list", action="store_true", help="print presets and parameter counts (default)")
+    parser.parse_args(argv)
+    try:
+        unet, _ = count_sd2_parameters(4)
+        print(f"Stable Diffusion 2.x / Nano 2.1 U-Net: {unet:,} parameters ({unet / 1e6:.2f}M; the study: 865.91M)")
+        for rank in (2, 4, 8):
+            lora = count_sd2_parameters(rank)[1]
+            print(f"  LoRA r={rank} (alpha={rank}) on to_q/to_k/to_v/to_out.0: {lora:,} trainable "
+                  f"({100 * lora / unet:.3f}%)")
+        for name, cfg in PRESETS.items():
+            base = cfg.pretrained or f"tiny offline base '{cfg.tiny_base}' (models.tiny_base)"
+            print(f"{name:9s} {cfg.image_size:3d}px rank={cfg.rank} T={cfg.num_train_timesteps} base={base}")
+        print(REAL_BASE_HINT)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

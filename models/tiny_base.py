@@ -7,7 +7,9 @@ Like Nano at 64 px, it turns images into 8x8x4 latents (a VAE with fewer down bl
 
 Pretraining (about a minute or two on 2 CPU cores):
 1. the tokenizer is trained on the training captions (`CLIPTokenizer.train_new_from_iterator`);
-2. the CLIP text encoder keeps its seeded random weights (frozen, like SD's text encoder);
+2. the CLIP text encoder is trained briefly to read the five levels out of a caption (a throw-away
+   linear head on its mean token state) -- a stand-in for CLIP's pretrained semantics: like the real
+   text encoder it "knows what the words mean", and it is frozen afterwards;
 3. the VAE is trained briefly to reconstruct the faces (MSE + a small KL term), and its latent
    `scaling_factor` is set to 1/std of the latents, the way SD's 0.18215 was chosen;
 4. the U-Net is trained with the one training engine on captions SHUFFLED across images (10% empty):
@@ -53,6 +55,8 @@ class TinyBaseConfig:
     text_layers: int = 2
     vocab_size: int = 512
     max_caption_tokens: int = 64  # the synthetic captions are at most 62 tokens with this tokenizer
+    text_steps: int = 300
+    text_lr: float = 2e-3
     vae_steps: int = 300
     vae_lr: float = 1e-3
     unet_epochs: int = 1
@@ -60,6 +64,7 @@ class TinyBaseConfig:
     batch_size: int = 32
     train_images: int | None = 20000  # images of the training split used for pretraining (None: all)
     p_uncond: float = 0.1
+    caption_truth: float = 0.0  # fraction of pretraining images shown with their own caption (the rest: shuffled)
     seed: int = 0
 
     def key(self) -> str:
@@ -75,7 +80,7 @@ PRESETS: dict[str, TinyBaseConfig] = {
     # Seconds to build: for tests only (it draws noise, not faces).
     "test": TinyBaseConfig(
         name="test", image_size=16, vae_channels=(16, 16), unet_channels=(16, 32), unet_head_dims=(2, 4),
-        text_hidden=16, text_layers=1, vocab_size=300, max_caption_tokens=64, vae_steps=2, unet_epochs=1,
+        text_hidden=16, text_layers=1, vocab_size=300, max_caption_tokens=64, text_steps=2, vae_steps=2, unet_epochs=1,
         batch_size=8, train_images=16,
     ),
 }
@@ -137,6 +142,38 @@ def build_components(config: TinyBaseConfig, captions: list[str]):
     return vae, text_encoder, tokenizer, unet, scheduler
 
 
+def pretrain_text_encoder(text_encoder, tokenizer, captions: list[str], levels: torch.Tensor,
+                          config: TinyBaseConfig) -> float:
+    """Train the text encoder to tell the five levels from a caption; return the final batch accuracy.
+
+    A linear head on the mean of the token states (what the U-Net cross-attends to) is trained with it
+    and thrown away. transformers ships the model but no trainer for this objective; this is that loop.
+    """
+    from data.schema import NUM_ATTRIBUTES, NUM_LEVELS
+
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    head = torch.nn.Linear(text_encoder.config.hidden_size, NUM_ATTRIBUTES * NUM_LEVELS)
+    opt = torch.optim.AdamW([*text_encoder.parameters(), *head.parameters()], lr=config.text_lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    text_encoder.train()
+    acc = float("nan")
+    bar = tqdm(range(config.text_steps), desc="tiny base: text encoder", leave=False)
+    for _ in bar:
+        b = torch.randint(len(captions), (2 * config.batch_size,), generator=gen)
+        states = text_encoder(ids.input_ids[b])[0]
+        mask = ids.attention_mask[b].unsqueeze(-1).to(states.dtype)
+        logits = head((states * mask).sum(1) / mask.sum(1)).view(-1, NUM_ATTRIBUTES, NUM_LEVELS)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), levels[b].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc = (logits.argmax(-1) == levels[b]).float().mean().item()
+        bar.set_postfix(acc=f"{acc:.3f}")
+    text_encoder.eval().requires_grad_(False)
+    return acc
+
+
 def pretrain_vae(vae, images: torch.Tensor, config: TinyBaseConfig, kl_weight: float = 1e-6) -> float:
     """Train the autoencoder to reconstruct `images` (N,3,H,W in [-1,1]); set its latent scaling factor.
 
@@ -166,28 +203,29 @@ def pretrain_vae(vae, images: torch.Tensor, config: TinyBaseConfig, kl_weight: f
 
 
 class ShuffledCaptions(torch.utils.data.Dataset):
-    """The dataset with every image paired with another item's caption (a fixed permutation).
+    """The dataset with its captions shuffled across images (a fixed permutation), except for a fraction
+    `keep` of the items, which keep their own caption.
 
-    The U-Net sees the real distribution of captions but none that describes its image.
+    With keep=0 the U-Net sees the real distribution of captions but none that describes its image.
     """
 
-    def __init__(self, dataset, seed: int = 0):
-        self.dataset = dataset
-        self.perm = np.random.default_rng(seed).permutation(len(dataset))
-        self.captions = [dataset.cache.captions[int(j)] for j in dataset.indices] if hasattr(dataset, "cache") else [
-            dataset[i]["caption"] for i in range(len(dataset))
-        ]
+    def __init__(self, dataset, captions: list[str], keep: float = 0.0, seed: int = 0):
+        self.dataset, self.captions = dataset, captions
+        rng = np.random.default_rng(seed)
+        self.source = rng.permutation(len(dataset))
+        kept = rng.random(len(dataset)) < keep
+        self.source[kept] = np.flatnonzero(kept)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])
-        item["caption"] = self.captions[int(self.perm[i])]
+        item["caption"] = self.captions[int(self.source[i])]
         return item
 
 
-def pretrain_unet(family, dataset, config: TinyBaseConfig) -> dict:
+def pretrain_unet(family, dataset, captions: list[str], config: TinyBaseConfig) -> dict:
     """Train the whole U-Net with the one engine on `dataset` with shuffled captions; EMA weights kept."""
     from models.engine import TrainConfig, fit
 
@@ -195,7 +233,7 @@ def pretrain_unet(family, dataset, config: TinyBaseConfig) -> dict:
         epochs=config.unet_epochs, batch_size=config.batch_size, lr=config.unet_lr, p_uncond=config.p_uncond,
         seed=config.seed, val_samples=0, ema=True, ema_decay=0.999, device="cpu",
     )
-    result = fit(family, train, ShuffledCaptions(dataset, config.seed), checkpoint_dir=None, resume=False)
+    result = fit(family, train, ShuffledCaptions(dataset, captions, config.caption_truth, config.seed), checkpoint_dir=None, resume=False)
     return result.history[-1] if result.history else {}
 
 
@@ -207,26 +245,31 @@ def build_tiny_base(config: TinyBaseConfig, dataset, out: str | Path) -> Path:
 
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    captions = [dataset[i]["caption"] for i in range(len(dataset))] if not hasattr(dataset, "cache") else [
-        dataset.cache.captions[int(j)] for j in dataset.indices
-    ]
+    if hasattr(dataset, "cache"):  # a FaceDataset: read the labels without decoding images
+        captions = [dataset.cache.captions[int(j)] for j in dataset.indices]
+        levels = torch.from_numpy(np.asarray(dataset.cache.levels[dataset.indices], dtype=np.int64))
+    else:
+        captions = [dataset[i]["caption"] for i in range(len(dataset))]
+        levels = torch.stack([torch.as_tensor(dataset[i]["levels"]) for i in range(len(dataset))]).long()
     vae, text_encoder, tokenizer, unet, scheduler = build_components(config, captions)
+    text_acc = pretrain_text_encoder(text_encoder, tokenizer, captions, levels, config)
+    print(f"tiny base: text encoder trained ({config.text_steps} steps, reads the levels from captions with "
+          f"batch accuracy {text_acc:.3f}, {time.perf_counter() - start:.0f}s)", flush=True)
     n_vae = min(len(dataset), 4096)
     images = torch.stack([dataset[i]["image"] for i in range(n_vae)])
     if tuple(images.shape[-2:]) != (config.image_size,) * 2:
         raise ValueError(f"tiny base {config.name!r} needs {config.image_size}px images, got {tuple(images.shape[-2:])}")
     mse = pretrain_vae(vae, images, config)
-    vae_seconds = time.perf_counter() - start
     print(f"tiny base: VAE trained ({config.vae_steps} steps, reconstruction MSE {mse:.4f}, "
-          f"latent scaling factor {vae.config.scaling_factor:.3f}, {vae_seconds:.0f}s)", flush=True)
+          f"latent scaling factor {vae.config.scaling_factor:.3f}, {time.perf_counter() - start:.0f}s)", flush=True)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     family = StableDiffusionFamily(pipe, config.image_size, "tiny base (being pretrained)")
-    last = pretrain_unet(family, dataset, config)
+    last = pretrain_unet(family, dataset, captions, config)
     seconds = time.perf_counter() - start
-    info = {"config": dataclasses.asdict(config), "vae_mse": mse, "unet_train_loss": last.get("train_loss"),
+    info = {"description": describe(config, Path(out)), "config": dataclasses.asdict(config), "text_level_accuracy": text_acc, "vae_mse": mse, "unet_train_loss": last.get("train_loss"),
             "pretrain_seconds": round(seconds, 1), "train_images": len(dataset),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(out)
@@ -263,3 +306,29 @@ def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dat
                       flush=True)
                 build_tiny_base(config, dataset, path)
     return path, describe(config, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    from data.errors import DataError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m models.tiny_base",
+        description="Build, pretrain and cache the tiny offline Stable Diffusion base (reused when already cached).",
+    )
+    parser.add_argument("--preset", default="cpu-16", choices=sorted(PRESETS), help="tiny base preset (default cpu-16)")
+    parser.add_argument("--out", default=None,
+                        help="folder to write the pipeline to (default: the cache, $CONDFACE_HOME/sd-base/...)")
+    args = parser.parse_args(argv)
+    try:
+        path, description = ensure_tiny_base(PRESETS[args.preset], root=args.out)
+    except (DataError, ValueError, OSError) as err:
+        sys.exit(f"error: {err}")
+    print(description)
+    print(f"use it: StableDiffusionPipeline.from_pretrained({str(path)!r}) or --pretrained {path}")
+
+
+if __name__ == "__main__":
+    main()
