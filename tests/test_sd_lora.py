@@ -23,7 +23,14 @@ from models.errors import ConfigError
 from models.families import build_family, family_config
 from models.objective import training_loss
 from models.sampling import generate
-from models.sd_lora import LORA_TARGETS, SDLoRAFamily, count_sd2_parameters, load_pipeline, lora_config
+from models.sd_lora import (
+    LORA_TARGETS,
+    SDLoRAFamily,
+    count_sd2_parameters,
+    load_pipeline,
+    load_pipeline_folder,
+    lora_config,
+)
 from models.tiny_base import PRESETS as TINY
 from models.tiny_base import ensure_tiny_base
 
@@ -120,6 +127,15 @@ def test_lora_save_then_load_onto_a_fresh_base_reproduces_samples(base, data, tm
 
     untouched = family(base, rank=2)  # same base, zero-initialised B: the base's own samples
     assert not np.array_equal(generate(untouched, **kwargs), trained)
+
+
+def test_an_untrained_lora_family_samples_exactly_like_its_base(base):
+    """So the base's reference row can be scored through the same family and pipeline code (B starts at zero)."""
+    captions = ["a child", "an old man with a full short beard"]
+    kwargs = dict(levels=None, captions=captions, guidance_scale=3.0, num_inference_steps=3, seed=1, scheduler="ddim")
+    fam = family(base)
+    plain = load_pipeline_folder(base)
+    np.testing.assert_array_equal(generate(fam, **kwargs), generate(plain, **kwargs))
 
 
 def test_any_diffusers_sampler_gives_images_of_the_right_shape(base):
