@@ -308,6 +308,8 @@ class MlflowTrialCallback(Callback):
         epoch = int(report.get("epoch", -1))
         if report.get("describe"):  # the built model's own description: parameter counts, scheduler settings
             self.tracker.log_params(run_id, {f"built.{k}": v for k, v in report["describe"].items()}, only_new=True)
+            if "base" in report["describe"]:  # sd-lora: say plainly which base the adapters were trained on
+                self.tracker.set_tags(run_id, {f"{TAG_PREFIX}base": report["describe"]["base"]})
         for png in sorted(path.glob("*.png")):
             self.tracker.log_artifact(run_id, png, f"samples/epoch_{epoch:03d}")
         best = self.best.get(trial.trial_id)

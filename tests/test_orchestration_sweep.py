@@ -214,3 +214,26 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     sweep_dir = Path(parents[0].data.tags["condface.storage"])
     assert json.loads((sweep_dir / "sweep.json").read_text())["phases"]["done"] is True
+
+
+def test_mini_lora_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
+    from orchestration.driver import run_sweep
+
+    cfg = smoke(tmp_path, data, model="sd-lora", final_epochs=0)
+    out = run_sweep(cfg, dashboard=False)
+    client = client_for(cfg.tracking_uri)
+    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+    runs = children(client, out["parent_run_id"])
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    assert sorted(r.data.params["trial.lora_rank"] for r in grid) == ["2", "4"]
+    for run in grid:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["condface.family"] == "sd-lora"
+        assert run.data.tags["condface.base"]  # which base the adapters adapted, in words
+        assert int(run.data.params["built.params_trainable"]) < int(run.data.params["built.params_total"])
+        for key in ("train_loss", "val_loss", "est_acc_balanced", "fd_estimator"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
+        assert "samples/epoch_001/attributes.png" in artifact_paths(client, run.info.run_id)
+    # the LoRA rank really differs between the trials
+    ranks = {r.data.params["trial.lora_rank"]: int(r.data.params["built.params_trainable"]) for r in grid}
+    assert ranks["4"] == 2 * ranks["2"]
