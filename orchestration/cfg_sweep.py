@@ -85,7 +85,7 @@ def run_cfg_sweep(cfg: SweepConfig, out_dir: Path, pipeline_dir: str, data_root:
                           steps=cfg.sampling_steps, pool=pool, threads=int(resources.get("cpu", 1)))
         for i, row in enumerate(rows):
             tracker.log_metrics(run_id, {**row.values, **row.counts,
-                                         "guidance_scale": row.guidance_scale}, step=i, step_metric=None)
+                                         "guidance_scale": row.guidance_scale}, step=i, step_metric="scale_index")
             print(f"  scale {row.guidance_scale:g}: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(row.values.items())
                                                                if not k.startswith("est_acc_") or k == ACCURACY),
                   flush=True)

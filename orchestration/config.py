@@ -1,4 +1,4 @@
-"""The sweep's configuration: one frozen dataclass, two named presets, command-line overrides.
+"""The sweep's configuration: one frozen dataclass, three named presets, command-line overrides.
 
 `study` -- the study's settings, for a GPU cluster
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
@@ -7,27 +7,44 @@
     (by paired FID, or its stand-in when Inception weights are missing) retrained for 15 epochs,
     100 final samples, a CFG sweep with 250 samples per scale, one GPU per trial.
 
-`smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch); what the tests run
+`smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch on a small --data cache); the tests run it.
 
 `cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in about 15 minutes
-    The study's grid is kept (16 DDPM / 24 LoRA trials, the same axes), everything else shrinks:
-    * Resolution 16x16 (`image_size`): a 16x16 face still shows all five attributes on the synthetic
-      faces, and a U-Net runs ~3x faster than at 32x32; a prototype reached 0.56 balanced estimator
-      accuracy in 3 minutes at 16x16 against 0.44 in 8 minutes at 32x32.
-    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`), both with one
-      residual block per level and attention only at the lowest level (models' `cpu-tiny` layout).
-    * Short epochs: an epoch is a pass over the first `epoch_images` training images (grid: 2
-      epochs; final: `final_epochs` epochs of `final_epoch_images`). Gradient accumulation keeps the
-      study's meaning: the same images per epoch, a quarter of the optimizer steps.
-    * lr 2e-3 (a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable).
-    * Ranking signal: trials of 20-30 s still draw near-chance attributes, so sample metrics cannot
-      rank them; the grid is ranked by the engine's held-out denoising loss on fixed noise and
-      timesteps (`val_loss`, deterministic, comparable across T because T=1e4 rescales the betas).
-      Sample metrics are still computed and logged every epoch (`eval_samples` conditions).
-    * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps.
-    * Trials run two at a time with one thread each (`max_concurrent`, `threads_per_trial`);
-      the evaluation actor takes no CPU reservation, so it never blocks a trial.
-    * The estimator the metrics need is trained once (`estimator_preset`) and cached.
+    The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks:
+    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a
+      U-Net runs ~3x faster than at 32 px (prototype: 0.56 balanced estimator accuracy after 3 min at
+      16 px, 0.44 after 8 min at 32 px).
+    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small
+      (16, 32, 64) = 0.72M parameters, large (32, 64, 64) = 1.20M (models' `cpu-16` preset), one
+      residual block per level, attention at the lowest level only. Measured with one thread each,
+      two trials at once: small ~400-600 img/s, large ~250-350 img/s.
+    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid
+      trials run 2 epochs (~10-40 s of training each; the 16 trials take ~3 min). Gradient
+      accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
+    * Ranking signal: trials this short still draw near-chance attributes (balanced estimator
+      accuracy 0.15-0.25 on 32 samples, noise), so sample metrics cannot rank them; the grid is
+      ranked by the engine's held-out denoising loss on fixed noise and timesteps (`val_loss`, 256
+      validation images, EMA weights, deterministic; comparable across T because T=1e4 rescales the
+      betas). It picks the large channels, no accumulation, as the study's grid did. Sample metrics
+      are still computed and logged every epoch.
+    * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
+    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on
+      both cores (~450 img/s: ~4 min). Measured: class-balanced estimator accuracy 0.51-0.58 on 100
+      generated images at guidance 4 (untrained model 0.16, chance 0.17, real images 0.91).
+    * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
+      100 final samples, 100 per CFG scale.
+    * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`);
+      the evaluation actor reserves no CPU, so it never blocks a trial; the lone final run and the
+      evaluation tasks take both cores.
+    * The attribute estimator is evaluation's `small` preset, trained once on the toy data (~3 min
+      on an idle machine) and cached under $CONDFACE_HOME; FID needs Inception weights that are not
+      here, so `fd_estimator` stands in and says so; CLIP score and MTCNN are off (no CLIP weights
+      offline; MTCNN on 16 px faces is meaningless).
+
+Searches: the grid is the study's protocol. Optuna (TPE) pays off when continuous settings matter
+(lr, p_uncond, guidance scale) and the budget allows more trials than the grid has points; ASHA
+pays off when trials are long and early epochs predict late ones (the study's 29-minute epochs),
+not for 2-epoch CPU trials where it would judge on noise.
 
 Every field below is logged as an MLflow param of the sweep's parent run: there are no hidden defaults.
 """

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestration.config import FID_STAND_IN, METRIC_MODES, SweepConfig
 from orchestration.errors import SweepError
-from orchestration.grid import TrialSpec, num_trials, param_space, trial_table
+from orchestration.grid import TrialSpec, num_trials, param_space, trial_label, trial_table
 from orchestration.state import SweepState
 from orchestration.summary import TrialRecord, cfg_table, final_table, grid_table, where_to_look
 from orchestration.tracking import TAG_PREFIX, Tracker, default_tracking_uri, mlflow_ui_command
@@ -61,7 +61,7 @@ def _records(results, ctx: TrialContext) -> list[TrialRecord]:
         spec = TrialSpec.from_params(r.config).resolved(ctx.sweep)
         history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
         error = str(r.error).strip().splitlines()[-1][:200] if r.error else None
-        out.append(TrialRecord(spec.label, history, error))
+        out.append(TrialRecord(trial_label(spec, ctx.sweep), history, error))
     return out
 
 
@@ -129,12 +129,14 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
         best = results.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
         best_spec = TrialSpec.from_params(best.config).resolved(cfg)
         state.mark("grid", {"best": best_spec.params(), "metric": metric})
-        tracker.set_tags(parent, {f"{TAG_PREFIX}best_config": best_spec.label})
+        best_label = trial_label(best_spec, cfg)
+        tracker.set_tags(parent, {f"{TAG_PREFIX}best_config": best_label})
         out.update(records=records, best=best_spec, metric=metric)
         unavailable = dict(results[0].metrics.get("unavailable") or {}) if results[0].metrics else {}
-        print("\n" + grid_table(records, unavailable, f"Grid: {len(records)} trials x {cfg.epochs} epochs, "
+        title = "Grid" if cfg.search == "grid" else f"Optuna search ({cfg.scheduler})"
+        print("\n" + grid_table(records, unavailable, f"{title}: {len(records)} trials x {cfg.epochs} epochs, "
                                                       f"best of each metric (the study's Table 4.1 layout)"))
-        print(f"best configuration by {metric}: {best_spec.label}", flush=True)
+        print(f"best configuration by {metric}: {best_label}", flush=True)
 
         # --- final + CFG sweep --------------------------------------------------------------------
         final = cfg_out = None
@@ -151,8 +153,13 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
             tracker.log_metrics(parent, {f"final_{k}": v for k, v in final.scored.values.items()})
             out.update(final=final, cfg=cfg_out)
             print("\n" + final_table(final.scored.values, final.scored.unavailable, references, cfg.model,
-                                     f"Final: {cfg.final_epochs} epochs of {best_spec.label}, {cfg.final_samples} "
+                                     f"Final: {cfg.final_epochs} epochs of {best_label}, {cfg.final_samples} "
                                      f"samples at guidance {best_spec.guidance_scale:g} (the study's Table 4.4 layout)"))
+            acc = final.scored.values.get("est_acc_balanced")
+            ref = references.get("untrained", {}).get("est_acc_balanced")
+            if acc is not None and ref:
+                print(f"conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs {ref:.1%} "
+                      f"for the untrained model ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
             print(f"\nCFG sweep ({cfg.cfg_samples} samples per scale; * = on the Pareto front; plot "
                   f"{cfg_out.png}):\n" + cfg_table(cfg_out.rows, cfg_out.quality_metric, cfg_out.front))
         ok = True

@@ -64,6 +64,13 @@ class TrialSpec:
         return f"ga{self.grad_accum}-T{self.timesteps}-snr{snr}-{last}"
 
 
+def trial_label(spec: TrialSpec, cfg: SweepConfig) -> str:
+    """The spec's label; an Optuna trial also names its continuous values (lr, p_uncond, guidance)."""
+    if cfg.search != "optuna" or spec.lr is None:
+        return spec.label
+    return f"{spec.label}-lr{spec.lr:.2g}-p{spec.p_uncond:.2f}-g{spec.guidance_scale:.1f}"
+
+
 def _last_axis(cfg: SweepConfig) -> tuple[str, list]:
     if cfg.model == "ddpm":
         return "channels", [name for name, _ in cfg.channel_sets]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.config import SweepConfig
-from orchestration.grid import TrialSpec
+from orchestration.grid import TrialSpec, trial_label
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -82,7 +82,7 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
         "eval_samples": ctx.sweep.eval_samples, "sampler": ctx.sweep.sampler,
         "sampling_steps": ctx.sweep.sampling_steps, "select_metric": ctx.sweep.select_metric,
     })
-    return f"{ctx.phase}:{spec.label}", params
+    return f"{ctx.phase}:{trial_label(spec, ctx.sweep)}", params
 
 
 # --------------------------------------------------------------------------------------------------
