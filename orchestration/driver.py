@@ -67,29 +67,34 @@ def _records(results, ctx: TrialContext) -> list[TrialRecord]:
 
 def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
     """Run (or resume) a whole sweep. Returns what the summary shows (for tests and callers)."""
-    if cfg.resume:
-        state = SweepState.latest(cfg)
-        keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None}
-        cfg = dataclasses.replace(state.config, **keep)
-        print(f"resuming sweep {state.root}", flush=True)
-    else:
-        state = SweepState.create(cfg, cfg.tracking_uri or default_tracking_uri())
-    tracking_uri = state.tracking_uri
-    print(trial_table(cfg), flush=True)
-
+    from data.cache import FaceCache
     from data.dataset import resolve_data
     from evaluation.actors import EvaluatorPool
     from evaluation.config import EvalConfig
     from evaluation.estimator import ensure_estimator
 
     started = time.time()
+    if cfg.resume:
+        state = SweepState.latest(cfg)
+        keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None}
+        cfg = dataclasses.replace(state.config, **keep)
+        print(f"resuming sweep {state.root}", flush=True)
+    print(trial_table(cfg), flush=True)
+
+    print(f"data: {cfg.data} at {cfg.image_size}px", flush=True)
+    data_root = str(resolve_data(cfg.data, cfg.image_size))
+    size = FaceCache.open(data_root).size
+    if size != cfg.image_size:
+        raise SweepError(f"the data at {data_root} is {size}px but preset {cfg.preset} trains at {cfg.image_size}px: "
+                         f"pass a {cfg.image_size}px cache (data.prepare --size {cfg.image_size}) or another --preset")
+    if not cfg.resume:
+        state = SweepState.create(cfg, cfg.tracking_uri or default_tracking_uri())
+    tracking_uri = state.tracking_uri
+
     cluster = start_ray(cfg, dashboard)
     grid_res, lone_res = trial_resources(cfg, cluster)
     if cluster["dashboard_url"]:
         print(f"Ray dashboard: http://{cluster['dashboard_url']} (token: `ray get-auth-token`)", flush=True)
-
-    print(f"data: {cfg.data} at {cfg.image_size}px", flush=True)
-    data_root = str(resolve_data(cfg.data, cfg.image_size))
     print(f"attribute estimator (preset {cfg.estimator_preset}): trained once, then cached", flush=True)
     estimator = ensure_estimator(data_root, cfg.estimator_preset)
     eval_config = EvalConfig(estimator=str(estimator), inception_weights=cfg.inception_weights,

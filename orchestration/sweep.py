@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--address", help="attach to a running Ray cluster (host:port, ray://host:port or auto); default: start a "
                         "local one")
     a("--gpus-per-trial", type=_float(0), help="GPUs each trial requests (default 1 when the cluster has GPUs, else 0)")
+    a("--gpus-per-eval-actor", type=_float(0), help="GPU fraction of each evaluation actor (default 0: score on "
+                                                    "CPU; leave room for the trials' GPUs)")
+    a("--eval-actors", type=_int(1), help="number of evaluation actors sharing the scoring (default 1)")
     a("--max-concurrent", type=_int(1), help="at most this many trials at once (default: as resources allow)")
     a("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded store here)")
     a("--experiment", help="MLflow experiment and Ray run name (default condface-<model>-<preset>)")
@@ -131,7 +134,7 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "gpus_per_trial", "max_concurrent", "tracking_uri", "experiment", "storage_path", "lr", "batch_size",
               "guidance_scale", "cfg_scales", "eval_samples", "final_samples", "cfg_samples",
               "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch",
-              "pretrained", "inception_weights", "clip_model")
+              "pretrained", "inception_weights", "clip_model", "gpus_per_eval_actor", "eval_actors")
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:

@@ -118,3 +118,16 @@ def test_config_validation_names_the_fix():
     assert [n for n, _ in CPU_DEMO.channel_sets] == ["small", "large"]
     small, large = (sum(c) for _, c in CPU_DEMO.channel_sets)
     assert small < large
+
+
+def test_data_of_the_wrong_size_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    from data.synthetic import toy_cache
+    from orchestration.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+    data = toy_cache(size=16, n_train=32, n_val=8, n_test=8, root=tmp_path / "data", progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "study", "--data", str(data), "--storage-path", str(tmp_path / "results")])
+    message = str(exit_info.value.code)
+    assert message.startswith("error:") and "16px" in message and "64px" in message and "\n" not in message
+    assert not list((tmp_path / "results").iterdir()) and not (tmp_path / "mlruns.db").exists()
