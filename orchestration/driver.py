@@ -9,6 +9,8 @@ short is continued (Tune phases with Tuner.restore, the others rerun). MLflow is
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,10 @@ from orchestration.tune_phase import make_callback, run_phase
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
     import ray
 
@@ -37,6 +43,10 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
     else:
         ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    if threading.current_thread() is threading.main_thread():
+        # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
+        # MLflow run gets closed and --resume can continue
+        signal.signal(signal.SIGTERM, _terminate)
     resources = ray.cluster_resources()
     return {"dashboard_url": getattr(ctx, "dashboard_url", None) if ctx is not None else None,
             "cpus": int(resources.get("CPU", 1)), "gpus": float(resources.get("GPU", 0)), "local": not cfg.address}

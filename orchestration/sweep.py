@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import time
@@ -174,13 +173,8 @@ def check_storage(path: str) -> None:
                          "directory (a shared filesystem on clusters)") from None
 
 
-def _terminate(signum, frame):  # SIGTERM (e.g. a job scheduler) ends the sweep like Ctrl-C: runs get closed
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     try:
         cfg = config_from_args(args)
         if cfg.dry_run:
