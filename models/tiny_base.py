@@ -5,7 +5,7 @@ The real base (`bguisard/stable-diffusion-nano-2-1`) cannot be downloaded on off
 here on the captions + UNet2DConditionModel with SD 2.x-style cross-attention (linear projections).
 Like Nano at 64 px, it turns images into 8x8x4 latents (a VAE with fewer down blocks at 32 px).
 
-Pretraining (about a minute or two on 2 CPU cores):
+Pretraining (a few minutes on a CPU on 2 CPU cores):
 1. the tokenizer is trained on the training captions (`CLIPTokenizer.train_new_from_iterator`);
 2. the CLIP text encoder is trained briefly to read the five levels out of a caption (a throw-away
    linear head on its mean token state) -- a stand-in for CLIP's pretrained semantics: like the real
@@ -49,18 +49,21 @@ class TinyBaseConfig:
     image_size: int = 32
     # len(vae_channels) - 1 down-samplings: 3 blocks -> 4x, so 32 px -> 8x8x4 latents (Nano: 64 px -> 8x8x4).
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    unet_channels: tuple[int, ...] = (64, 128)
-    unet_head_dims: tuple[int, ...] = (4, 8)  # diffusers' `attention_head_dim` = number of heads here, as in SD 2.x
+    # (32, 64) trains ~2.4x faster per image than (64, 128) and reached the same loss in the same time.
+    unet_channels: tuple[int, ...] = (32, 64)
+    unet_head_dims: tuple[int, ...] = (2, 4)  # diffusers' `attention_head_dim` = number of heads here, as in SD 2.x
     text_hidden: int = 64
     text_layers: int = 2
     vocab_size: int = 512
     max_caption_tokens: int = 64  # the synthetic captions are at most 62 tokens with this tokenizer
     text_steps: int = 300
     text_lr: float = 2e-3
-    vae_steps: int = 300
+    # The VAE bounds what any latent model can show: estimator accuracy on 16 px reconstructions rose
+    # from 0.52 (250 steps) to 0.60 (500) and 0.71 (1000) class-balanced; real images score 0.93.
+    vae_steps: int = 600
     vae_lr: float = 1e-3
-    unet_epochs: int = 1
-    unet_lr: float = 1e-3
+    unet_epochs: int = 2
+    unet_lr: float = 2e-3
     batch_size: int = 32
     train_images: int | None = 20000  # images of the training split used for pretraining (None: all)
     p_uncond: float = 0.1
@@ -302,7 +305,7 @@ def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dat
                     from data.dataset import FaceDataset, resolve_data
 
                     dataset = FaceDataset(resolve_data("toy", config.image_size), "train", limit=config.train_images)
-                print(f"tiny base: building '{config.name}' (no cached base at {path}; about a minute or two)",
+                print(f"tiny base: building '{config.name}' (no cached base at {path}; a few minutes on a CPU)",
                       flush=True)
                 build_tiny_base(config, dataset, path)
     return path, describe(config, path)
