@@ -5,7 +5,7 @@ The real base (`bguisard/stable-diffusion-nano-2-1`) cannot be downloaded on off
 here on the captions + UNet2DConditionModel with SD 2.x-style cross-attention (linear projections).
 Like Nano at 64 px, it turns images into 8x8x4 latents (a VAE with fewer down blocks at 32 px).
 
-Pretraining (a few minutes on a CPU on 2 CPU cores):
+Pretraining (cpu-16: about 3.5 CPU-minutes on one thread, once; 430 s wall measured on a busy 2-core box):
 1. the tokenizer is trained on the training captions (`CLIPTokenizer.train_new_from_iterator`);
 2. the CLIP text encoder is trained briefly to read the five levels out of a caption (a throw-away
    linear head on its mean token state) -- a stand-in for CLIP's pretrained semantics: like the real
@@ -98,9 +98,11 @@ def tiny_base_dir(config: TinyBaseConfig, root: str | Path | None = None) -> Pat
 
 
 def describe(config: TinyBaseConfig, path: Path) -> str:
+    captions = "shuffled captions" if config.caption_truth == 0 else (
+        f"captions shuffled except {config.caption_truth:.0%} true ones")
     return (
         f"tiny offline SD base '{config.name}' ({config.image_size}px, pretrained here on the synthetic faces "
-        f"with shuffled captions; not Stable Diffusion Nano) at {path}"
+        f"with {captions}; not Stable Diffusion Nano) at {path}"
     )
 
 
