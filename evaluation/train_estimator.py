@@ -40,6 +40,7 @@ from evaluation.estimator import (
 )
 from evaluation.metrics.accuracy import EstimatorAccuracy
 from evaluation.metrics.base import EvalBatch
+from models.runtime import configure_torch
 
 
 @torch.no_grad()
@@ -204,8 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         if out.exists() and not args.overwrite:
             raise EvalError(f"output {out} already exists: choose another --out or pass --overwrite")
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        configure_torch(args.threads)
         cache = resolve_data(args.data, args.size)
         report = train_estimator(cache, config, out, progress=not args.quiet, hub_download=args.hub_download)
     except (EvalError, DataError, ValueError) as err:

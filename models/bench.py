@@ -89,10 +89,10 @@ def run_job(job: BenchJob) -> dict[str, Any]:
 
     from models.engine import TrainConfig, fit
     from models.families import build_family, family_config
+    from models.runtime import configure_torch
     from models.sampling import generate
 
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    configure_torch(job.threads)
     cfg = family_config("ddpm", job.preset)
     family = build_family("ddpm", cfg, seed=0)
     device = job.device

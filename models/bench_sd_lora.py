@@ -19,6 +19,7 @@ from data.dataset import FaceDataset, resolve_data
 from data.errors import DataError
 from models.engine import TrainConfig, fit
 from models.errors import ConfigError
+from models.runtime import configure_torch
 from models.sampling import generate
 from models.sd_lora import PRESETS, SDLoRAFamily, lora_config
 
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-steps", type=int, default=20, help="DPM-Solver++ steps (default 20)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     try:
         ranks = [int(r) for r in args.ranks.split(",")]
         print(f"{'rank':>4} {'trainable':>10} {'total':>10} {'train img/s':>12} {'sample img/s':>13}  "

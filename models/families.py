@@ -3,6 +3,8 @@
     config = family_config("ddpm", "cpu-tiny", num_train_timesteps=10_000)
     family = build_family("ddpm", config, seed=0)
 
+    pipe = load_pipeline("ddpm", "runs/final/pipeline")  # what a family's save_pretrained wrote
+
 A family registers a `FamilySpec` factory in FAMILIES (imported lazily: building the registry
 loads no model code).
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline
 
 from models.errors import ConfigError
 from models.family import DiffusionFamily
@@ -24,18 +28,21 @@ class FamilySpec:
     presets: tuple[str, ...]
     config: Callable[..., Any]  # (preset, **overrides) -> the family's frozen config dataclass
     build: Callable[[Any], DiffusionFamily]  # config -> family with freshly initialised weights
+    load: Callable[[str], DiffusionPipeline]  # folder written by the family's save_pretrained -> sampling pipeline
 
 
 def _ddpm() -> FamilySpec:
     from models.ddpm import PRESETS, DDPMFamily, ddpm_config
+    from models.pipeline_ddpm import AttributeDiffusionPipeline
 
-    return FamilySpec(presets=tuple(PRESETS), config=ddpm_config, build=DDPMFamily)
+    return FamilySpec(presets=tuple(PRESETS), config=ddpm_config, build=DDPMFamily,
+                      load=AttributeDiffusionPipeline.from_pretrained)
 
 
 def _sd_lora() -> FamilySpec:
-    from models.sd_lora import PRESETS, SDLoRAFamily, lora_config
+    from models.sd_lora import PRESETS, SDLoRAFamily, load_pipeline, lora_config
 
-    return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily)
+    return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily, load=load_pipeline)
 
 
 FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora}
@@ -61,3 +68,10 @@ def build_family(model: str, config: Any, seed: int = 0) -> DiffusionFamily:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return spec.build(config)
+
+
+def load_pipeline(model: str, path: str | Path) -> DiffusionPipeline:
+    """The sampling pipeline saved at `path` by a `model` family's save_pretrained (one-line error if absent)."""
+    if not Path(path).is_dir():
+        raise ConfigError(f"no saved {model} pipeline at {path}: point at the folder save_pretrained wrote")
+    return family_spec(model).load(str(path))

@@ -22,6 +22,12 @@ class AttributeDiffusionPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        import models.ddpm  # noqa: F401  (diffusers finds a component's class only in an imported module)
+
+        return super().from_pretrained(*args, **kwargs)
+
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)

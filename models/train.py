@@ -180,10 +180,9 @@ def run(cfg: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        import torch
+    from models.runtime import configure_torch
 
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     try:
         cfg = resolve_config(args)
         run(cfg, args.out, resume=args.resume)

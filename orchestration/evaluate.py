@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,28 +25,13 @@ class Scored:
     levels: np.ndarray = field(repr=False)
 
 
-def load_pipeline(model: str, path: str | Path):
-    """A pipeline saved by the family's save_pretrained (the final run's `pipeline/` folder)."""
-    from models import families
-
-    if hasattr(families, "load_pipeline"):  # the models layer's loader, where it has one
-        return families.load_pipeline(model, path)
-    if model == "sd-lora":
-        from models.sd_lora import load_pipeline as load_lora
-
-        return load_lora(path)
-    import models.ddpm  # noqa: F401  (diffusers loads a component's class only from an imported module)
-    from models.pipeline_ddpm import AttributeDiffusionPipeline
-
-    return AttributeDiffusionPipeline.from_pretrained(str(path))
-
-
 def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int, scales: list[float],
                      sampler: str, steps: int, pool: Any, threads: int = 0) -> list[Scored]:
     """For each guidance scale: generate one image per condition of a seeded paired set, score it."""
     from evaluation.conditions import paired_conditions
+    from models.families import load_pipeline
+    from models.runtime import configure_torch
     from models.sampling import generate
-    from orchestration.trainable import configure_torch
 
     configure_torch(threads)
     pipe = load_pipeline(model, pipeline_dir)

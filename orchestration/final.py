@@ -7,9 +7,10 @@ as a Ray task, logs the metrics (`final_<metric>`, with sample counts `final_<me
 pipeline folder as the run's `pipeline/` artifacts and registers it in the Model Registry, so that
 
     path = mlflow.artifacts.download_artifacts("models:/condface-ddpm/<version>")
-    pipe = AttributeDiffusionPipeline.from_pretrained(path)
+    pipe = models.families.load_pipeline("ddpm", path)  # = AttributeDiffusionPipeline.from_pretrained(path)
 
-loads it (for sd-lora, the folder holds the LoRA weights for the base named in its config).
+loads it (for sd-lora, the folder holds the LoRA weights for the base named in its config, and
+`load_pipeline("sd-lora", path)` puts them onto that base).
 """
 
 from __future__ import annotations

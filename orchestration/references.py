@@ -17,7 +17,7 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     from evaluation.conditions import paired_conditions
     from evaluation.reference import ground_truth_row, held_out_row, untrained_row
     from evaluation.scorer import Scorer
-    from orchestration.trainable import configure_torch
+    from models.runtime import configure_torch
 
     configure_torch(threads)
     scorer = Scorer(eval_config)

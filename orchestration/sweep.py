@@ -41,28 +41,26 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(f"error: {message} (see --help)")
 
 
-def _int(lo: int):
-    def parse(text: str) -> int:
+def _number(kind: type, lo: float):
+    """argparse type: a `kind` (int or float) of at least `lo`."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-    return parse
-
-
-def _float(lo: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if not value >= lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo:g}, got {text}")
         return value
     return parse
+
+
+def _int(lo: int):
+    return _number(int, lo)
+
+
+def _float(lo: float):
+    return _number(float, lo)
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -162,15 +160,10 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 def check_storage(path: str) -> None:
     if "://" in path:  # s3://, gs://, ... : pyarrow checks it when Tune first writes
         return
-    root = Path(path)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise SweepError(f"--storage-path {path} is not writable ({err.strerror or err}): pass a writable "
-                         "directory (a shared filesystem on clusters)") from None
+    from orchestration.tracking import check_writable_dir
+
+    check_writable_dir(Path(path), what=f"--storage-path {path}",
+                       fix="pass a writable directory (a shared filesystem on clusters)")
 
 
 def main(argv: list[str] | None = None) -> None:

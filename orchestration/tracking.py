@@ -62,7 +62,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
-        _check_writable_dir(path.parent, what=f"MLflow store {uri}", flag="--tracking-uri")
+        check_writable_dir(path.parent, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
     elif parsed.scheme in ("http", "https"):
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
@@ -72,18 +72,19 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                              f"(`mlflow server ...`) or drop --tracking-uri to use the embedded store") from None
     elif parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
-        _check_writable_dir(path, what=f"MLflow store {uri}", flag="--tracking-uri")
+        check_writable_dir(path, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
     # other schemes (databricks, ...) are checked by MLflow itself on first use
 
 
-def _check_writable_dir(path: Path, what: str, flag: str) -> None:
+def check_writable_dir(path: Path, what: str, fix: str) -> None:
+    """Create `path` if needed and prove it writable, or raise SweepError("<what> is not writable (...): <fix>")."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise SweepError(f"{what} is not writable ({err.strerror or err}): pass a writable {flag}") from None
+        raise SweepError(f"{what} is not writable ({err.strerror or err}): {fix}") from None
 
 
 def mlflow_ui_command(uri: str) -> str:

@@ -95,6 +95,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from evaluation.conditions import paired_conditions
     from models.engine import fit
     from models.families import build_family
+    from models.runtime import configure_torch
     from models.sampling import generate
 
     cfg = ctx.sweep
@@ -149,17 +150,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def configure_torch(threads: int) -> None:
-    """Threads for this process, and flush denormal floats to zero: trained weights drive some activations
-    into the denormal range, where CPU float math is ~20x slower (sampling a trained 16 px model took 72 s
-    instead of 3 s); zero is as good as 1e-40 to a diffusion model."""
-    import torch
-
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _maybe_fail(ctx: TrialContext, trial_id: str, epoch_index: int) -> None:

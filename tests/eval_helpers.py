@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from data.synthetic import write_synthetic_cache
@@ -25,12 +24,3 @@ def face_cache(root: Path, size: int = 16, n_train: int = 64, n_val: int = 48, n
 def random_estimator(out: Path, seed: int = 0, config: EstimatorConfig = TINY_ESTIMATOR) -> Path:
     torch.manual_seed(seed)
     return AttributeEstimator(config).eval().save(out)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine two threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -10,7 +10,7 @@ from data.cache import FaceCache
 from evaluation.actors import EvaluatorPool
 from evaluation.config import EvalConfig
 from evaluation.scorer import Scorer
-from tests.eval_helpers import face_cache, one_torch_thread, random_estimator  # noqa: F401
+from tests.eval_helpers import face_cache, random_estimator  # noqa: F401
 
 
 @pytest.fixture(scope="module")

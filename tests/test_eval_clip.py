@@ -12,7 +12,6 @@ from evaluation.config import EvalConfig
 from evaluation.metrics.base import EvalBatch
 from evaluation.metrics.clip import CaptionAgreement
 from evaluation.scorer import Scorer
-from tests.eval_helpers import one_torch_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

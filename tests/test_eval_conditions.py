@@ -8,7 +8,7 @@ import pytest
 from data.cache import FaceCache
 from evaluation.conditions import paired_conditions
 from evaluation.errors import EvalError
-from tests.eval_helpers import face_cache, one_torch_thread  # noqa: F401
+from tests.eval_helpers import face_cache  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from data.schema import ATTRIBUTES
 from evaluation.errors import EvalError
 from evaluation.estimator import AttributeEstimator, ensure_estimator, estimator_preset
 from evaluation.train_estimator import main, train_estimator
-from tests.eval_helpers import face_cache, one_torch_thread  # noqa: F401
+from tests.eval_helpers import face_cache  # noqa: F401
 
 CHANCE = 1 / 6
 

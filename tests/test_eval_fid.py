@@ -9,7 +9,7 @@ from data.cache import FaceCache
 from evaluation.config import EvalConfig
 from evaluation.metrics.fid import find_inception
 from evaluation.scorer import Scorer
-from tests.eval_helpers import face_cache, one_torch_thread, random_estimator  # noqa: F401
+from tests.eval_helpers import face_cache, random_estimator  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evaluation.reference import main
-from tests.eval_helpers import face_cache, one_torch_thread, random_estimator  # noqa: F401
+from tests.eval_helpers import face_cache, random_estimator  # noqa: F401
 
 
 @pytest.fixture(scope="module")

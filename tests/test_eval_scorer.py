@@ -13,7 +13,7 @@ from evaluation.errors import EvalError
 from evaluation.estimator import AttributeEstimator
 from evaluation.metrics.accuracy import accuracies
 from evaluation.scorer import Scorer
-from tests.eval_helpers import face_cache, one_torch_thread, random_estimator  # noqa: F401
+from tests.eval_helpers import face_cache, random_estimator  # noqa: F401
 
 
 @pytest.fixture(scope="module")

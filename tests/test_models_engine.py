@@ -15,7 +15,6 @@ from models.objective import heldout_loss, min_snr_weights, training_loss
 from models.schedulers import training_scheduler
 from tests.models_helpers import MICRO, RandomFaces, flat_params, micro_family
 
-torch.set_num_threads(1)
 QUIET = TrainConfig(epochs=1, batch_size=8, lr=1e-3, progress=False, val_samples=0)
 
 

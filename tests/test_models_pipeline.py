@@ -16,8 +16,6 @@ from models.pipeline_ddpm import AttributeDiffusionPipeline
 from models.schedulers import make_scheduler, training_scheduler
 from tests.models_helpers import MICRO, micro_family
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def pipe() -> AttributeDiffusionPipeline:

@@ -21,7 +21,6 @@ from models.sampling import generate
 from models.train import main as train_main
 from tests.models_helpers import micro_family
 
-torch.set_num_threads(1)
 LEVELS = np.array([[0, 0, 0, 0, 0], [5, 5, 5, 5, 5], [0, 5, 0, 5, 0], [3, 1, 4, 1, 5]])
 
 

@@ -124,8 +124,8 @@ def test_mini_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
     mlflow.set_registry_uri(cfg.tracking_uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp_path / "dl"),
                                                 tracking_uri=cfg.tracking_uri)
+    from models.families import load_pipeline
     from models.sampling import generate
-    from orchestration.evaluate import load_pipeline
 
     loaded, saved = load_pipeline("ddpm", local), load_pipeline("ddpm", out["final"].pipeline_dir)
     levels = np.array([[0, 1, 2, 3, 4], [5, 4, 3, 2, 1]])

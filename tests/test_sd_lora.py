@@ -47,15 +47,6 @@ def faces(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and several threads collapse when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data() -> list[dict]:
     return faces(32)
