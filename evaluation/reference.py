@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from data.cache import FaceCache
 from data.errors import DataError
@@ -53,19 +54,20 @@ def held_out_row(scorer: Scorer, paired: PairedSet, seed: int, batch_size: int =
     return scorer.compute(Scorer.merge(states))
 
 
-def untrained_row(scorer: Scorer, paired: PairedSet, model: str, model_preset: str, steps: int,
-                  guidance_scale: float, seed: int, batch_size: int = 256) -> MetricResult:
-    from models.families import build_family, family_config
+def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, steps: int,
+                  guidance_scale: float, seed: int, sampler: str = "ddpm", batch_size: int = 256) -> MetricResult:
+    """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler`:
+    random weights for the DDPM; for sd-lora the base with zero-initialised adapters, i.e. the base itself."""
+    from models.families import build_family
     from models.sampling import generate
 
-    config = family_config(model, model_preset)
     if getattr(config, "image_size", paired.cache.size) != paired.cache.size:
-        raise EvalError(f"{model} preset {model_preset!r} makes {config.image_size}px images but the data is "
+        raise EvalError(f"{model} preset {config.preset!r} makes {config.image_size}px images but the data is "
                         f"{paired.cache.size}px: pick a preset of that size with --model-preset")
     family = build_family(model, config, seed=seed)
     images = (
         generate(family, levels, captions, guidance_scale=guidance_scale, num_inference_steps=steps,
-                 seed=seed + i)
+                 seed=seed + i, scheduler=sampler)
         for i, (levels, captions, _) in enumerate(paired.batches(batch_size))
     )
     return score_set(scorer, images, paired, batch_size)
@@ -145,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
                 preset = args.model_preset or DEFAULT_MODEL_PRESET.get(cache.size)
                 if preset is None:
                     raise EvalError(f"no default {args.model} preset for {cache.size}px data: pass --model-preset")
-                rows[name] = untrained_row(scorer, paired, args.model, preset, args.steps, args.guidance, args.seed)
+                from models.families import family_config
+
+                rows[name] = untrained_row(scorer, paired, args.model, family_config(args.model, preset), args.steps,
+                                           args.guidance, args.seed)
     except (EvalError, DataError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(format_rows(rows))

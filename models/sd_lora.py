@@ -100,6 +100,14 @@ PRESETS: dict[str, LoRAConfig] = {
 }
 
 
+def base_summary(config: LoRAConfig) -> str:
+    """Which base `config` adapts, in one line, without loading it."""
+    if config.pretrained is None:
+        return (f"tiny offline SD base '{config.tiny_base}' (models.tiny_base: built here from the SD classes and "
+                "pretrained on the synthetic faces, cached), not SD Nano 2.1")
+    return f"{config.pretrained} (pretrained Stable Diffusion base)"
+
+
 def lora_config(preset: str, **overrides: Any) -> LoRAConfig:
     """A preset by name with field overrides, e.g. lora_config("cpu-tiny", rank=8, num_train_timesteps=10000)."""
     if preset not in PRESETS:

@@ -97,6 +97,17 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
     if size != cfg.image_size:
         raise SweepError(f"the data at {data_root} is {size}px but preset {cfg.preset} trains at {cfg.image_size}px: "
                          f"pass a {cfg.image_size}px cache (data.prepare --size {cfg.image_size}) or another --preset")
+    tags = _tags(cfg)
+    if cfg.model == "sd-lora":  # say plainly which base the adapters train on, here and as a tag of every run
+        from models.sd_lora import REAL_BASE_HINT, base_summary
+        from orchestration.grid import grid_trials
+        from orchestration.trainable import model_config
+
+        lora = model_config(cfg, grid_trials(cfg)[0])
+        tags[f"{TAG_PREFIX}base"] = base_summary(lora)
+        print(f"sd-lora base: {base_summary(lora)}", flush=True)
+        if lora.pretrained is None:
+            print(f"sd-lora: {REAL_BASE_HINT}", flush=True)
     if not cfg.resume:
         state = SweepState.create(cfg, cfg.tracking_uri or default_tracking_uri())
     tracking_uri = state.tracking_uri
@@ -115,7 +126,6 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
                          cpus_per_actor=0)
 
     tracker = Tracker(tracking_uri, cfg.experiment_name)
-    tags = _tags(cfg)
     parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name, tags={**tags, f"{TAG_PREFIX}phase": "sweep",
                               f"{TAG_PREFIX}storage": str(state.root)}, params=cfg.params())
     state.parent_run_id = parent
@@ -173,8 +183,9 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
             acc = final.scored.values.get("est_acc_balanced")
             ref = references.get("untrained", {}).get("est_acc_balanced")
             if acc is not None and ref:
+                against = "the base without LoRA" if cfg.model == "sd-lora" else "the untrained model"
                 print(f"conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs {ref:.1%} "
-                      f"for the untrained model ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
+                      f"for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
             print(f"\nCFG sweep ({cfg.cfg_samples} samples per scale; * = on the Pareto front; plot "
                   f"{cfg_out.png}):\n" + cfg_table(cfg_out.rows, cfg_out.quality_metric, cfg_out.front))
         ok = True

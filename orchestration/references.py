@@ -18,14 +18,18 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     from evaluation.reference import ground_truth_row, held_out_row, untrained_row
     from evaluation.scorer import Scorer
     from models.runtime import configure_torch
+    from orchestration.grid import grid_trials
+    from orchestration.trainable import model_config
 
     configure_torch(threads)
     scorer = Scorer(eval_config)
     paired = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
-    preset = cfg.ddpm_preset if cfg.model == "ddpm" else cfg.lora_preset
+    # the first grid trial's model: for the DDPM its weights are random anyway; for sd-lora the adapters start
+    # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it
+    config = model_config(cfg, grid_trials(cfg)[0])
     rows = {
-        "untrained": untrained_row(scorer, paired, cfg.model, preset, cfg.sampling_steps, cfg.guidance_scale,
-                                   cfg.seed),
+        "untrained": untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
+                                   cfg.seed, sampler=cfg.sampler),
         "ground_truth": ground_truth_row(scorer, paired),
         "real_held_out": held_out_row(scorer, paired, cfg.seed),
     }

@@ -70,9 +70,14 @@ def grid_table(trials: list[TrialRecord], unavailable: dict[str, str], title: st
     return "\n".join(lines)
 
 
+def reference_label(row: str, model: str) -> str:
+    """The study's name for a reference row: for sd-lora the "untrained" row is the base without LoRA."""
+    return "base (no LoRA)" if row == "untrained" and model == "sd-lora" else row
+
+
 def final_table(final: dict[str, float], final_unavailable: dict[str, str], references: dict[str, dict[str, float]],
                 model: str, title: str) -> str:
-    cols = [f"{model} (final)"] + list(references)
+    cols = [f"{model} (final)"] + [reference_label(name, model) for name in references]
     width = max(16, *(len(c) + 2 for c in cols))
     lines = [title, f"{'metric':<32}" + "".join(f"{c:>{width}}" for c in cols), "-" * (32 + width * len(cols))]
     for key, name, fmt in ROWS:

@@ -222,7 +222,9 @@ def test_mini_lora_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
     cfg = smoke(tmp_path, data, model="sd-lora", final_epochs=0)
     out = run_sweep(cfg, dashboard=False)
     client = client_for(cfg.tracking_uri)
-    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["condface.base"].startswith("tiny offline SD base 'test'")  # no --pretrained given
     runs = children(client, out["parent_run_id"])
     grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
     assert sorted(r.data.params["trial.lora_rank"] for r in grid) == ["2", "4"]
