@@ -56,7 +56,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _as_nchw_uint8(images, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if not isinstance(images, torch.Tensor):
+        array = np.asarray(images)
+        images = torch.as_tensor(array if array.flags.writeable else array.copy())  # Ray hands over read-only arrays
+    t = images
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
         raise EvalError(f"{what} must be uint8 (N, H, W, 3), got {t.dtype} {tuple(t.shape)}: convert with data.dataset.to_uint8")
     return t.permute(0, 3, 1, 2).contiguous()

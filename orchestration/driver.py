@@ -203,7 +203,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True) -> dict[str, Any]:
     tracker.log_metrics(parent, {"wall_seconds": elapsed})
     print("\n" + where_to_look(mlflow_ui_command(tracking_uri), cfg.experiment_name, parent, str(state.root),
                                cluster["dashboard_url"], out.get("final").model_uri if out.get("final") else None,
-                               cluster["local"]))
+                               cluster["local"], cfg.model))
     return out
 
 

@@ -104,7 +104,7 @@ def cfg_table(rows, quality: str, front: list[float]) -> str:
 
 
 def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage: str, dashboard_url: str | None,
-                  model_uri: str | None, local_ray: bool) -> str:
+                  model_uri: str | None, local_ray: bool, model: str = "ddpm") -> str:
     lines = [
         "Where to look:",
         f"  MLflow UI:      {ui_command}",
@@ -112,7 +112,8 @@ def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage:
         f"  Ray results:    {storage}",
     ]
     if model_uri:
-        lines.append(f"  Registered:     {model_uri}  (mlflow.artifacts.download_artifacts(uri) -> from_pretrained)")
+        lines.append(f"  Registered:     {model_uri}  (path = mlflow.artifacts.download_artifacts(uri); "
+                     f"models.families.load_pipeline({model!r}, path))")
     if dashboard_url:
         alive = " (alive while a sweep runs; the local runtime stops with it)" if local_ray else ""
         lines.append(f"  Ray dashboard:  http://{dashboard_url}{alive}")
