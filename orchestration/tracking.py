@@ -257,10 +257,11 @@ class MlflowTrialCallback(Callback):
         return self._tracker
 
     def get_state(self) -> dict:
-        return {"runs": self.runs, "best": self.best, "logged_mb": self.logged_mb}
+        return {"runs": self.runs, "best": self.best, "logged_mb": self.logged_mb, "finished": self.finished}
 
     def set_state(self, state: dict) -> None:
         self.runs, self.best, self.logged_mb = state["runs"], state["best"], state["logged_mb"]
+        self.finished = state.get("finished", 0)  # a resumed sweep keeps counting where it stopped
 
     def _run(self, trial) -> str:
         run_id = self.runs.get(trial.trial_id)

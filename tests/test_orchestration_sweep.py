@@ -227,6 +227,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
     assert "resuming the grid phase" in resumed.stdout
     assert f"{done_label} epoch" not in resumed.stdout, "a finished trial ran again"
     assert re.search(r"^grid:\S+ epoch 6:", resumed.stdout, re.M), "the interrupted trial went on"
+    assert "(2/2 trials done)" in resumed.stdout  # the progress count goes on from where it stopped
 
     exp = client.get_experiment_by_name("condface-ddpm-smoke")
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'sweep'")
