@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "preset's base")
     a("--inception-weights", help="torch-fidelity Inception weights file for real FID (else fd_estimator stands in)")
     a("--clip-model", help="CLIP model id or local folder for the CLIP score (cpu-demo: none)")
+    a("--mtcnn", action=argparse.BooleanOptionalAction, default=None,
+      help="score face detection with MTCNN (study: on; cpu-demo: off, its 16 px faces are too small)")
     a("--seed", type=_int(0), help="seed of training, conditions and sampling")
     a("--no-dashboard", action="store_true", help="do not start the Ray dashboard with the local Ray runtime")
     a("--fail-once-at-epoch", type=_int(0), help=argparse.SUPPRESS)  # testing: every trial crashes once there
@@ -131,7 +133,7 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "gpus_per_trial", "max_concurrent", "tracking_uri", "experiment", "storage_path", "lr", "batch_size",
               "guidance_scale", "cfg_scales", "eval_samples", "final_samples", "cfg_samples",
               "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch",
-              "pretrained", "inception_weights", "clip_model", "gpus_per_eval_actor", "eval_actors")
+              "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors")
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:

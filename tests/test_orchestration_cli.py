@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -131,3 +132,19 @@ def test_data_of_the_wrong_size_is_refused_before_anything_starts(tmp_path, monk
     message = str(exit_info.value.code)
     assert message.startswith("error:") and "16px" in message and "64px" in message and "\n" not in message
     assert not list((tmp_path / "results").iterdir()) and not (tmp_path / "mlruns.db").exists()
+
+
+def test_flags_override_the_preset_and_only_what_they_name():
+    from orchestration.sweep import build_parser, config_from_args
+
+    def cfg(*args):
+        return config_from_args(build_parser().parse_args(list(args)))
+
+    assert cfg() == CPU_DEMO  # no flags: the embedded default exactly
+    assert cfg("--preset", "study") == STUDY
+    assert cfg("--mtcnn").mtcnn is True and cfg("--preset", "study", "--no-mtcnn").mtcnn is False
+    changed = cfg("--model", "sd-lora", "--epochs", "3", "--lr", "1e-3", "--cfg-scales", "1,3", "--max-concurrent", "4")
+    assert (changed.model, changed.epochs, changed.lr, changed.cfg_scales, changed.max_concurrent) == (
+        "sd-lora", 3, 1e-3, (1.0, 3.0), 4)
+    assert dataclasses.replace(changed, model="ddpm", epochs=2, lr=CPU_DEMO.lr, cfg_scales=CPU_DEMO.cfg_scales,
+                               max_concurrent=CPU_DEMO.max_concurrent) == CPU_DEMO
