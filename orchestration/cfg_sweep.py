@@ -82,7 +82,7 @@ def run_cfg_sweep(cfg: SweepConfig, out_dir: Path, pipeline_dir: str, data_root:
               "each ==", flush=True)
         rows = run_remote(resources, model=cfg.model, pipeline_dir=pipeline_dir, data_root=data_root,
                           n=cfg.cfg_samples, seed=cfg.seed + 2, scales=list(cfg.cfg_scales), sampler=cfg.sampler,
-                          steps=cfg.sampling_steps, pool=pool, threads=int(resources.get("cpu", 1)))
+                          steps=cfg.sampling_steps, pool=pool)
         for i, row in enumerate(rows):
             tracker.log_metrics(run_id, {**row.values, **row.counts,
                                          "guidance_scale": row.guidance_scale}, step=i, step_metric="scale_index")

@@ -47,9 +47,15 @@ def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed
     return out
 
 
-def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:
-    """`sample_and_score` as a Ray task holding `resources` (e.g. {"cpu": 2} or {"cpu": 1, "gpu": 1})."""
+def in_task(fn, resources: dict[str, float], **kwargs):
+    """`fn(**kwargs, threads=<the task's CPUs>)` as a Ray task holding `resources` (e.g. {"cpu": 2} or
+    {"cpu": 1, "gpu": 1}), so the driver stays light and the work gets a trial's GPU on a cluster."""
     import ray
 
-    task = ray.remote(sample_and_score).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-    return ray.get(task.remote(**kwargs))
+    task = ray.remote(fn).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+    return ray.get(task.remote(threads=int(resources.get("cpu", 1)), **kwargs))
+
+
+def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:
+    """`sample_and_score` in a Ray task holding `resources`."""
+    return in_task(sample_and_score, resources, **kwargs)

@@ -24,7 +24,7 @@ from orchestration.errors import SweepError
 from orchestration.evaluate import Scored, run_remote
 from orchestration.grid import TrialSpec
 from orchestration.tracking import TAG_PREFIX, Tracker
-from orchestration.trainable import TrialContext
+from orchestration.trainable import TrialContext, samples_png
 from orchestration.tune_phase import make_callback, run_phase
 
 
@@ -60,7 +60,7 @@ def run_final(ctx: TrialContext, root: Path, spec: TrialSpec, tracker: Tracker, 
     print(f"final evaluation: {cfg.final_samples} samples at guidance {spec.guidance_scale:g}", flush=True)
     scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=ctx.data_root,
                         n=cfg.final_samples, seed=cfg.seed + 1, scales=[spec.guidance_scale], sampler=cfg.sampler,
-                        steps=cfg.sampling_steps, pool=ctx.pool, threads=int(resources.get("cpu", 1)))[0]
+                        steps=cfg.sampling_steps, pool=ctx.pool)[0]
     tracker.log_metrics(run_id, {f"final_{k}": v for k, v in scored.values.items()})
     tracker.log_metrics(run_id, {f"final_{k}": v for k, v in scored.counts.items()})
     tracker.log_unavailable(run_id, scored.unavailable)
@@ -91,8 +91,5 @@ def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags:
 
 
 def _log_samples(tracker: Tracker, run_id: str, scored: Scored, path: Path) -> None:
-    from models.sampling import image_grid, save_png
-
-    size = scored.images.shape[1]
-    save_png(image_grid(scored.images[:64], ncols=8, scale=max(1, 64 // size)), path)
+    samples_png(scored.images[:64], path)
     tracker.log_artifact(run_id, path, "final_samples")

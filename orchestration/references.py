@@ -41,7 +41,6 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
 
 def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resources: dict[str, float]):
     """({"untrained": metrics, "ground_truth": metrics, "real_held_out": metrics}, unavailable), in a Ray task."""
-    import ray
+    from orchestration.evaluate import in_task
 
-    task = ray.remote(_references).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-    return ray.get(task.remote(cfg, data_root, eval_config, int(resources.get("cpu", 1))))
+    return in_task(_references, resources, cfg=cfg, data_root=data_root, eval_config=eval_config)

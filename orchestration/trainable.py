@@ -123,12 +123,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         with report.sampling() as pipe:
             images = generate(pipe, conditions.levels, conditions.captions, spec.guidance_scale,
                               cfg.sampling_steps, cfg.seed, cfg.sampler)
-            _attribute_png(pipe, cfg, spec, stage / "attributes.png", conditions.captions)
+            _attribute_png(pipe, cfg, spec, stage / "attributes.png")
             if ctx.phase == "final" and epoch == report.epochs:
                 family.save_pretrained(stage / "pipeline")  # EMA weights: what gets registered
         sampled = time.perf_counter() - started
         result = ctx.pool.score(images, conditions.levels, conditions.captions, real) if ctx.pool else None
-        _samples_png(images, stage / "samples.png")
+        samples_png(images, stage / "samples.png")
         shutil.copytree(report.checkpoint, stage / "engine", copy_function=_link_or_copy)
         metrics: dict[str, Any] = {**report.metrics(), "epoch": epoch, "sample_seconds": sampled,
                                    "eval_seconds": time.perf_counter() - started}
@@ -171,14 +171,15 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-def _samples_png(images, path: Path) -> None:
+def samples_png(images, path: Path) -> None:
+    """The generated images as an 8-wide grid, upscaled to at least 64 px per face."""
     from models.sampling import image_grid, save_png
 
     size = images.shape[1]
     save_png(image_grid(images, ncols=8, scale=max(1, 64 // size)), path)
 
 
-def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path, captions) -> None:
+def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path) -> None:
     """The study's picture: one row per attribute, level 0..5 left to right (DDPM: levels; SD: captions)."""
     from data.schema import ATTRIBUTES, NUM_LEVELS
     from models.sampling import attribute_sweep, generate, image_grid, save_png
