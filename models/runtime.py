@@ -1,8 +1,15 @@
-"""Process-wide torch settings for CPU work: how many threads, and flushing denormal floats."""
+"""Process-wide torch settings: threads, denormal flushing, and the ONE device resolver.
+
+Every place that builds a model, a pipeline, an estimator or a metric takes its device from
+`resolve_device`, so "auto" means the same thing everywhere: the GPU Ray (or the process) was given,
+else the CPU.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from models.errors import ConfigError
 
 
 def configure_torch(threads: int | None = None) -> None:
@@ -18,4 +25,20 @@ def configure_torch(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-__all__ = ["configure_torch"]
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """"auto"/None -> cuda when a CUDA device is visible (inside a Ray task: the GPU it was given), else cpu.
+    An explicit "cuda"/"cuda:N" without a visible GPU is a one-line ConfigError naming the fix."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is visible: use device 'auto' or 'cpu'")
+    return device
+
+
+__all__ = ["configure_torch", "resolve_device"]
