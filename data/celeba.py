@@ -7,6 +7,7 @@ when the input is wrong. Nothing here touches images beyond checking that they e
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,11 @@ IMAGE_DIR = "img_align_celeba"
 PARTITION_FILE = "list_eval_partition.txt"
 COMBINED_ANNOTATION = "combined_annotation.txt"
 SPLIT_ANNOTATIONS = ("train_attr_list.txt", "val_attr_list.txt", "test_attr_list.txt")
-CAPTION_CANDIDATES = ("captions.json", "text/captions.json")
+CAPTIONS_FILE = "captions.json"
+CAPTION_SEARCH_DEPTH = 4  # folder levels below the dialog root searched for captions.json
+CAPTION_SEARCH_MAX_FOLDERS = 5000  # a dialog root with more folders than this is not a CelebA-Dialog download
+_CAPTION_SEARCH_SKIP = {IMAGE_DIR, "__pycache__", "node_modules"}
+_CAPTION_KEYS = ("overall_caption", "attribute_wise_captions")
 
 
 @dataclass(frozen=True)
@@ -139,26 +144,65 @@ def _caption_text(entry) -> str:
     return " ".join(texts)
 
 
-def find_captions(dialog_root: str | Path) -> Path | None:
+def find_captions(dialog_root: str | Path) -> list[Path]:
+    """Every `captions.json` in the dialog root and its subfolders (up to CAPTION_SEARCH_DEPTH levels down).
+
+    Hidden folders and image folders are not searched; links are followed, and two paths to the same file
+    count once. Returns shallowest first. A tree too large to be a CelebA-Dialog download is an error.
+    """
     root = Path(dialog_root)
-    return next((root / c for c in CAPTION_CANDIDATES if (root / c).is_file()), None)
+    found: dict[str, Path] = {}
+    for folders, (dirpath, dirnames, filenames) in enumerate(os.walk(root, followlinks=True), start=1):
+        if folders > CAPTION_SEARCH_MAX_FOLDERS:
+            raise DataError(
+                f"stopped searching {root} for {CAPTIONS_FILE} after {CAPTION_SEARCH_MAX_FOLDERS} folders: "
+                "pass --captions PATH (or a --dialog-root that is the CelebA-Dialog folder itself)"
+            )
+        here = Path(dirpath)
+        if CAPTIONS_FILE in filenames and (here / CAPTIONS_FILE).is_file():
+            found.setdefault(os.path.realpath(here / CAPTIONS_FILE), here / CAPTIONS_FILE)
+        deeper = len(here.relative_to(root).parts) < CAPTION_SEARCH_DEPTH
+        dirnames[:] = sorted(d for d in dirnames if deeper and not d.startswith(".") and d not in _CAPTION_SEARCH_SKIP)
+    return sorted(found.values(), key=lambda p: (len(p.parts), str(p)))
 
 
 def read_captions(path: str | Path) -> CaptionReport:
     """`captions.json`: {image: {"overall_caption": str, "attribute_wise_captions": {...}}}; nulls allowed.
 
     The overall caption is used; when it is null or empty, the attribute-wise captions are joined;
-    when both are missing the image gets "" and is listed in `missing`.
+    when both are missing the image gets "" and is listed in `missing`. An unreadable file, invalid
+    JSON or JSON of another shape is a `DataError` naming the file.
     """
     path = Path(path)
+    fix = "restore CelebA-Dialog's original captions.json or pass --captions PATH to a good copy"
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{path} not found: check --dialog-root") from None
+        raise DataError(f"{path} not found: pass --captions PATH to CelebA-Dialog's captions.json") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}): {fix}") from None
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}): {fix}") from None
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}): restore the original captions file") from None
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}): {fix}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a captions file: {fix}") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping image names to captions: restore the original file")
+        raise DataError(
+            f"{path}: expected a JSON object mapping image names to captions, got a JSON {type(raw).__name__}: {fix}"
+        )
+    for name, entry in raw.items():
+        if entry is not None and not isinstance(entry, str | dict):
+            raise DataError(
+                f"{path}: the entry for {name!r} is a JSON {type(entry).__name__}, expected an object with "
+                f"{' / '.join(_CAPTION_KEYS)}: {fix}"
+            )
+    if raw and all(isinstance(e, dict) and not any(k in e for k in _CAPTION_KEYS) for e in raw.values()):
+        raise DataError(
+            f"{path}: no entry has {' or '.join(_CAPTION_KEYS)}, so it is not CelebA-Dialog's captions: {fix}"
+        )
     captions, missing = {}, []
     for name, entry in raw.items():
         text = _caption_text(entry)

@@ -1,11 +1,16 @@
 """Turn CelebA + CelebA-Dialog into a training-ready cache.
 
     python -m data.prepare --celeba-root DIR --dialog-root DIR --out DIR [--size 64]
+                           [--captions PATH | --no-captions]
 
 Each listed image is centre-cropped to a square and resized (Lanczos by default), on all cores,
 into one memory-mapped uint8 array with its five levels, caption and split (see data/cache.py).
 The split is CelebA's own partition restricted to the labelled images. The cache is written under a
 temporary name and renamed at the end, so an interrupted run leaves nothing that looks complete.
+
+Captions come from `--captions PATH`, else from the one `captions.json` found in the dialog root or its
+subfolders; none found, several found, an invalid file, or a file that gives no image a caption is an
+error unless `--no-captions` waives captions (every caption is then empty, and the manifest says so).
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from data.cache import SPLITS, CacheWriter
-from data.celeba import IMAGE_DIR, PARTITION_FILE, find_captions, read_captions, read_dialog_annotations, read_partition
+from data.celeba import (
+    CAPTION_SEARCH_DEPTH,
+    CAPTIONS_FILE,
+    IMAGE_DIR,
+    PARTITION_FILE,
+    find_captions,
+    read_captions,
+    read_dialog_annotations,
+    read_partition,
+)
 from data.errors import DataError
 
 RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC}
@@ -40,6 +54,8 @@ class PrepareConfig:
     skip_bad: bool = False
     workers: int = max(1, os.cpu_count() or 1)
     limit: int | None = None
+    captions: Path | None = None  # CelebA-Dialog's captions.json; None: search the dialog root for it
+    no_captions: bool = False  # build with every caption empty (recorded in the manifest)
 
 
 def load_square(path: Path, size: int, resample: str) -> np.ndarray:
@@ -66,6 +82,37 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def resolve_captions(cfg: PrepareConfig) -> tuple[Path | None, str | None]:
+    """The captions file to read and how it was chosen ("--captions" or "search"); (None, None) when waived."""
+    if cfg.no_captions:
+        if cfg.captions is not None:
+            raise DataError(f"--captions {cfg.captions} and --no-captions contradict each other: pass only one")
+        return None, None
+    if cfg.captions is not None:
+        if not cfg.captions.exists():
+            raise DataError(
+                f"--captions {cfg.captions} does not exist: pass the path of CelebA-Dialog's {CAPTIONS_FILE}"
+            )
+        if not cfg.captions.is_file():
+            raise DataError(
+                f"--captions {cfg.captions} is not a file: pass the path of CelebA-Dialog's {CAPTIONS_FILE}"
+            )
+        return cfg.captions, "--captions"
+    found = find_captions(cfg.dialog_root)
+    if not found:
+        raise DataError(
+            f"no {CAPTIONS_FILE} in {cfg.dialog_root} or its subfolders ({CAPTION_SEARCH_DEPTH} levels searched): "
+            "pass --captions PATH, or --no-captions to build a cache whose captions are all empty "
+            "(the SD+LoRA family then trains without text)"
+        )
+    if len(found) > 1:
+        raise DataError(
+            f"{len(found)} {CAPTIONS_FILE} files under {cfg.dialog_root}: {', '.join(map(str, found))}: "
+            "pass --captions PATH to choose one"
+        )
+    return found[0], "search"
+
+
 def prepare(cfg: PrepareConfig, log=print) -> dict:
     """Build the cache; returns the summary (also written into the manifest)."""
     if not cfg.celeba_root.is_dir():
@@ -84,14 +131,16 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
     partition_path = cfg.celeba_root / PARTITION_FILE
     partition = read_partition(partition_path)
     labels, label_files = read_dialog_annotations(cfg.dialog_root)
-    caption_path = find_captions(cfg.dialog_root)
+    caption_path, chosen_by = resolve_captions(cfg)
     warnings: list[str] = []
     if caption_path is None:
-        captions, missing_captions = {}, []
-        warnings.append(f"no captions.json under {cfg.dialog_root}: every caption is empty")
+        captions, missing_captions, captions_md5 = {}, [], None
+        log("captions: none (--no-captions): every caption will be empty")
     else:
+        if chosen_by == "search":
+            log(f"captions: using {caption_path} (the one {CAPTIONS_FILE} under {cfg.dialog_root})")
         report = read_captions(caption_path)
-        captions, missing_captions = report.captions, report.missing
+        captions, missing_captions, captions_md5 = report.captions, report.missing, _md5(caption_path)
 
     unlabelled = sorted(n for n in partition if n not in labels)
     not_in_partition = sorted(n for n in labels if n not in partition)
@@ -107,10 +156,17 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         )
     skipped = {n: "absent" for n in absent}
     names = [n for n in names if n not in skipped]
+    if caption_path is not None and names and not any(captions.get(n) for n in names):
+        raise DataError(
+            f"{caption_path}: none of the {len(names)} images has a non-empty caption "
+            f"({len(captions)} entries, {sum(n in captions for n in names)} naming these images): "
+            "pass --captions PATH to CelebA-Dialog's captions.json, or --no-captions to build without captions"
+        )
     for msg, items in (
         ("labelled images not in the partition (ignored)", not_in_partition),
         ("captions for unknown images (ignored)", unknown_captions),
         ("images with null/empty captions", [n for n in missing_captions if n in partition]),
+        (f"images with no entry in {caption_path}", [n for n in names if caption_path and n not in captions]),
     ):
         if items:
             warnings.append(f"{len(items)} {msg}, e.g. {items[0]}")
@@ -138,6 +194,21 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             raise DataError(f"no usable images under {image_dir}: check --celeba-root and --dialog-root")
         writer.truncate(kept)
         counts = {s: int((writer.split == code).sum()) for s, code in SPLITS.items()}
+        captioned = np.array([bool(c) for c in writer.captions])
+        if caption_path is not None and not captioned.any():
+            raise DataError(
+                f"{caption_path}: none of the {kept} usable images has a non-empty caption (the captioned ones were "
+                "skipped): restore those images, or pass --no-captions to build without captions"
+            )
+        captions_info = {
+            "source": None if caption_path is None else str(caption_path.resolve()),
+            "md5": captions_md5,
+            "chosen_by": chosen_by,
+            "waived": cfg.no_captions,
+            "images": kept,
+            "non_empty": int(captioned.sum()),
+            "non_empty_per_split": {s: int((captioned & (writer.split == code)).sum()) for s, code in SPLITS.items()},
+        }
         summary = {
             "counts": counts,
             "unlabelled": len(unlabelled),
@@ -150,15 +221,23 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             "dialog_root": str(cfg.dialog_root.resolve()),
             "resample": cfg.resample,
             "checksums_md5": {
-                str(p.name): _md5(p) for p in [partition_path, *label_files, *([caption_path] if caption_path else [])]
+                **{str(p.name): _md5(p) for p in [partition_path, *label_files]},
+                **({caption_path.name: captions_md5} if caption_path else {}),
             },
         }
-        writer.finish(source, {"prepare_summary": summary, "skipped_images": skipped})
+        writer.finish(source, {"prepare_summary": summary, "captions": captions_info, "skipped_images": skipped})
     log(
         f"wrote {cfg.out}: {kept} images at {cfg.size}x{cfg.size} — train {counts['train']}, val {counts['val']}, "
         f"test {counts['test']}; unlabelled (not used) {len(unlabelled)}; skipped {len(skipped)}"
     )
-    return summary
+    if caption_path is None:
+        log(f"captions: none — waived with --no-captions, all {kept:,} captions are empty")
+    else:
+        log(
+            f"captions: {captions_info['non_empty']:,} of {kept:,} images have a non-empty caption "
+            f"(from {caption_path})"
+        )
+    return {**summary, "captions": captions_info}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,11 +256,35 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=max(1, os.cpu_count() or 1), help="decoding processes (default: all cores)"
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N labelled images (for quick trials)")
+    p.add_argument(
+        "--captions",
+        type=Path,
+        default=None,
+        help=f"CelebA-Dialog's {CAPTIONS_FILE} (default: the one found in --dialog-root or its subfolders)",
+    )
+    p.add_argument(
+        "--no-captions",
+        action="store_true",
+        help="build without captions (every caption empty; recorded in the manifest) instead of stopping",
+    )
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error("--workers must be >= 1")
     try:
-        prepare(PrepareConfig(a.celeba_root, a.dialog_root, a.out, a.size, a.resample, a.skip_bad, a.workers, a.limit))
+        prepare(
+            PrepareConfig(
+                a.celeba_root,
+                a.dialog_root,
+                a.out,
+                a.size,
+                a.resample,
+                a.skip_bad,
+                a.workers,
+                a.limit,
+                captions=a.captions,
+                no_captions=a.no_captions,
+            )
+        )
     except DataError as e:
         sys.exit(f"error: {e}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 from data.cache import FaceCache
-from data.celeba import read_annotation_file, read_captions, read_dialog_annotations, read_partition
+from data.celeba import find_captions, read_annotation_file, read_captions, read_dialog_annotations, read_partition
+from data.errors import DataError
 from data.prepare import PrepareConfig, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +217,150 @@ def test_existing_output_is_never_overwritten(celeba, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert "already exists" in _error_line(run_prepare(*celeba, out))
     assert (out / "keep.txt").read_text() == "mine"
+
+
+# --- captions: where captions.json is found, and what happens when it cannot be trusted ---
+
+CAPTIONED = {"train": 2, "val": 1, "test": 0}  # 000001, 000002 (attribute-wise), 000004; 000003 is empty
+
+
+def _move_captions(dialog_root: Path, sub: str) -> Path:
+    dest = dialog_root / sub / "captions.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (dialog_root / "captions.json").rename(dest)
+    return dest
+
+
+@pytest.mark.parametrize("sub", ["text", "CelebA-Dialog", "CelebA-Dialog/text"])
+def test_cli_finds_captions_in_a_subfolder(celeba, tmp_path, sub):
+    celeba_root, dialog_root = celeba
+    path = _move_captions(dialog_root, sub)
+    result = run_prepare(celeba_root, dialog_root, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert f"captions: using {path}" in result.stdout
+    assert f"captions: 3 of 6 images have a non-empty caption (from {path})" in result.stdout
+    cache = FaceCache.open(tmp_path / "out")
+    assert cache.captions[:4] == ["She has short bangs.", "Full bangs.", "", "He smiles broadly."]
+    info = cache.manifest["captions"]
+    assert info["source"] == str(path.resolve()) and info["chosen_by"] == "search" and info["waived"] is False
+    assert info["md5"] == hashlib.md5(path.read_bytes()).hexdigest()
+    assert info["images"] == 6 and info["non_empty"] == 3 and info["non_empty_per_split"] == CAPTIONED
+
+
+def test_cli_several_captions_files_is_an_error_naming_all(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    copy = dialog_root / "CelebA-Dialog" / "captions.json"
+    copy.parent.mkdir()
+    copy.write_text((dialog_root / "captions.json").read_text())
+    out = tmp_path / "out"
+    line = _error_line(run_prepare(celeba_root, dialog_root, out))
+    assert str(dialog_root / "captions.json") in line and str(copy) in line and "--captions PATH" in line
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_cli_explicit_captions_path_wins_over_search(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    explicit = tmp_path / "elsewhere" / "dialog_captions.json"
+    explicit.parent.mkdir()
+    (dialog_root / "captions.json").rename(explicit)
+    (dialog_root / "a").mkdir()
+    (dialog_root / "b").mkdir()
+    for decoy in (dialog_root / "a" / "captions.json", dialog_root / "b" / "captions.json"):
+        decoy.write_text("{broken")  # the search alone would stop here
+    result = run_prepare(celeba_root, dialog_root, tmp_path / "out", "--captions", str(explicit))
+    assert result.returncode == 0, result.stderr
+    assert f"captions: 3 of 6 images have a non-empty caption (from {explicit})" in result.stdout
+    cache = FaceCache.open(tmp_path / "out")
+    assert cache.captions[0] == "She has short bangs."
+    info = cache.manifest["captions"]
+    assert info["source"] == str(explicit.resolve()) and info["chosen_by"] == "--captions" and info["non_empty"] == 3
+    assert "dialog_captions.json" in cache.manifest["source"]["checksums_md5"]
+
+
+def test_cli_missing_explicit_captions_path(celeba, tmp_path):
+    missing = tmp_path / "nope" / "captions.json"
+    line = _error_line(run_prepare(*celeba, tmp_path / "out", "--captions", str(missing)))
+    assert f"--captions {missing} does not exist" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_no_captions_file_is_an_error_unless_waived(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    (dialog_root / "captions.json").unlink()
+    line = _error_line(run_prepare(celeba_root, dialog_root, tmp_path / "out"))
+    assert f"no captions.json in {dialog_root}" in line and "--captions PATH" in line and "--no-captions" in line
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+    result = run_prepare(celeba_root, dialog_root, tmp_path / "out", "--no-captions")
+    assert result.returncode == 0, result.stderr
+    assert "waived with --no-captions" in result.stdout
+    cache = FaceCache.open(tmp_path / "out")
+    assert cache.captions == [""] * 6
+    assert cache.manifest["captions"] == {
+        "source": None,
+        "md5": None,
+        "chosen_by": None,
+        "waived": True,
+        "images": 6,
+        "non_empty": 0,
+        "non_empty_per_split": {"train": 0, "val": 0, "test": 0},
+    }
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("{broken", ":1: invalid JSON"),
+        ('{"000001.jpg": {"overall_caption": "x"}\n,,}', ":2: invalid JSON"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        ("[]", "expected a JSON object mapping image names to captions, got a JSON list"),
+        ('{"000001.jpg": ["She has bangs."]}', "the entry for '000001.jpg' is a JSON list"),
+        ('{"000001.jpg": {"caption": "She has bangs."}}', "no entry has overall_caption or attribute_wise_captions"),
+        ("{}", "none of the 6 images has a non-empty caption (0 entries, 0 naming these images)"),
+        (
+            json.dumps({n: {"overall_caption": None, "attribute_wise_captions": None} for n in RECORDS}),
+            "none of the 6 images has a non-empty caption (7 entries, 6 naming these images)",
+        ),
+    ],
+)
+def test_cli_bad_captions_in_a_subfolder_is_a_one_line_error(celeba, tmp_path, content, expected):
+    celeba_root, dialog_root = celeba
+    path = _move_captions(dialog_root, "text")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    out = tmp_path / "out"
+    result = run_prepare(celeba_root, dialog_root, out)
+    line = _error_line(result)
+    assert line.startswith(f"error: {path}") and expected in line, line
+    assert "--captions PATH" in line
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_find_captions_search_is_bounded(tmp_path):
+    root = tmp_path / "dialog"
+    for sub in ("", "a", "a/b/c/d", ".hidden", "img_align_celeba", "a/b/c/d/e"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub / "captions.json").write_text("{}")
+    (root / "link").symlink_to(root / "a", target_is_directory=True)  # the same file by another path counts once
+    found = find_captions(root)
+    assert found == [root / "captions.json", root / "a" / "captions.json", root / "a/b/c/d" / "captions.json"]
+    assert find_captions(tmp_path / "empty-and-absent") == []
+
+
+def test_captions_and_no_captions_contradict(celeba, tmp_path):
+    celeba_root, dialog_root = celeba
+    cfg = PrepareConfig(
+        celeba_root,
+        dialog_root,
+        tmp_path / "out",
+        size=16,
+        workers=1,
+        captions=dialog_root / "captions.json",
+        no_captions=True,
+    )
+    with pytest.raises(DataError, match="contradict"):
+        prepare(cfg, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
