@@ -20,7 +20,7 @@ _EXPORTS = {
     "MetricResult": "evaluation.scorer",
     "EvaluatorPool": "evaluation.actors",
     "AttributeEstimator": "evaluation.estimator",
-    "ensure_estimator": "evaluation.estimator",
+    "ensure_estimator": "evaluation.estimator_cache",
     "estimator_preset": "evaluation.estimator",
 }
 

@@ -16,7 +16,7 @@ import torch
 
 from data.cache import FaceCache
 from data.errors import DataError
-from evaluation.config import EvalConfig
+from evaluation.config import EvalConfig, eval_device
 from evaluation.errors import EvalError
 from evaluation.metrics.base import EvalBatch
 from evaluation.scorer import Scorer
@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-model", default=None, help="CLIP model id or local directory (default: skip)")
     p.add_argument("--batch-size", type=int, default=64, help="scoring batch size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        device = str(eval_device(args.device))  # a bad --device fails before any data is built or trained
         if args.threads:
             torch.set_num_threads(args.threads)
         from data.dataset import resolve_data
@@ -43,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         cache = FaceCache.open(resolve_data(args.data, args.size))
         estimator = args.estimator
         if estimator == "auto":
-            from evaluation.estimator import ensure_estimator
+            from evaluation.estimator_cache import ensure_estimator
 
-            estimator = str(ensure_estimator(cache.root))
-        scorer = Scorer(EvalConfig(estimator=estimator, clip_model=args.clip_model, device=args.device,
+            estimator = str(ensure_estimator(cache.root, device=device))
+        scorer = Scorer(EvalConfig(estimator=estimator, clip_model=args.clip_model, device=device,
                                    batch_size=args.batch_size))
         paired = paired_conditions(cache, args.n)
     except (EvalError, DataError, ValueError) as err:

@@ -6,8 +6,12 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluation.errors import EvalError
+
+if TYPE_CHECKING:
+    import torch
 
 FID_PROTOCOLS = ("paired", "unpaired")
 # Sample counts. The study computed FID on 100 (final comparison) and 250 (CFG sweep) samples, which
@@ -18,6 +22,21 @@ FID_SAMPLES = {"study-final": 100, "study-cfg": 250, "large": 10_000}
 def condface_home() -> Path:
     """Root of the project's caches: $CONDFACE_HOME, default ~/.cache/condface."""
     return Path(os.environ.get("CONDFACE_HOME") or Path.home() / ".cache" / "condface")
+
+
+def eval_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device evaluation runs on, from the project's one resolver (`models.runtime.resolve_device`).
+
+    Its ConfigError (a cuda request without a visible GPU, an unknown name) becomes the evaluation
+    layer's one-line EvalError with the same message, so every evaluation entry point reports it alike.
+    """
+    from models.errors import ConfigError
+    from models.runtime import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ConfigError as err:
+        raise EvalError(str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -43,9 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ResNetConfig, ResNetModel
 
-from data.cache import FaceCache
 from data.schema import ATTRIBUTES, NUM_LEVELS
-from evaluation.config import condface_home
 from evaluation.errors import EvalError
 
 WEIGHTS_NAME = "estimator.safetensors"
@@ -223,35 +220,3 @@ def build_estimator(config: EstimatorConfig, hub_download: bool = False) -> tupl
             + ": use a matching preset or backbone"
         )
     return AttributeEstimator(config, backbone=backbone), f"backbone initialised from {config.pretrained}"
-
-
-def estimator_cache_dir(cache_root: Path, config: EstimatorConfig) -> Path:
-    """Where `ensure_estimator` keeps the estimator for this data cache and config (content-addressed)."""
-    manifest = (Path(cache_root) / "manifest.json").read_bytes()
-    key = hashlib.sha256(manifest + json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
-    return condface_home() / "estimators" / f"{config.preset}-{key}"
-
-
-def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small", size: int | None = None,
-                     progress: bool = True, **overrides) -> Path:
-    """Return the directory of an estimator trained on `data` (a cache or its dir, or "toy" at `size` px).
-
-    Trained on first use and cached under $CONDFACE_HOME/estimators/ (keyed by the data cache's manifest
-    and the estimator config); a file lock makes concurrent callers wait for one training run.
-    """
-    import fcntl
-
-    from data.dataset import resolve_data
-    from evaluation.train_estimator import train_estimator
-
-    cache_root = data.root if isinstance(data, FaceCache) else resolve_data(str(data), size)
-    config = estimator_preset(preset, **overrides)
-    out = estimator_cache_dir(cache_root, config)
-    if (out / WEIGHTS_NAME).is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / WEIGHTS_NAME).is_file():
-            train_estimator(cache_root, config, out, progress=progress)
-    return out

@@ -25,7 +25,7 @@ from typing import Any
 from data.cache import FaceCache
 from data.errors import DataError
 from evaluation.conditions import PairedSet, paired_conditions
-from evaluation.config import FID_SAMPLES, EvalConfig
+from evaluation.config import FID_SAMPLES, EvalConfig, eval_device
 from evaluation.errors import EvalError
 from evaluation.scorer import MetricResult, Scorer
 
@@ -56,15 +56,16 @@ def held_out_row(scorer: Scorer, paired: PairedSet, seed: int, batch_size: int =
 
 def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, steps: int,
                   guidance_scale: float, seed: int, sampler: str = "ddpm", batch_size: int = 256) -> MetricResult:
-    """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler`:
-    random weights for the DDPM; for sd-lora the base with zero-initialised adapters, i.e. the base itself."""
+    """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler` on
+    the scorer's device: random weights for the DDPM; for sd-lora the base with zero-initialised adapters,
+    i.e. the base itself."""
     from models.families import build_family
     from models.sampling import generate
 
     if getattr(config, "image_size", paired.cache.size) != paired.cache.size:
         raise EvalError(f"{model} preset {config.preset!r} makes {config.image_size}px images but the data is "
                         f"{paired.cache.size}px: pick a preset of that size with --model-preset")
-    family = build_family(model, config, seed=seed)
+    family = build_family(model, config, seed=seed).to(scorer.device)  # sampled where the scorer runs
     images = (
         generate(family, levels, captions, guidance_scale=guidance_scale, num_inference_steps=steps,
                  seed=seed + i, scheduler=sampler)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50, help="sampling steps for the untrained row")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale for the untrained row")
     p.add_argument("--seed", type=int, default=0, help="seed of the condition draw and of the untrained model")
-    p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="also write the rows as JSON to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,18 +122,19 @@ def main(argv: list[str] | None = None) -> None:
         unknown = sorted(set(rows_asked) - set(ROWS))
         if unknown or not rows_asked:
             raise EvalError(f"unknown rows {unknown or args.rows!r}: choose from {', '.join(ROWS)}")
+        device = str(eval_device(args.device))  # a bad --device fails before any data is built or trained
         from data.dataset import resolve_data
 
         cache = FaceCache.open(resolve_data(args.data, args.size))
         estimator = None
         if args.estimator == "auto":
-            from evaluation.estimator import ensure_estimator
+            from evaluation.estimator_cache import ensure_estimator
 
-            estimator = str(ensure_estimator(cache.root))
+            estimator = str(ensure_estimator(cache.root, device=device))
         elif args.estimator != "none":
             estimator = args.estimator
         config = EvalConfig(estimator=estimator, inception_weights=args.inception_weights,
-                            clip_model=args.clip_model, mtcnn=not args.no_mtcnn, device=args.device,
+                            clip_model=args.clip_model, mtcnn=not args.no_mtcnn, device=device,
                             fid_protocol=args.fid_protocol)
         paired = paired_conditions(cache, args.samples, split="val", seed=args.seed, protocol=config.fid_protocol)
         scorer = Scorer(config)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data.schema import ATTRIBUTES, check_levels
-from evaluation.config import EvalConfig
+from evaluation.config import EvalConfig, eval_device
 from evaluation.errors import EvalError
 from evaluation.estimator import AttributeEstimator
 from evaluation.metrics.base import EvalBatch, State, add_states
@@ -46,15 +46,6 @@ class ScoreState:
         return ScoreState({k: add_states(self.parts[k], other.parts[k]) for k in self.parts})
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"evaluation device {name!r} asked for but no CUDA device is visible: use device 'auto' or 'cpu'")
-    return device
-
-
 def _as_nchw_uint8(images, what: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         array = np.asarray(images)
@@ -70,7 +61,7 @@ class Scorer:
 
     def __init__(self, config: EvalConfig):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = eval_device(config.device)
         self.metrics: list = []
         self.unavailable: dict[str, str] = {}
         self._load_estimator_metrics()
@@ -87,7 +78,7 @@ class Scorer:
         from evaluation.metrics.fid import FrechetDistance
 
         self.estimator = AttributeEstimator.load(self.config.estimator, self.device)
-        self.metrics += [FrechetDistance.estimator(self.estimator), EstimatorAccuracy(self.estimator)]
+        self.metrics += [FrechetDistance.estimator(self.estimator, self.device), EstimatorAccuracy(self.estimator)]
 
     def _load_inception(self) -> None:
         from evaluation.metrics.fid import FrechetDistance, find_inception
@@ -107,7 +98,7 @@ class Scorer:
             return
         from evaluation.metrics.mtcnn import FaceConfidence
 
-        self.metrics.append(FaceConfidence(self.config.mtcnn_size))
+        self.metrics.append(FaceConfidence(self.config.mtcnn_size, self.device))
 
     def _load_clip(self) -> None:
         if self.config.clip_model is None:

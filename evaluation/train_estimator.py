@@ -28,6 +28,7 @@ from data.cache import FaceCache
 from data.dataset import FaceDataset, resolve_data
 from data.errors import DataError
 from data.schema import ATTRIBUTES, NUM_LEVELS
+from evaluation.config import eval_device
 from evaluation.degrade import Degraded
 from evaluation.errors import EvalError
 from evaluation.estimator import (
@@ -83,11 +84,14 @@ def plot_confusion(confmat: np.ndarray, attribute: str, path: Path) -> None:
 
 
 def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out: str | Path,
-                    progress: bool = True, hub_download: bool = False, log=print) -> dict:
-    """Train on the cache's train split, select on val, report on val and test; write everything to `out`."""
+                    progress: bool = True, hub_download: bool = False, log=print,
+                    device: str | torch.device = "auto") -> dict:
+    """Train on the cache's train split, select on val, report on val and test; write everything to `out`.
+
+    `device`: "auto" (the visible GPU, else the CPU), "cpu", "cuda[:N]", resolved by `eval_device`."""
+    device = eval_device(device)
     cache = cache if isinstance(cache, FaceCache) else FaceCache.open(cache)
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = FaceDataset(cache, "train", augment=config.augment, limit=config.train_limit)
     if config.degrade > 0:
         train = Degraded(train, config.degrade, config.seed)
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrained", default=None, help="backbone weights: Hub id or local dir, 'none' for scratch")
     p.add_argument("--hub-download", action="store_true", help="allow downloading pretrained weights from the Hub")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="training device: auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -205,9 +210,11 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         if out.exists() and not args.overwrite:
             raise EvalError(f"output {out} already exists: choose another --out or pass --overwrite")
+        device = eval_device(args.device)  # a bad --device fails before any data is built
         configure_torch(args.threads)
         cache = resolve_data(args.data, args.size)
-        report = train_estimator(cache, config, out, progress=not args.quiet, hub_download=args.hub_download)
+        report = train_estimator(cache, config, out, progress=not args.quiet, hub_download=args.hub_download,
+                                 device=device)
     except (EvalError, DataError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(format_report(report))

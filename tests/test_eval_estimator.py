@@ -11,7 +11,8 @@ import torch
 from data.cache import FaceCache
 from data.schema import ATTRIBUTES
 from evaluation.errors import EvalError
-from evaluation.estimator import AttributeEstimator, ensure_estimator, estimator_preset
+from evaluation.estimator import AttributeEstimator, estimator_preset
+from evaluation.estimator_cache import ensure_estimator
 from evaluation.train_estimator import main, train_estimator
 from tests.eval_helpers import face_cache  # noqa: F401
 

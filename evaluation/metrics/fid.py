@@ -66,8 +66,10 @@ class FrechetDistance:
         return cls("fid", metric.to(device))
 
     @classmethod
-    def estimator(cls, estimator: AttributeEstimator) -> FrechetDistance:
-        return cls("fd_estimator", FrechetInceptionDistance(feature=EstimatorFeatures(estimator)))
+    def estimator(cls, estimator: AttributeEstimator, device: torch.device) -> FrechetDistance:
+        """The stand-in on the estimator's features; its state tensors live on `device`, with the estimator."""
+        metric = FrechetInceptionDistance(feature=EstimatorFeatures(estimator))
+        return cls("fd_estimator", metric.to(device))
 
     def reset(self) -> None:
         self.metric.reset()

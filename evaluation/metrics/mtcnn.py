@@ -26,10 +26,10 @@ from evaluation.metrics.base import EvalBatch, Outcome, State, compute_loaded, r
 class FaceConfidence:
     name = "mtcnn"
 
-    def __init__(self, size: int = 160):
+    def __init__(self, size: int = 160, device: str | torch.device = "cpu"):
         self.size = size
-        self.detector = MTCNN(min_face_size=size // 4)
-        self.metric = MeanMetric()
+        self.detector = MTCNN(min_face_size=size // 4)  # OpenCV, on the CPU; only the mean lives on `device`
+        self.metric = MeanMetric().to(device)
 
     def confidence(self, image: np.ndarray) -> float:
         """Highest face confidence in one RGB uint8 (H, W, 3) image, 0 when none."""
@@ -43,7 +43,8 @@ class FaceConfidence:
 
     def update(self, batch: EvalBatch) -> None:
         images = batch.images.permute(0, 2, 3, 1).cpu().numpy()
-        self.metric.update(torch.tensor([self.confidence(im) for im in images], dtype=torch.float64))
+        scores = [self.confidence(im) for im in images]
+        self.metric.update(torch.tensor(scores, dtype=torch.float64, device=self.metric.device))
 
     def state(self) -> State:
         return snapshot(self.metric)

@@ -1,0 +1,51 @@
+"""Train the attribute estimator once per data cache and config, and reuse it: `ensure_estimator`.
+
+    from evaluation.estimator_cache import ensure_estimator
+    estimator_dir = ensure_estimator(cache_root)          # trains the small preset on first use only
+
+Imports point one way: this module uses both `evaluation.estimator` (the model and its presets) and
+`evaluation.train_estimator` (the training run); neither of them imports it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from data.cache import FaceCache
+from data.dataset import resolve_data
+from evaluation.config import condface_home
+from evaluation.estimator import WEIGHTS_NAME, EstimatorConfig, estimator_preset
+from evaluation.train_estimator import train_estimator
+
+
+def estimator_cache_dir(cache_root: Path, config: EstimatorConfig) -> Path:
+    """Where `ensure_estimator` keeps the estimator for this data cache and config (content-addressed)."""
+    manifest = (Path(cache_root) / "manifest.json").read_bytes()
+    key = hashlib.sha256(manifest + json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+    return condface_home() / "estimators" / f"{config.preset}-{key}"
+
+
+def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small", size: int | None = None,
+                     progress: bool = True, device: str | torch.device = "auto", **overrides) -> Path:
+    """Return the directory of an estimator trained on `data` (a cache or its dir, or "toy" at `size` px).
+
+    Trained on first use (on `device`, see `evaluation.config.eval_device`) and cached under
+    $CONDFACE_HOME/estimators/ (keyed by the data cache's manifest and the estimator config, not the
+    device); a file lock makes concurrent callers wait for one training run.
+    """
+    cache_root = data.root if isinstance(data, FaceCache) else resolve_data(str(data), size)
+    config = estimator_preset(preset, **overrides)
+    out = estimator_cache_dir(cache_root, config)
+    if (out / WEIGHTS_NAME).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / WEIGHTS_NAME).is_file():
+            train_estimator(cache_root, config, out, progress=progress, device=device)
+    return out
