@@ -1,35 +1,28 @@
 """The CFG sweep: the final model at several guidance scales, image quality vs condition accuracy as a Pareto PNG.
 
-Quality is FID (or its stand-in `fd_estimator` when Inception is missing; lower is better);
-condition accuracy is the estimator's class-balanced accuracy (higher is better; the plain accuracy
-is in the table too). A scale is on the Pareto front when no other scale is at least as good on
-both axes and better on one. Logged as the nested run `cfg-sweep` (one step per scale).
+What the study plotted (Figure 4.8): FID (or its stand-in `fd_estimator` when Inception is missing; lower
+is better) against the *plain* estimator accuracy (higher is better); the class-balanced accuracy is a
+second panel. A scale is on the Pareto front (by plain accuracy) when no other scale is at least as good
+on both axes and better on one. Logged as the nested run `cfg-sweep` of each family (one step per scale);
+a joint sweep also plots both families' curves on the same axes on the parent run.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestration.config import FID_STAND_IN, SweepConfig
-from orchestration.evaluate import Scored, run_remote
+from orchestration.evaluate import run_remote
 from orchestration.tracking import TAG_PREFIX, Tracker
 
-ACCURACY = "est_acc_balanced"
+ACCURACY = "est_acc"  # the study's Pareto axis
+BALANCED = "est_acc_balanced"
+COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green"}
 
 
-@dataclass
-class CfgOutcome:
-    run_id: str
-    rows: list[Scored]
-    quality_metric: str
-    front: list[float]  # guidance scales on the Pareto front
-    png: Path
-
-
-def quality_metric(rows: list[Scored]) -> str:
-    return "fid" if all("fid" in r.values for r in rows) else FID_STAND_IN
+def quality_metric(rows: list[dict]) -> str:
+    return "fid" if rows and all("fid" in r["values"] for r in rows) else FID_STAND_IN
 
 
 def pareto_front(points: list[tuple[float, float, float]]) -> list[float]:
@@ -42,25 +35,36 @@ def pareto_front(points: list[tuple[float, float, float]]) -> list[float]:
     return front
 
 
-def plot_pareto(rows: list[Scored], quality: str, front: list[float], title: str, path: Path) -> Path:
+def plot_pareto(curves: dict[str, list[dict]], title: str, path: Path) -> Path:
+    """One curve per family (rows = Scored.record() dicts): quality vs plain accuracy (with each family's
+    Pareto front) and quality vs class-balanced accuracy, side by side. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r.guidance_scale, r.values.get(quality), r.values.get(ACCURACY)) for r in rows]
-    pts = [p for p in pts if p[1] is not None and p[2] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.scatter([p[1] for p in pts], [p[2] for p in pts], c="tab:blue", zorder=3)
-    for s, q, a in pts:
-        ax.annotate(f"s={s:g}", (q, a), textcoords="offset points", xytext=(6, 4), fontsize=9)
-    on_front = sorted((p for p in pts if p[0] in front), key=lambda p: p[1])
-    ax.plot([p[1] for p in on_front], [p[2] for p in on_front], "-", c="tab:orange", label="Pareto front", zorder=2)
-    ax.set_xlabel(f"{quality} (lower is better)")
-    ax.set_ylabel(f"{ACCURACY} (higher is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    quality = quality_metric([r for rows in curves.values() for r in rows])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for ax, acc in zip(axes, (ACCURACY, BALANCED)):
+        for family, rows in curves.items():
+            pts = [(r["guidance_scale"], r["values"].get(quality), r["values"].get(acc)) for r in rows]
+            pts = sorted((p for p in pts if p[1] is not None and p[2] is not None), key=lambda p: p[0])
+            color = COLORS.get(family)
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", c=color, alpha=0.8, label=family, zorder=3)
+            for s, q, a in pts:
+                ax.annotate(f"{s:g}", (q, a), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            front = pareto_front(pts)
+            on_front = sorted((p for p in pts if p[0] in front), key=lambda p: p[1])
+            if acc == ACCURACY and len(on_front) > 1:
+                ax.plot([p[1] for p in on_front], [p[2] for p in on_front], "--", c=color, lw=3, alpha=0.35,
+                        label=f"{family} Pareto front", zorder=2)
+        ax.set_xlabel(f"{quality} (lower is better)")
+        ax.set_ylabel(f"{acc} (higher is better)")
+        ax.set_title("plain accuracy (the study's axis)" if acc == ACCURACY else "class-balanced accuracy",
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title + "  (labels: guidance scale)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -70,38 +74,44 @@ def plot_pareto(rows: list[Scored], quality: str, front: list[float], title: str
     return path
 
 
-def run_cfg_sweep(cfg: SweepConfig, out_dir: Path, pipeline_dir: str, data_root: str, pool, tracker: Tracker,
-                  parent_run_id: str, tags: dict[str, str], resources: dict[str, float]) -> CfgOutcome:
-    run_id = tracker.open_run(f"{parent_run_id}/cfg", "cfg-sweep", parent_run_id,
+def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
+    """The CFG phase as a unit: rerun when continued (each scale is logged once: step = scale index)."""
+    from orchestration.resources import plan_resources
+
+    tracker: Tracker = sweep.tracker
+    out_dir = sweep.state.dir(f"{cfg.model}/cfg")
+    run_id = tracker.open_run(f"{sweep.parent}/{cfg.model}/cfg", f"{cfg.model}: CFG sweep", sweep.parent,
                               tags={**tags, f"{TAG_PREFIX}phase": "cfg"},
                               params={"cfg_scales": cfg.cfg_scales, "cfg_samples": cfg.cfg_samples,
                                       "sampler": cfg.sampler, "sampling_steps": cfg.sampling_steps,
-                                      "seed": cfg.seed + 2, "pipeline": pipeline_dir})
+                                      "ddpm_variance": cfg.ddpm_variance, "seed": cfg.seed + 2,
+                                      "pipeline": final["pipeline_dir"], "model_uri": final["model_uri"]})
     try:
-        print(f"\n== CFG sweep: scales {', '.join(f'{s:g}' for s in cfg.cfg_scales)}, {cfg.cfg_samples} samples "
-              "each ==", flush=True)
-        rows = run_remote(resources, model=cfg.model, pipeline_dir=pipeline_dir, data_root=data_root,
-                          n=cfg.cfg_samples, seed=cfg.seed + 2, scales=list(cfg.cfg_scales), sampler=cfg.sampler,
-                          steps=cfg.sampling_steps, pool=pool)
+        print(f"\n== {cfg.model} CFG sweep: scales {', '.join(f'{s:g}' for s in cfg.cfg_scales)}, {cfg.cfg_samples} "
+              "samples each ==", flush=True)
+        scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
+                            data_root=sweep.data_root, n=cfg.cfg_samples, seed=cfg.seed + 2,
+                            settings=[(cfg.sampler, cfg.sampling_steps, s) for s in cfg.cfg_scales], pool=sweep.pool,
+                            ddpm_variance=cfg.ddpm_variance)
+        rows = [r.record() for r in scored]
         for i, row in enumerate(rows):
-            tracker.log_metrics(run_id, {**row.values, **row.counts,
-                                         "guidance_scale": row.guidance_scale}, step=i, step_metric="scale_index")
-            print(f"  scale {row.guidance_scale:g}: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(row.values.items())
-                                                               if not k.startswith("est_acc_") or k == ACCURACY),
-                  flush=True)
-        tracker.log_unavailable(run_id, rows[0].unavailable if rows else {})
+            tracker.log_metrics(run_id, {**row["values"], **row["counts"], "guidance_scale": row["guidance_scale"]},
+                                step=i, step_metric="scale_index")
+            print(f"  scale {row['guidance_scale']:g}: " + "  ".join(
+                f"{k} {v:.4g}" for k, v in sorted(row["values"].items()) if not k.startswith("est_acc_")
+                or k == BALANCED), flush=True)
+        tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
         quality = quality_metric(rows)
-        points = [(r.guidance_scale, r.values[quality], r.values[ACCURACY]) for r in rows
-                  if quality in r.values and ACCURACY in r.values]
+        points = [(r["guidance_scale"], r["values"][quality], r["values"][ACCURACY]) for r in rows
+                  if quality in r["values"] and ACCURACY in r["values"]]
         front = pareto_front(points)
-        png = plot_pareto(rows, quality, front, f"{cfg.model} ({cfg.preset}): guidance scale sweep, "
-                                                f"{cfg.cfg_samples} samples per scale", out_dir / "cfg_pareto.png")
+        png = plot_pareto({cfg.model: rows}, f"{cfg.model} ({cfg.preset}): guidance scale sweep, {cfg.cfg_samples} "
+                                             "samples per scale", out_dir / "cfg_pareto.png")
         tracker.log_artifact(run_id, png, "cfg")
-        tracker.log_json(run_id, [{"guidance_scale": r.guidance_scale, **r.values, "counts": r.counts,
-                                   "pareto": r.guidance_scale in front} for r in rows], "cfg/cfg_sweep.json")
+        tracker.log_json(run_id, [{**r, "pareto": r["guidance_scale"] in front} for r in rows], "cfg/cfg_sweep.json")
         tracker.set_tags(run_id, {f"{TAG_PREFIX}pareto_scales": ",".join(f"{s:g}" for s in front)})
         tracker.finish(run_id, ok=True)
-        return CfgOutcome(run_id, rows, quality, front, png)
+        return {"run_id": run_id, "rows": rows, "quality_metric": quality, "front": front, "png": str(png)}
     except BaseException as err:
         tracker.finish(run_id, ok=False, reason=f"{type(err).__name__}: {err}")
         raise

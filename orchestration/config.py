@@ -1,11 +1,25 @@
 """The sweep's configuration: one frozen dataclass, three named presets, command-line overrides.
 
-`study` -- the study's settings, for a GPU cluster
+`study` -- the study's protocol, for a GPU cluster (source: shared/seeds/000_..., section numbers below)
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
-    5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1, the
-    DDPM sampler with 1000 steps, 100 conditions scored every epoch, the best configuration
-    (by paired FID, or its stand-in when Inception weights are missing) retrained for 15 epochs,
-    100 final samples, a CFG sweep with 250 samples per scale, one GPU per trial.
+    5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1 (§3.6, §4).
+    * Selection (§4.1, §4.2): the study retrained, for each family, the configuration with the best
+      *attribute-estimator accuracy* of its grid -- DDPM "GA: No, T: 10^3, Min-SNR: No, [256,512,768,768]"
+      (Table 4.1's estimator row; its FID row is T = 1e4) and SD+LoRA "GA: No, T: 10^3, Min-SNR: 5, r: 4"
+      (Table 4.3's estimator row) -- so `select_metric` is plain `est_acc`. Any metric stays selectable.
+    * Noise schedule (§2.1, §3.5): diffusers' DDPMScheduler with its default linear betas 1e-4..0.02 for
+      *every* T, so T = 10,000 is a longer chain (betas = linspace(1e-4, 0.02, 10000)), not a finer one:
+      §3.5 asks whether a larger T brings q(x_T) closer to an isotropic Gaussian, which rescaling the
+      betas by 1000/T would remove. `beta_rescale` (off) is the explicit, logged alternative.
+    * Sampling (§2.1): DDPM ancestral sampling over the whole chain ("requiere necesariamente realizar T
+      pasos"), sigma_t^2 = beta_t (`ddpm_variance` "fixed_large"; diffusers' default is "fixed_small",
+      beta-tilde). `sampling_steps` 0 means "as many steps as the model's T". Cost per grid epoch per
+      trial: (eval_samples 100 + the 30-image attribute grid) x T network evaluations (CFG halves share
+      one batched forward) = 130,000 NFE at T = 1e3 and 1,300,000 at T = 1e4; the final evaluation is
+      100 x T, the CFG sweep 6 x 250 x T. The CPU presets sample with DPM-Solver++ in 20 steps.
+    * 100 conditions scored every epoch, 15-epoch final run, 100 final samples, a CFG sweep with 250
+      samples per scale, one GPU per trial; MTCNN on, CLIP score with openai/clip-vit-large-patch14
+      (unavailable, and saying so, where its weights are not present).
 
 `smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch on a small --data cache); the tests run it.
 
@@ -23,10 +37,12 @@
       accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
     * Ranking signal: trials this short still draw near-chance attributes (balanced estimator
       accuracy 0.15-0.25 on 32 samples, noise), so sample metrics cannot rank them; the grid is
-      ranked by the engine's held-out denoising loss on fixed noise and timesteps (`val_loss`, 256
-      validation images, EMA weights, deterministic; comparable across T because T=1e4 rescales the
-      betas). It picks the large channels, no accumulation, as the study's grid did. Sample metrics
-      are still computed and logged every epoch.
+      ranked by the engine's held-out denoising loss on fixed noise and noise levels (`val_loss`, 256
+      validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon MSE: it is
+      what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR spends
+      capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
+      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are
+      still computed and logged every epoch.
     * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
     * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on
       both cores (~450 img/s: ~4 min). Measured: class-balanced estimator accuracy 0.51-0.58 on 100
@@ -57,14 +73,18 @@ from dataclasses import dataclass
 from orchestration.errors import SweepError
 
 MODELS = ("ddpm", "sd-lora")
+AUGMENTS = ("none", "study", "study-no-color")
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+DDPM_VARIANCES = ("fixed_small", "fixed_large")
+FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
 
-# Metric -> the direction that is better. Everything a trial reports that can rank it.
+# Metric -> the direction that is better. Everything a trial reports that can rank it. `train_loss` is
+# reported but not selectable: Min-SNR trials weight it differently, so its values do not compare.
 METRIC_MODES = {
     "val_loss": "min",
-    "train_loss": "min",
     "fid": "min",
     "fd_estimator": "min",
     "mtcnn": "max",
@@ -82,10 +102,11 @@ class SweepConfig:
     """Everything one sweep does. Build with `resolve(preset, **overrides)`."""
 
     preset: str
-    model: str = "ddpm"
+    model: str = "ddpm"  # one family, or several joined by "," (e.g. "ddpm,sd-lora": the whole study in one sweep)
     data: str = "toy"  # "toy" (the embedded synthetic faces) or an image-cache directory
     image_size: int = 64
     augment: str = "study"  # data.augment name: "none" | "study" | "study-no-color"
+    augment_axis: tuple[str, ...] = ()  # non-empty: augmentation policies become a grid axis (§5's question)
     seed: int = 0
 
     # --- the study's grid ------------------------------------------------------------------------
@@ -100,6 +121,7 @@ class SweepConfig:
     lora_ranks: tuple[int, ...] = (2, 4, 8)
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
     pretrained: str | None = None  # sd-lora: a local SD Nano 2.1 folder or hub id (None: the preset's base)
+    beta_rescale: bool = False  # True: scale the linear betas by 1000/T (a finer chain, not the study's longer one)
 
     # --- search ----------------------------------------------------------------------------------
     search: str = "grid"
@@ -131,13 +153,20 @@ class SweepConfig:
     cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 7.0)
     guidance_scale: float = 3.0
     sampler: str = "ddpm"  # models.schedulers name: "ddpm" | "ddim" | "dpm++"
-    sampling_steps: int = 1000
-    select_metric: str = "fid"
+    sampling_steps: int = FULL_CHAIN  # 0: the model's T (full-chain ancestral sampling, §2.1)
+    ddpm_variance: str = "fixed_large"  # DDPM sampler: "fixed_large" sigma^2 = beta_t (§2.1) | "fixed_small"
+    select_metric: str = "est_acc"
     mtcnn: bool = True
     inception_weights: str | None = None  # torch-fidelity Inception file for real FID (None: look in torch's cache)
     clip_model: str | None = "openai/clip-vit-large-patch14"  # CLIP score model id or folder (None: unavailable)
     eval_actors: int = 1
     gpus_per_eval_actor: float = 0.0
+
+    # --- the study's future work (§5) ---------------------------------------------------------------
+    sampler_phase: bool = False  # after the final run: its model under every sampler x step count
+    sampler_phase_samplers: tuple[str, ...] = SAMPLERS
+    sampler_phase_steps: tuple[int, ...] = (10, 20, 50, 100, 250, FULL_CHAIN)  # 0: the full chain
+    sampler_phase_samples: int | None = None  # None: final_samples
 
     # --- resources -------------------------------------------------------------------------------
     address: str | None = None  # None: start a local Ray runtime
@@ -159,6 +188,7 @@ class SweepConfig:
     resume: bool = False
     dry_run: bool = False
     fail_once_at_epoch: int | None = None  # testing fault tolerance: each trial crashes once there
+    diverge_trial: str | None = None  # testing: the grid trial with this label trains at lr = inf (its loss turns NaN)
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -170,12 +200,40 @@ class SweepConfig:
         return dict(self.channel_sets)
 
     @property
+    def families(self) -> tuple[str, ...]:
+        """The model families this sweep runs, in order ("ddpm,sd-lora" -> both: the whole study)."""
+        return tuple(m.strip() for m in self.model.split(",") if m.strip())
+
+    @property
+    def joint(self) -> bool:
+        return len(self.families) > 1
+
+    def for_family(self, family: str) -> SweepConfig:
+        """This sweep's settings for one of its families (same experiment and storage; its own registered model)."""
+        registered = f"{self.registered_model}-{family}" if self.registered_model and self.joint else \
+            self.registered_model
+        return dataclasses.replace(self, model=family, experiment=self.experiment_name, registered_model=registered)
+
+    @property
     def experiment_name(self) -> str:
-        return self.experiment or f"condface-{self.model}-{self.preset}"
+        return self.experiment or f"condface-{'+'.join(self.families)}-{self.preset}"
 
     @property
     def registered_model_name(self) -> str:
         return self.registered_model or f"condface-{self.model}"
+
+    @property
+    def sampler_samples(self) -> int:
+        return self.sampler_phase_samples or self.final_samples
+
+    def unavailable_metrics(self) -> dict[str, str]:
+        """Metrics this configuration switches off, with why (so --select-metric can refuse them up front)."""
+        out = {}
+        if not self.mtcnn:
+            out["mtcnn"] = "MTCNN is off in this configuration (pass --mtcnn)"
+        if self.clip_model is None:
+            out["clip_score"] = "no CLIP model is configured (pass --clip-model ID_OR_FOLDER)"
+        return out
 
     @property
     def run_name(self) -> str:
@@ -188,8 +246,21 @@ class SweepConfig:
 
     def validate(self) -> SweepConfig:
         """Raise SweepError (one line, with the fix) for values that cannot work; return self."""
-        if self.model not in MODELS:
-            raise SweepError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}")
+        families = self.families
+        if not families or any(f not in MODELS for f in families) or len(set(families)) != len(families):
+            raise SweepError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}, a comma-separated list of "
+                             "them (ddpm,sd-lora) or all")
+        if self.augment not in AUGMENTS or any(a not in AUGMENTS for a in self.augment_axis):
+            bad = self.augment if self.augment not in AUGMENTS else next(a for a in self.augment_axis if a not in AUGMENTS)
+            raise SweepError(f"unknown augmentation policy {bad!r}: use one of {', '.join(AUGMENTS)}")
+        if self.sampler not in SAMPLERS or any(s not in SAMPLERS for s in self.sampler_phase_samplers):
+            bad = self.sampler if self.sampler not in SAMPLERS else \
+                next(s for s in self.sampler_phase_samplers if s not in SAMPLERS)
+            raise SweepError(f"unknown sampler {bad!r}: use one of {', '.join(SAMPLERS)}")
+        if self.ddpm_variance not in DDPM_VARIANCES:
+            raise SweepError(f"unknown --ddpm-variance {self.ddpm_variance!r}: use one of {', '.join(DDPM_VARIANCES)}")
+        if self.sampling_steps < 0 or any(s < 0 for s in self.sampler_phase_steps) or not self.sampler_phase_steps:
+            raise SweepError("sampling steps must be positive numbers or T (the model's whole chain)")
         if self.search not in SEARCHES:
             raise SweepError(f"unknown search {self.search!r}: use one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
@@ -200,8 +271,12 @@ class SweepConfig:
             )
         if self.select_metric not in METRIC_MODES:
             raise SweepError(f"unknown --select-metric {self.select_metric!r}: use one of {', '.join(METRIC_MODES)}")
+        off = self.unavailable_metrics()
+        if self.select_metric in off:
+            raise SweepError(f"--select-metric {self.select_metric} cannot rank trials: {off[self.select_metric]}, "
+                             f"or select by another metric ({', '.join(m for m in METRIC_MODES if m not in off)})")
         for name in ("epochs", "batch_size", "num_samples", "eval_samples", "final_samples", "cfg_samples",
-                     "sampling_steps", "eval_actors", "image_size"):
+                     "eval_actors", "image_size"):
             if getattr(self, name) < 1:
                 raise SweepError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("final_epochs", "max_failures", "threads_per_trial", "val_samples"):
@@ -256,6 +331,8 @@ CPU_DEMO = dataclasses.replace(
     guidance_scale=4.0,
     sampler="dpm++",
     sampling_steps=20,
+    ddpm_variance="fixed_small",
+    sampler_phase_steps=(10, 20, 50, 100),
     select_metric="val_loss",
     mtcnn=False,
     clip_model=None,
@@ -287,6 +364,8 @@ SMOKE = dataclasses.replace(
     cfg_samples=8,
     cfg_scales=(1.0, 3.0),
     sampling_steps=4,
+    sampler_phase_samplers=("ddim", "dpm++"),
+    sampler_phase_steps=(2, 4),
     artifact_limit_mb=64.0,
 )
 
@@ -304,7 +383,9 @@ def resolve(preset: str = DEFAULT_PRESET, **overrides) -> SweepConfig:
     if unknown:
         raise SweepError(f"unknown setting(s) {', '.join(sorted(unknown))}")
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes.get("model") == "all":
+        changes["model"] = ",".join(MODELS)
     return dataclasses.replace(base, **changes).validate()
 
 
-__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "METRIC_MODES", "FID_STAND_IN", "resolve"]
+__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "METRIC_MODES", "FID_STAND_IN", "FULL_CHAIN", "resolve"]

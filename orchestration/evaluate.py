@@ -7,6 +7,7 @@ Metrics come from the evaluation actors; the images come back (small uint8 array
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,27 +24,40 @@ class Scored:
     counts: dict[str, int]
     images: np.ndarray = field(repr=False)  # uint8 (N, H, W, 3)
     levels: np.ndarray = field(repr=False)
+    sampler: str = ""
+    steps: int = 0  # the steps actually taken (the model's T for a full-chain request)
+    seconds: float = 0.0  # sampling wall time
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able (no images): what sweep.json and the summary keep."""
+        return {"guidance_scale": self.guidance_scale, "values": self.values, "unavailable": self.unavailable,
+                "counts": self.counts, "sampler": self.sampler, "steps": self.steps, "seconds": self.seconds}
 
 
-def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int, scales: list[float],
-                     sampler: str, steps: int, pool: Any, threads: int = 0) -> list[Scored]:
-    """For each guidance scale: generate one image per condition of a seeded paired set, score it."""
+def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int,
+                     settings: list[tuple[str, int, float]], pool: Any, ddpm_variance: str = "fixed_small",
+                     threads: int = 0) -> list[Scored]:
+    """For each (sampler, steps, guidance scale): one image per condition of a seeded paired set, scored.
+    The pipeline runs on the device this task was given (`models.runtime.resolve_device`)."""
     from evaluation.conditions import paired_conditions
     from models.families import load_pipeline
-    from models.runtime import configure_torch
-    from models.sampling import generate
+    from models.runtime import configure_torch, resolve_device
+    from models.sampling import generate, inference_steps
 
     configure_torch(threads)
-    pipe = load_pipeline(model, pipeline_dir)
+    pipe = load_pipeline(model, pipeline_dir).to(resolve_device())
     pipe.set_progress_bar_config(disable=True)
     conditions = paired_conditions(data_root, n, split="val", seed=seed)
     real = conditions.real_images
     out = []
-    for scale in scales:
-        images = generate(pipe, conditions.levels, conditions.captions, scale, steps, seed, sampler)
+    for sampler, steps, scale in settings:
+        started = time.perf_counter()
+        images = generate(pipe, conditions.levels, conditions.captions, scale, steps, seed, sampler,
+                          ddpm_variance=ddpm_variance)
+        seconds = time.perf_counter() - started
         result = pool.score(images, conditions.levels, conditions.captions, real)
         out.append(Scored(float(scale), dict(result.values), dict(result.unavailable), dict(result.counts), images,
-                          conditions.levels))
+                          conditions.levels, sampler, int(inference_steps(pipe, steps)), seconds))
     return out
 
 
@@ -52,8 +66,24 @@ def in_task(fn, resources: dict[str, float], **kwargs):
     {"cpu": 1, "gpu": 1}), so the driver stays light and the work gets a trial's GPU on a cluster."""
     import ray
 
-    task = ray.remote(fn).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-    return ray.get(task.remote(threads=int(resources.get("cpu", 1)), **kwargs))
+    task = ray.remote(fn).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0),
+                                  max_retries=0)
+    try:
+        return ray.get(task.remote(threads=int(resources.get("cpu", 1)), **kwargs))
+    except ray.exceptions.RayTaskError as err:  # a user error raised in the task reaches the user as its one line
+        if user_error(err.cause):
+            raise err.cause from None
+        raise
+
+
+def user_error(err: BaseException | None) -> bool:
+    """The layers' one-line errors (bad settings, data, evaluation inputs), as opposed to bugs."""
+    from data.errors import DataError
+    from evaluation.errors import EvalError
+    from models.errors import ConfigError
+    from orchestration.errors import SweepError
+
+    return isinstance(err, (DataError, EvalError, ConfigError, SweepError))
 
 
 def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:

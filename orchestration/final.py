@@ -15,79 +15,94 @@ loads it (for sd-lora, the folder holds the LoRA weights for the base named in i
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestration.errors import SweepError
 from orchestration.evaluate import Scored, run_remote
-from orchestration.grid import TrialSpec
+from orchestration.faults import reached
+from orchestration.grid import TrialSpec, trial_label
+from orchestration.resources import plan_resources
 from orchestration.tracking import TAG_PREFIX, Tracker
 from orchestration.trainable import TrialContext, samples_png
 from orchestration.tune_phase import make_callback, run_phase
 
-
-@dataclass
-class FinalOutcome:
-    run_id: str
-    spec: TrialSpec
-    pipeline_dir: str
-    scored: Scored
-    model_uri: str | None
-    history: list[dict[str, Any]]
+FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final evaluation log once per run
 
 
-def run_final(ctx: TrialContext, root: Path, spec: TrialSpec, tracker: Tracker, parent_run_id: str,
-              tags: dict[str, str], metric: str, mode: str, resources: dict[str, float], resume: bool) -> FinalOutcome:
-    cfg = ctx.sweep
-    # the final run is alone: on a CPU it takes every core (resources["cpu"] threads)
-    ctx = dataclasses.replace(ctx, phase="final", epochs=cfg.final_epochs, epoch_images=cfg.final_epoch_images,
-                              lr=cfg.final_lr, threads=int(resources.get("cpu", 1)) if not resources.get("gpu") else 0)
-    callback = make_callback(ctx, tracker.uri, parent_run_id, tags, metric, mode, total=1)
-    print(f"\n== final run: {spec.label}, {cfg.final_epochs} epochs ==", flush=True)
-    results = run_phase(ctx, root, "final", spec.params(), resources, metric, mode, callback, resume=resume)
+def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str) -> dict[str, Any]:
+    """The final phase as a unit: training (a restored Tune experiment when continuing: a finished training is
+    not repeated), one evaluation logged once, one model version however often it is resumed."""
+    from orchestration.config import METRIC_MODES
+
+    mode = METRIC_MODES[metric]
+    tracker: Tracker = sweep.tracker
+    resources = plan_resources(cfg).lone
+    # the final run is alone: on a CPU it takes every core of its node (resources["cpu"] threads)
+    ctx = TrialContext(sweep=cfg, phase="final", data_root=sweep.data_root, epochs=cfg.final_epochs,
+                       epoch_images=cfg.final_epoch_images, lr=cfg.final_lr, pool=sweep.pool,
+                       threads=int(resources.get("cpu", 1)) if not resources.get("gpu") else 0, metric=metric)
+    label = trial_label(spec, cfg)
+    callback = make_callback(ctx, tracker.uri, sweep.parent, tags, metric, mode, total=1)
+    root = sweep.state.dir(cfg.model)
+    print(f"\n== {cfg.model} final run: {label}, {cfg.final_epochs} epochs ==", flush=True)
+    results = run_phase(ctx, root, "final", spec.params(), resources, metric, mode, callback, resume=continuing)
     result = results[0]
     if result.error is not None or result.checkpoint is None:
-        raise SweepError(f"the final run failed ({str(result.error).splitlines()[0] if result.error else 'no checkpoint'})"
+        raise SweepError(f"the {cfg.model} final run failed ({str(result.error).splitlines()[-1] if result.error else 'no checkpoint'})"
                          f": see {root / 'final'}; continue with --resume")
     pipeline_dir = Path(result.checkpoint.path) / "pipeline"
     if not pipeline_dir.is_dir():
         raise SweepError(f"the final run's last checkpoint {result.checkpoint.path} has no pipeline/: "
                          "it did not finish its last epoch; continue with --resume")
-    run_id = tracker.find_run(f"{parent_run_id}/final/{result.metrics['trial_id']}")
+    run_id = tracker.find_run(f"{sweep.parent}/final/{result.metrics['trial_id']}")
+    reached(f"{cfg.model}/final:trained")
 
-    print(f"final evaluation: {cfg.final_samples} samples at guidance {spec.guidance_scale:g}", flush=True)
-    scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=ctx.data_root,
-                        n=cfg.final_samples, seed=cfg.seed + 1, scales=[spec.guidance_scale], sampler=cfg.sampler,
-                        steps=cfg.sampling_steps, pool=ctx.pool)[0]
-    tracker.log_metrics(run_id, {f"final_{k}": v for k, v in scored.values.items()})
-    tracker.log_metrics(run_id, {f"final_{k}": v for k, v in scored.counts.items()})
+    print(f"{cfg.model} final evaluation: {cfg.final_samples} samples at guidance {spec.guidance_scale:g}", flush=True)
+    scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=sweep.data_root,
+                        n=cfg.final_samples, seed=cfg.seed + 1,
+                        settings=[(cfg.sampler, cfg.sampling_steps, spec.guidance_scale)], pool=sweep.pool,
+                        ddpm_variance=cfg.ddpm_variance)[0]
+    tracker.log_metrics(run_id, {**{f"final_{k}": v for k, v in scored.values.items()},
+                                 **{f"final_{k}": v for k, v in scored.counts.items()}},
+                        step=0, step_metric=FINAL_EVAL_STEP)
     tracker.log_unavailable(run_id, scored.unavailable)
     tracker.set_tags(run_id, {f"{TAG_PREFIX}final_guidance_scale": spec.guidance_scale,
                               f"{TAG_PREFIX}final_samples": cfg.final_samples})
     _log_samples(tracker, run_id, scored, root / "final_samples.png")
     model_uri = register(tracker, run_id, pipeline_dir, cfg.registered_model_name,
-                         {"family": cfg.model, "preset": cfg.preset, "config": spec.label})
-    history = [r for r in result.metrics_dataframe.to_dict("records")] if result.metrics_dataframe is not None else []
-    return FinalOutcome(run_id, spec, str(pipeline_dir), scored, model_uri, history)
+                         {"family": cfg.model, "preset": cfg.preset, "config": label})
+    reached(f"{cfg.model}/final:registered")
+    tracker.log_metrics(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    history = [{k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "unavailable"}
+               for row in history]
+    return {"run_id": run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
+            "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
+            "unavailable": scored.unavailable, "counts": scored.counts, "history": history}
 
 
 def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags: dict[str, str]) -> str:
-    """Log the save_pretrained folder as the run's `pipeline/` artifacts and register it as a model version."""
+    """Log the save_pretrained folder as the run's `pipeline/` artifacts and register it as a model version --
+    once: a run that already has a version of `name` keeps it (a resumed sweep registers nothing new)."""
     from mlflow.exceptions import MlflowException
 
-    tracker.log_artifact(run_id, pipeline_dir, "pipeline")
     client = tracker.client
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="condface diffusers pipeline: download the version's "
                                                          "artifacts and load them with from_pretrained")
-    source = f"{client.get_run(run_id).info.artifact_uri}/pipeline"
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
-    tracker.set_tags(run_id, {f"{TAG_PREFIX}registered_model": f"models:/{name}/{version.version}"})
-    return f"models:/{name}/{version.version}"
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+    else:
+        tracker.log_artifact(run_id, pipeline_dir, "pipeline")
+        source = f"{client.get_run(run_id).info.artifact_uri}/pipeline"
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    uri = f"models:/{name}/{version.version}"
+    tracker.set_tags(run_id, {f"{TAG_PREFIX}registered_model": uri})
+    return uri
 
 
 def _log_samples(tracker: Tracker, run_id: str, scored: Scored, path: Path) -> None:

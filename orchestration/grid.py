@@ -26,6 +26,7 @@ class TrialSpec:
     min_snr_gamma: float | None
     channels: str | None = None  # DDPM: a name from SweepConfig.channel_sets
     lora_rank: int | None = None  # SD + LoRA
+    augment: str | None = None  # the augmentation axis (None: the sweep's --augment)
     lr: float | None = None  # None: the sweep's lr
     p_uncond: float | None = None
     guidance_scale: float | None = None
@@ -45,6 +46,7 @@ class TrialSpec:
         """Fill the continuous values the search left open from the sweep's config."""
         return dataclasses.replace(
             self,
+            augment=self.augment if self.augment is not None else cfg.augment,
             lr=self.lr if self.lr is not None else cfg.lr,
             p_uncond=self.p_uncond if self.p_uncond is not None else cfg.p_uncond,
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else cfg.guidance_scale,
@@ -65,10 +67,12 @@ class TrialSpec:
 
 
 def trial_label(spec: TrialSpec, cfg: SweepConfig) -> str:
-    """The spec's label; an Optuna trial also names its continuous values (lr, p_uncond, guidance)."""
+    """The spec's label (+ its augmentation when that is an axis); an Optuna trial also names its continuous
+    values (lr, p_uncond, guidance)."""
+    label = spec.label + (f"-aug:{spec.augment}" if cfg.augment_axis and spec.augment else "")
     if cfg.search != "optuna" or spec.lr is None:
-        return spec.label
-    return f"{spec.label}-lr{spec.lr:.2g}-p{spec.p_uncond:.2f}-g{spec.guidance_scale:.1f}"
+        return label
+    return f"{label}-lr{spec.lr:.2g}-p{spec.p_uncond:.2f}-g{spec.guidance_scale:.1f}"
 
 
 def _last_axis(cfg: SweepConfig) -> tuple[str, list]:
@@ -80,9 +84,11 @@ def _last_axis(cfg: SweepConfig) -> tuple[str, list]:
 def grid_trials(cfg: SweepConfig) -> list[TrialSpec]:
     """Every combination of the study's grid: GA x T x Min-SNR x (channels | LoRA rank)."""
     key, values = _last_axis(cfg)
+    augments = list(cfg.augment_axis) or [None]
     out = []
-    for ga, t, gamma, last in itertools.product(cfg.grad_accum_axis, cfg.timesteps_axis, cfg.min_snr_axis, values):
-        out.append(TrialSpec(grad_accum=ga, timesteps=t, min_snr_gamma=gamma or None, **{key: last}))
+    for ga, t, gamma, last, aug in itertools.product(cfg.grad_accum_axis, cfg.timesteps_axis, cfg.min_snr_axis,
+                                                     values, augments):
+        out.append(TrialSpec(grad_accum=ga, timesteps=t, min_snr_gamma=gamma or None, augment=aug, **{key: last}))
     return out
 
 
@@ -95,6 +101,8 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
         "min_snr_gamma": list(cfg.min_snr_axis),
         key: values,
     }
+    if cfg.augment_axis:
+        axes["augment"] = list(cfg.augment_axis)
     if cfg.search == "grid":
         return {k: tune.grid_search(v) for k, v in axes.items()}
     space: dict[str, Any] = {k: tune.choice(v) for k, v in axes.items()}
@@ -105,11 +113,53 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def num_trials(cfg: SweepConfig) -> int:
+    """Trials of one family's search phase (for a joint sweep: sum over cfg.for_family)."""
+    if cfg.joint:
+        return sum(num_trials(cfg.for_family(f)) for f in cfg.families)
     return len(grid_trials(cfg)) if cfg.search == "grid" else cfg.num_samples
 
 
+def protocol_lines(cfg: SweepConfig) -> list[str]:
+    """How trials are ranked, the noise schedule and the sampler: the protocol choices a reader checks first."""
+    from orchestration.config import FULL_CHAIN, METRIC_MODES
+
+    ts = sorted(set(cfg.timesteps_axis))
+    if cfg.beta_rescale:
+        betas = "linear betas rescaled by 1000/T (beta_rescale on: a finer chain, not the study's)"
+    else:
+        betas = "linear betas 1e-4..0.02 for every T, unscaled (the study's DDPMScheduler defaults)"
+    betas += "; T = " + ", ".join(f"{t:,}" for t in ts)
+    steps = "T steps (the full chain)" if cfg.sampling_steps == FULL_CHAIN else f"{cfg.sampling_steps} steps"
+    variance = f", sigma^2 = {'beta_t' if cfg.ddpm_variance == 'fixed_large' else 'beta-tilde'}" \
+        if cfg.sampler == "ddpm" else ""
+    per_epoch = cfg.eval_samples + 30  # the scored set + the attribute grid (5 attributes x 6 levels)
+    nfe = ", ".join(f"{per_epoch * (t if cfg.sampling_steps == FULL_CHAIN else cfg.sampling_steps):,} at T={t:g}"
+                    for t in ts)
+    lines = [
+        f"selection: {cfg.select_metric} ({METRIC_MODES[cfg.select_metric]}) picks each family's configuration "
+        f"for the {cfg.final_epochs}-epoch final run",
+        f"noise schedule: {betas}",
+        f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}; per trial epoch {per_epoch} "
+        f"images = {nfe} network evaluations",
+    ]
+    if cfg.sampler_phase:
+        lines.append(f"sampler phase: {', '.join(cfg.sampler_phase_samplers)} x steps "
+                     f"{', '.join('T' if s == FULL_CHAIN else str(s) for s in cfg.sampler_phase_steps)}, "
+                     f"{cfg.sampler_samples} samples each")
+    return lines
+
+
 def trial_table(cfg: SweepConfig) -> str:
-    """The trials the sweep will run, one line each (grid), or the Optuna space and its trial count."""
+    """Every trial the sweep will run (each family's, for a joint sweep) and its protocol lines."""
+    if cfg.joint:
+        tables = [_family_table(cfg.for_family(f)) for f in cfg.families]
+        head = f"the study, both families in one sweep: {num_trials(cfg)} trials ({' + '.join(cfg.families)})"
+        return "\n\n".join([head, *tables, "\n".join(protocol_lines(cfg))])
+    return _family_table(cfg) + "\n" + "\n".join(protocol_lines(cfg))
+
+
+def _family_table(cfg: SweepConfig) -> str:
+    """The trials one family will run, one line each (grid), or the Optuna space and its trial count."""
     key, _ = _last_axis(cfg)
     last_title = "channels" if key == "channels" else "lora rank"
     lines = []
@@ -118,12 +168,14 @@ def trial_table(cfg: SweepConfig) -> str:
         lines.append(f"{cfg.model} grid, preset {cfg.preset}: {len(trials)} trials x {cfg.epochs} epochs "
                      f"(lr {cfg.lr:g}, p_uncond {cfg.p_uncond:g}, batch {cfg.batch_size}, {cfg.image_size}px)")
         header = f"{'#':>3}  {'grad accum':>10}  {'T':>6}  {'min-SNR':>7}  {last_title:<28}"
+        header += f"  {'augment':<15}" if cfg.augment_axis else ""
         lines += [header, "-" * len(header)]
         channels = cfg.channels
         for i, s in enumerate(trials, 1):
             snr = "off" if s.min_snr_gamma is None else f"{s.min_snr_gamma:g}"
             last = f"{s.channels} {list(channels[s.channels])}" if key == "channels" else str(s.lora_rank)
-            lines.append(f"{i:>3}  {s.grad_accum:>10}  {s.timesteps:>6}  {snr:>7}  {last:<28}")
+            aug = f"  {s.augment:<15}" if cfg.augment_axis else ""
+            lines.append(f"{i:>3}  {s.grad_accum:>10}  {s.timesteps:>6}  {snr:>7}  {last:<28}{aug}")
     else:
         lines.append(f"{cfg.model} Optuna (TPE) search, preset {cfg.preset}: {cfg.num_samples} trials x "
                      f"{cfg.epochs} epochs, scheduler {cfg.scheduler}, ranked by {cfg.select_metric}")
@@ -132,6 +184,8 @@ def trial_table(cfg: SweepConfig) -> str:
         lines.append(f"  timesteps       choice {list(cfg.timesteps_axis)}")
         lines.append(f"  min_snr_gamma   choice {list(cfg.min_snr_axis)} (0 = off)")
         lines.append(f"  {key:<15} choice {values}")
+        if cfg.augment_axis:
+            lines.append(f"  augment         choice {list(cfg.augment_axis)}")
         lines.append(f"  lr              log-uniform [{cfg.lr_range[0]:g}, {cfg.lr_range[1]:g}]")
         lines.append(f"  p_uncond        uniform [{cfg.p_uncond_range[0]:g}, {cfg.p_uncond_range[1]:g}]")
         lines.append(f"  guidance_scale  uniform [{cfg.guidance_range[0]:g}, {cfg.guidance_range[1]:g}]")

@@ -12,8 +12,11 @@ from typing import Any
 
 from orchestration.config import SweepConfig
 
+ROWS = ("untrained", "ground_truth", "real_held_out")
 
-def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int) -> tuple[dict, dict]:
+
+def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int,
+                rows: tuple[str, ...] = ROWS) -> tuple[dict, dict]:
     from evaluation.conditions import paired_conditions
     from evaluation.reference import ground_truth_row, held_out_row, untrained_row
     from evaluation.scorer import Scorer
@@ -27,20 +30,22 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     # the first grid trial's model: for the DDPM its weights are random anyway; for sd-lora the adapters start
     # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it
     config = model_config(cfg, grid_trials(cfg)[0])
-    rows = {
-        "untrained": untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
-                                   cfg.seed, sampler=cfg.sampler),
-        "ground_truth": ground_truth_row(scorer, paired),
-        "real_held_out": held_out_row(scorer, paired, cfg.seed),
+    build = {
+        "untrained": lambda: untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
+                                           cfg.seed, sampler=cfg.sampler),
+        "ground_truth": lambda: ground_truth_row(scorer, paired),
+        "real_held_out": lambda: held_out_row(scorer, paired, cfg.seed),
     }
+    results = {name: build[name]() for name in rows}
     unavailable: dict[str, str] = {}
-    for result in rows.values():
+    for result in results.values():
         unavailable.update(result.unavailable)
-    return {name: dict(r.values) for name, r in rows.items()}, unavailable
+    return {name: dict(r.values) for name, r in results.items()}, unavailable
 
 
-def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resources: dict[str, float]):
-    """({"untrained": metrics, "ground_truth": metrics, "real_held_out": metrics}, unavailable), in a Ray task."""
+def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resources: dict[str, float],
+                       rows: tuple[str, ...] = ROWS):
+    """({row: metrics} for the named rows of ROWS, unavailable), in a Ray task holding `resources`."""
     from orchestration.evaluate import in_task
 
-    return in_task(_references, resources, cfg=cfg, data_root=data_root, eval_config=eval_config)
+    return in_task(_references, resources, cfg=cfg, data_root=data_root, eval_config=eval_config, rows=rows)

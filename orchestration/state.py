@@ -1,12 +1,14 @@
 """A sweep's directory under --storage-path and its `sweep.json`: what `--resume` needs to continue.
 
     <storage_path>/<experiment>-<search>-<YYYYmmdd-HHMMSS>/
-        sweep.json     the resolved config, the MLflow experiment and parent run, which phases are done
-        grid/          the Ray Tune experiment of the grid (or Optuna) phase: Tuner.restore reads it
-        final/         the Ray Tune experiment of the final run
-        cfg/           CFG-sweep outputs (samples, Pareto PNG)
+        sweep.json     the resolved config, the MLflow experiment and parent run, every phase's status and result
+        <family>/grid/ the Ray Tune experiment of a family's grid (or Optuna) phase: Tuner.restore reads it
+        <family>/final/  the Ray Tune experiment of its final run
+        <family>/cfg/, <family>/samplers/   CFG-sweep and sampler-phase outputs (PNGs)
 
-`sweep.json` is rewritten atomically after every change.
+A phase is a unit: `phases[name] = {"status": "running" | "done", "result": ...}`. `--resume` skips a done
+phase (its recorded result stands in) and continues a running one. `sweep.json` is rewritten atomically
+after every change.
 """
 
 from __future__ import annotations
@@ -48,18 +50,55 @@ class SweepState:
         return state
 
     @classmethod
-    def latest(cls, config: SweepConfig) -> SweepState:
-        """The most recent unfinished sweep of this experiment under the storage path."""
+    def find(cls, config: SweepConfig, target: str | None = None) -> SweepState:
+        """The sweep `--resume [target]` means: the named one (a directory, or a directory name under the
+        storage path), else the only unfinished sweep of this experiment; several -> an error listing them."""
         storage = Path(config.storage_path).resolve()
+        if target:
+            root = Path(target) if Path(target).is_dir() else storage / target
+            if not (root / STATE_FILE).is_file():
+                raise SweepError(f"nothing to resume at {target}: no {STATE_FILE} in {root}; pass a sweep directory "
+                                 f"under {storage} (or its name)")
+            state = cls.load(root)
+            if state.finished:
+                raise SweepError(f"nothing to resume: the sweep {root} finished; run without --resume to start a new one")
+            return state
         candidates = sorted(storage.glob(f"{config.run_name}-*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise SweepError(f"nothing to resume: no sweep {config.run_name!r} under {storage}; "
                              "run without --resume to start one (same --experiment/--storage-path/--search)")
-        state = cls.load(candidates[-1].parent)
-        if state.phases.get("done"):
-            raise SweepError(f"nothing to resume: the latest sweep {state.root} finished; run without --resume "
-                             "to start a new one")
-        return state
+        unfinished = [p.parent for p in candidates if not cls.load(p.parent).finished]
+        if not unfinished:
+            raise SweepError(f"nothing to resume: every sweep {config.run_name!r} under {storage} finished (latest "
+                             f"{candidates[-1].parent.name}); run without --resume to start a new one")
+        if len(unfinished) > 1:
+            raise SweepError(f"{len(unfinished)} unfinished sweeps of {config.run_name!r}: pass one to --resume: "
+                             + ", ".join(p.name for p in unfinished))
+        return cls.load(unfinished[0])
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.phases.get("sweep", {}).get("status") == "done")
+
+    # --- phases as units -------------------------------------------------------------------------
+    def status(self, phase: str) -> str | None:
+        """None (never started), "running" (started, cut short) or "done"."""
+        record = self.phases.get(phase)
+        return record.get("status") if isinstance(record, dict) else None
+
+    def result(self, phase: str) -> Any:
+        return (self.phases.get(phase) or {}).get("result")
+
+    def start(self, phase: str) -> bool:
+        """Mark `phase` running; True when it had been started before (a resumed phase continues)."""
+        continuing = self.status(phase) == "running"
+        self.phases[phase] = {"status": "running", "started": time.time(), "result": None}
+        self.save()
+        return continuing
+
+    def done(self, phase: str, result: Any = None) -> None:
+        self.phases[phase] = {"status": "done", "finished": time.time(), "result": result}
+        self.save()
 
     @classmethod
     def load(cls, root: str | Path) -> SweepState:
@@ -84,10 +123,6 @@ class SweepState:
         tmp = self.root / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, self.root / STATE_FILE)
-
-    def mark(self, phase: str, result: Any = True) -> None:
-        self.phases[phase] = result
-        self.save()
 
     def dir(self, name: str) -> Path:
         path = self.root / name

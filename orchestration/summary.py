@@ -1,9 +1,9 @@
 """The terminal summary, in the study's layout, and where to look next.
 
-Table 4.1 layout (grid): for each metric, the best value any trial reached (at any epoch) and the
-configuration that reached it. Table 4.4 layout (final): each metric of the final model on the final
-sample set beside the reference rows (untrained model, ground truth). Then the CFG sweep, and the
-commands to open the MLflow UI and the Ray dashboard.
+Table 4.1/4.3 layout (grid): for each metric, the best value any trial reached (at any epoch) and the
+configuration that reached it. Table 3.1 layout: every reference row. Table 4.4 layout (final): each
+final model on the final sample set beside the reference rows (untrained DDPM, SD base without LoRA,
+ground truth). Then the CFG sweeps, and the commands to open the MLflow UI and the Ray dashboard.
 """
 
 from __future__ import annotations
@@ -72,18 +72,22 @@ def grid_table(trials: list[TrialRecord], unavailable: dict[str, str], title: st
 
 def reference_label(row: str, model: str) -> str:
     """The study's name for a reference row: for sd-lora the "untrained" row is the base without LoRA."""
-    return "base (no LoRA)" if row == "untrained" and model == "sd-lora" else row
+    if row == "untrained":
+        return "SD base (no LoRA)" if model == "sd-lora" else "untrained DDPM"
+    return row
 
 
-def final_table(final: dict[str, float], final_unavailable: dict[str, str], references: dict[str, dict[str, float]],
-                model: str, title: str) -> str:
-    cols = [f"{model} (final)"] + [reference_label(name, model) for name in references]
+def final_table(finals: dict[str, dict[str, float]], final_unavailable: dict[str, str],
+                references: dict[str, dict[str, float]], title: str) -> str:
+    """Columns: each final model (label -> metrics), then each reference row (label -> metrics)."""
+    columns = {**finals, **references}
+    cols = list(columns)
     width = max(16, *(len(c) + 2 for c in cols))
     lines = [title, f"{'metric':<32}" + "".join(f"{c:>{width}}" for c in cols), "-" * (32 + width * len(cols))]
     for key, name, fmt in ROWS:
         if key == "val_loss":
             continue
-        values = [final.get(key)] + [ref.get(key) for ref in references.values()]
+        values = [col.get(key) for col in columns.values()]
         if all(v is None for v in values):
             if key in final_unavailable:
                 lines.append(f"{name:<32}{'n/a':>{width}}   unavailable: {final_unavailable[key]}")
@@ -92,26 +96,26 @@ def final_table(final: dict[str, float], final_unavailable: dict[str, str], refe
     return "\n".join(lines)
 
 
-def cfg_table(rows, quality: str, front: list[float]) -> str:
+def cfg_table(rows: list[dict], quality: str, front: list[float]) -> str:
     lines = [f"{'guidance':>8}  {quality:>14}  {'est_acc':>8}  {'balanced':>8}  pareto"]
     for r in rows:
-        q = r.values.get(quality)
-        lines.append(f"{r.guidance_scale:>8g}  {_fmt(quality, q, '{:.3f}'):>14}  "
-                     f"{_fmt('a', r.values.get('est_acc'), '{:.2%}'):>8}  "
-                     f"{_fmt('b', r.values.get('est_acc_balanced'), '{:.2%}'):>8}  "
-                     f"{'*' if r.guidance_scale in front else ''}")
+        v = r["values"]
+        lines.append(f"{r['guidance_scale']:>8g}  {_fmt(quality, v.get(quality), '{:.3f}'):>14}  "
+                     f"{_fmt('a', v.get('est_acc'), '{:.2%}'):>8}  "
+                     f"{_fmt('b', v.get('est_acc_balanced'), '{:.2%}'):>8}  "
+                     f"{'*' if r['guidance_scale'] in front else ''}")
     return "\n".join(lines)
 
 
 def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage: str, dashboard_url: str | None,
-                  model_uri: str | None, local_ray: bool, model: str = "ddpm") -> str:
+                  models: dict[str, str], local_ray: bool) -> str:
     lines = [
         "Where to look:",
         f"  MLflow UI:      {ui_command}",
         f"                  then open http://127.0.0.1:5000 -> experiment {experiment!r}, parent run {parent_run_id}",
         f"  Ray results:    {storage}",
     ]
-    if model_uri:
+    for model, model_uri in models.items():
         lines.append(f"  Registered:     {model_uri}  (path = mlflow.artifacts.download_artifacts(uri); "
                      f"models.families.load_pipeline({model!r}, path))")
     if dashboard_url:

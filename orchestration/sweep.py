@@ -14,11 +14,15 @@ import time
 from pathlib import Path
 
 from orchestration.config import (
+    AUGMENTS,
     CHECKPOINT_POLICIES,
+    DDPM_VARIANCES,
     DEFAULT_PRESET,
+    FULL_CHAIN,
     METRIC_MODES,
     MODELS,
     PRESETS,
+    SAMPLERS,
     SCHEDULERS,
     SEARCHES,
     SweepConfig,
@@ -73,6 +77,36 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
+def _steps(text: str) -> int:
+    """A sampling step count, or T / full: the model's whole chain."""
+    if text.strip().lower() in ("t", "full"):
+        return FULL_CHAIN
+    return _int(1)(text)
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_steps(x) for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 10,20,50,T, got {text!r}") from None
+
+
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [n for n in names if n not in allowed]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(allowed)}, got {text!r}")
+        return names
+    return parse
+
+
+def _models(text: str) -> str:
+    if text == "all":
+        return ",".join(MODELS)
+    return ",".join(_names(MODELS)(text))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m orchestration.sweep",
@@ -80,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "best configuration, sweep the guidance scale, and record everything in MLflow.",
     )
     a = p.add_argument
-    a("--model", choices=MODELS, default="ddpm", help="model family: attribute DDPM or SD Nano + LoRA (default ddpm)")
+    a("--model", type=_models, default="ddpm",
+      help="model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), or both -- ddpm,sd-lora or all -- "
+           "for the whole study in one sweep (default ddpm)")
     a("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
       help="study = the study's settings for a GPU cluster; cpu-demo = the embedded 2-core CPU default; "
            "smoke = a one-minute check")
@@ -104,11 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded store here)")
     a("--experiment", help="MLflow experiment and Ray run name (default condface-<model>-<preset>)")
     a("--storage-path", help="where Ray Tune keeps trial results and checkpoints (a shared filesystem on clusters)")
-    a("--resume", action="store_true", help="continue the latest unfinished sweep of this experiment (Tuner.restore)")
+    a("--resume", nargs="?", const=True, default=False, metavar="SWEEP",
+      help="continue an unfinished sweep: the only one of this experiment, or the one named (its directory under "
+           "--storage-path, or that directory's name); finished phases are skipped")
     a("--dry-run", action="store_true", help="print the trial table and exit")
-    a("--lr", type=_float(1e-12), help="learning rate of every trial (Optuna searches around it)")
+    a("--lr", type=_float(1e-12), help="learning rate of every grid trial (Optuna samples lr from the preset's "
+                                       "lr_range instead)")
     a("--batch-size", type=_int(1), help="micro-batch size (study: 32)")
-    a("--guidance-scale", type=_float(0), help="classifier-free guidance scale for per-epoch samples and the final run")
+    a("--guidance-scale", type=_float(0), help="classifier-free guidance scale for per-epoch samples and the final "
+                                               "run (Optuna samples it from guidance_range instead)")
+    a("--sampler", choices=SAMPLERS, help="sampler of every generated set (study: ddpm; CPU presets: dpm++)")
+    a("--sampling-steps", type=_steps, help="sampling steps, or T for the model's whole chain (study: T, as §2.1)")
+    a("--ddpm-variance", choices=DDPM_VARIANCES,
+      help="DDPM sampler variance: fixed_large = beta_t (study, §2.1) or fixed_small = beta-tilde (diffusers' default)")
+    a("--beta-rescale", action=argparse.BooleanOptionalAction, default=None,
+      help="scale the linear betas by 1000/T (a finer chain); default off: the study's longer chain for T = 10,000")
+    a("--augment", choices=AUGMENTS, help="training augmentation policy (study: study; cpu-demo: none)")
+    a("--augment-axis", type=_names(AUGMENTS),
+      help="make augmentation a grid axis over these policies, e.g. none,study,study-no-color (§5)")
+    a("--sampler-phase", action=argparse.BooleanOptionalAction, default=None,
+      help="after the final run, sample its model with every sampler x step count (§5's future work)")
+    a("--sampler-phase-samplers", type=_names(SAMPLERS), help="samplers of the sampler phase (default ddpm,ddim,dpm++)")
+    a("--sampler-phase-steps", type=_step_list, help="step counts of the sampler phase, T = the whole chain "
+                                                     "(study: 10,20,50,100,250,T)")
+    a("--sampler-phase-samples", type=_int(1), help="samples per sampler setting (default: --final-samples)")
     a("--cfg-scales", type=_scales, help="guidance scales of the CFG sweep, comma-separated (default 1,2,3,4,5,7)")
     a("--eval-samples", type=_int(1), help="fixed, seeded conditions generated and scored every epoch")
     a("--final-samples", type=_int(1), help="samples of the final comparison (study: 100)")
@@ -133,12 +188,22 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "gpus_per_trial", "max_concurrent", "tracking_uri", "experiment", "storage_path", "lr", "batch_size",
               "guidance_scale", "cfg_scales", "eval_samples", "final_samples", "cfg_samples",
               "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch",
-              "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors")
+              "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors",
+              "sampler", "sampling_steps", "ddpm_variance", "beta_rescale", "augment", "augment_axis", "sampler_phase",
+              "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples")
+
+
+def explicit_settings(args: argparse.Namespace) -> set[str]:
+    """The settings the command line named (what --resume must either honour or say it ignores)."""
+    named = {k for k in _OVERRIDES if getattr(args, k) is not None}
+    if args.model != "ddpm":
+        named.add("model")
+    return named
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     overrides = {k: getattr(args, k) for k in _OVERRIDES}
-    return resolve(args.preset, model=args.model, resume=args.resume, dry_run=args.dry_run, **overrides)
+    return resolve(args.preset, model=args.model, resume=bool(args.resume), dry_run=args.dry_run, **overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,8 +225,12 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def check_storage(path: str) -> None:
-    if "://" in path:  # s3://, gs://, ... : pyarrow checks it when Tune first writes
-        return
+    """A local (or mounted shared) directory. Remote URIs are refused: the driver reads trial PNGs, checkpoints
+    and the final pipeline back as local paths, so on s3:// they would be silently missing."""
+    if "://" in path and not path.startswith("file://"):
+        raise SweepError(f"--storage-path {path}: remote storage is not supported (the driver reads trial results "
+                         "back as local files); mount it on every node (NFS, s3fs, gcsfuse) and pass the mount point")
+    path = path[len("file://"):] if path.startswith("file://") else path
     from orchestration.tracking import check_writable_dir
 
     check_writable_dir(Path(path), what=f"--storage-path {path}",
@@ -185,18 +254,20 @@ def main(argv: list[str] | None = None) -> None:
         from orchestration.driver import run_sweep
 
         started = time.time()
-        run_sweep(cfg, dashboard=not args.no_dashboard)
+        run_sweep(cfg, dashboard=not args.no_dashboard,
+                  resume_from=args.resume if isinstance(args.resume, str) else None, explicit=explicit_settings(args))
         print(f"total wall time: {time.time() - started:.0f} s")
     except SweepError as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit("interrupted: continue this sweep with the same command and --resume")
-    except Exception as err:  # the other layers' one-line user errors
-        from data.errors import DataError
-        from evaluation.errors import EvalError
+    except Exception as err:  # the other layers' one-line user errors, also when raised inside a Ray task
+        from orchestration.evaluate import user_error
 
-        if isinstance(err, (DataError, EvalError)):
-            sys.exit(f"error: {err}")
+        cause = getattr(err, "cause", None)
+        for candidate in (err, cause, err.__cause__):
+            if user_error(candidate):
+                sys.exit(f"error: {str(candidate).strip().splitlines()[0]}")
         raise
 
 

@@ -243,6 +243,7 @@ class MlflowTrialCallback(Callback):
         self.labels: dict[str, str] = {}
         self.total = total
         self.finished = 0
+        self.diverged: dict[str, str] = {}  # trial id -> reason (the trial reported a NaN/inf loss)
         self._tracker: Tracker | None = None
 
     def __getstate__(self):
@@ -257,11 +258,13 @@ class MlflowTrialCallback(Callback):
         return self._tracker
 
     def get_state(self) -> dict:
-        return {"runs": self.runs, "best": self.best, "logged_mb": self.logged_mb, "finished": self.finished}
+        return {"runs": self.runs, "best": self.best, "logged_mb": self.logged_mb, "finished": self.finished,
+                "diverged": self.diverged}
 
     def set_state(self, state: dict) -> None:
         self.runs, self.best, self.logged_mb = state["runs"], state["best"], state["logged_mb"]
         self.finished = state.get("finished", 0)  # a resumed sweep keeps counting where it stopped
+        self.diverged = state.get("diverged", {})
 
     def _run(self, trial) -> str:
         run_id = self.runs.get(trial.trial_id)
@@ -289,6 +292,11 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
+        if result.get("diverged"):
+            reason = str(result.get("diverged_reason") or "the training loss became NaN or inf")
+            self.diverged[trial.trial_id] = reason
+            print(f"{self.labels.get(trial.trial_id, trial.trial_id)}: {reason}", flush=True)
+            return
         epoch = result.get("epoch")
         print(progress_line(self.labels.get(trial.trial_id, trial.trial_id), result, self.metric), flush=True)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and _is_number(v)}
@@ -308,6 +316,12 @@ class MlflowTrialCallback(Callback):
         path = Path(checkpoint.path)
         report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else {}
         epoch = int(report.get("epoch", -1))
+        placement = report.get("placement") or {}
+        if placement:  # which node ran this trial, holding which resources (GPU ids on a GPU cluster)
+            self.tracker.set_tags(run_id, {f"{TAG_PREFIX}node_ip": placement.get("node_ip"),
+                                           f"{TAG_PREFIX}node_id": placement.get("node_id"),
+                                           f"{TAG_PREFIX}resources": json.dumps(placement.get("resources", {})),
+                                           f"{TAG_PREFIX}gpu_ids": ",".join(placement.get("gpu_ids", []))})
         if report.get("describe"):  # the built model's own description: parameter counts, scheduler settings
             self.tracker.log_params(run_id, {f"built.{k}": v for k, v in report["describe"].items()}, only_new=True)
             if "base" in report["describe"]:  # sd-lora: say plainly which base the adapters were trained on
@@ -322,6 +336,12 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
+        if trial.trial_id in self.diverged:
+            self.tracker.finish(run_id, ok=False, reason=f"diverged: {self.diverged[trial.trial_id]}")
+            self.finished += 1
+            print(f"[{self.phase}] {self.labels.get(trial.trial_id, trial.trial_id)} FAILED (diverged; the "
+                  f"{self.phase} goes on) ({self.finished}/{self.total or len(trials)} trials done)", flush=True)
+            return
         if self.policy == "best" and trial.trial_id in self.best:
             value, path, epoch = self.best[trial.trial_id]
             if path and Path(path, "engine").is_dir():
@@ -336,15 +356,23 @@ class MlflowTrialCallback(Callback):
         self.tracker.finish(run_id, ok=False, reason=_error_line(trial))
 
     def _log_checkpoint(self, run_id: str, path: Path, artifact_path: str) -> None:
+        """Log what sampling uses -- the EMA weights (else the trained weights) and the small training state --
+        not the optimizer: a study-large engine checkpoint is ~4.6 GB, its EMA weights 1.1 GB. The full
+        resumable checkpoint stays in the Ray storage path."""
         if not path.is_dir():
             return
-        size = dir_mb(path)
+        weights = path / "ema.safetensors" if (path / "ema.safetensors").is_file() else path / "trainable.safetensors"
+        files = [f for f in (weights, path / "state.pt") if f.is_file()]
+        if not files:
+            return
+        size = sum(f.stat().st_size for f in files) / 2**20
         if self.logged_mb + size > self.limit_mb:
             self.tracker.set_tags(run_id, {f"{TAG_PREFIX}checkpoint_skipped":
                                            f"{artifact_path}: artifact limit {self.limit_mb:g} MB reached "
                                            f"(raise --artifact-limit-mb); it stays in the Ray storage path"})
             return
-        self.tracker.log_artifact(run_id, path, artifact_path)
+        for f in files:
+            self.tracker.log_artifact(run_id, f, artifact_path)
         self.logged_mb += size
 
 

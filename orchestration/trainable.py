@@ -39,6 +39,7 @@ class TrialContext:
     pool: Any = None  # evaluation.EvaluatorPool (actor handles) or None
     marker_dir: str | None = None  # where injected failures remember they happened (testing)
     threads: int = 0  # torch threads of each trial (0: the sweep's threads_per_trial)
+    metric: str | None = None  # the metric this phase ranks by (None: the sweep's select_metric)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,9 +50,11 @@ def model_config(cfg: SweepConfig, spec: TrialSpec):
 
     if cfg.model == "ddpm":
         return family_config("ddpm", cfg.ddpm_preset, image_size=cfg.image_size,
-                             block_out_channels=cfg.channels[spec.channels], num_train_timesteps=spec.timesteps)
+                             block_out_channels=cfg.channels[spec.channels], num_train_timesteps=spec.timesteps,
+                             beta_rescale=cfg.beta_rescale)
     extra = {"pretrained": cfg.pretrained} if cfg.pretrained else {}
-    return family_config("sd-lora", cfg.lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps, **extra)
+    return family_config("sd-lora", cfg.lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps,
+                         beta_rescale=cfg.beta_rescale, **extra)
 
 
 def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
@@ -61,11 +64,14 @@ def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
         epochs=epochs, batch_size=cfg.batch_size, grad_accum=spec.grad_accum, lr=spec.lr,
         min_snr_gamma=spec.min_snr_gamma, p_uncond=spec.p_uncond, ema_decay=cfg.ema_decay,
         grad_clip=cfg.grad_clip, seed=cfg.seed, val_samples=cfg.val_samples, progress=False,
+        verbose=False,  # the driver prints one line per trial epoch (the callback's); the engine's would repeat it
     )
 
 
 def trial_spec(config: dict[str, Any], ctx: TrialContext) -> TrialSpec:
     spec = TrialSpec.from_params(config).resolved(ctx.sweep)
+    if ctx.phase == "grid" and ctx.sweep.diverge_trial and trial_label(spec, ctx.sweep) == ctx.sweep.diverge_trial:
+        spec = dataclasses.replace(spec, lr=float("inf"))  # testing: a real divergence, through the real engine
     return dataclasses.replace(spec, lr=ctx.lr) if ctx.lr is not None else spec
 
 
@@ -78,9 +84,10 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
     params.update({f"model.{k}": v for k, v in dataclasses.asdict(model_config(ctx.sweep, spec)).items()})
     params.update({
         "phase": ctx.phase, "model": ctx.sweep.model, "preset": ctx.sweep.preset, "data": ctx.sweep.data,
-        "image_size": ctx.sweep.image_size, "augment": ctx.sweep.augment, "epoch_images": ctx.epoch_images,
+        "image_size": ctx.sweep.image_size, "augment": spec.augment, "epoch_images": ctx.epoch_images,
         "eval_samples": ctx.sweep.eval_samples, "sampler": ctx.sweep.sampler,
-        "sampling_steps": ctx.sweep.sampling_steps, "select_metric": ctx.sweep.select_metric,
+        "sampling_steps": ctx.sweep.sampling_steps, "ddpm_variance": ctx.sweep.ddpm_variance,
+        "beta_rescale": ctx.sweep.beta_rescale, "select_metric": ctx.sweep.select_metric,
     })
     return f"{ctx.phase}:{trial_label(spec, ctx.sweep)}", params
 
@@ -94,6 +101,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from data.dataset import FaceDataset
     from evaluation.conditions import paired_conditions
     from models.engine import fit
+    from models.errors import DivergedError
     from models.families import build_family
     from models.runtime import configure_torch
     from models.sampling import generate
@@ -102,11 +110,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     configure_torch(ctx.threads or cfg.threads_per_trial)
     spec = trial_spec(config, ctx)
     family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed)
-    train_set = FaceDataset(ctx.data_root, "train", augment=cfg.augment, limit=ctx.epoch_images)
+    train_set = FaceDataset(ctx.data_root, "train", augment=spec.augment, limit=ctx.epoch_images)
     val_set = FaceDataset(ctx.data_root, "val")
     conditions = paired_conditions(ctx.data_root, cfg.eval_samples, split="val", seed=cfg.seed)
     real = conditions.real_images
     trial_id = tune.get_context().get_trial_id()
+    placement = where_am_i()
 
     work = Path(tempfile.mkdtemp(prefix="condface-trial-"))
     resume: bool | Path = False
@@ -122,7 +131,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         stage.mkdir()
         with report.sampling() as pipe:
             images = generate(pipe, conditions.levels, conditions.captions, spec.guidance_scale,
-                              cfg.sampling_steps, cfg.seed, cfg.sampler)
+                              cfg.sampling_steps, cfg.seed, cfg.sampler, ddpm_variance=cfg.ddpm_variance)
             _attribute_png(pipe, cfg, spec, stage / "attributes.png")
             if ctx.phase == "final" and epoch == report.epochs:
                 family.save_pretrained(stage / "pipeline")  # EMA weights: what gets registered
@@ -139,7 +148,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         describe = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
                     for k, v in family.describe().items()}
         (stage / "report.json").write_text(json.dumps({"epoch": epoch, "trial_id": trial_id, "phase": ctx.phase,
-                                                       "describe": describe}))
+                                                       "describe": describe, "placement": placement}))
         _maybe_fail(ctx, trial_id, report.epoch)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(stage)))
         shutil.rmtree(stage, ignore_errors=True)
@@ -148,8 +157,30 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         fit(family, train_config(cfg, spec, ctx.epochs), train_set, on_epoch=on_epoch,
             checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)
+    except DivergedError as err:
+        # not retried (it would diverge again, deterministically): reported once, the driver closes the trial's
+        # MLflow run FAILED with this reason, and the grid goes on without it
+        tune.report({"diverged": 1.0, "diverged_reason": str(err), cfg_metric(ctx): float("nan")})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cfg_metric(ctx: TrialContext) -> str:
+    """The metric Tune ranks this phase by (a diverged trial reports it as NaN, which ranking skips)."""
+    return ctx.metric or ctx.sweep.select_metric
+
+
+def where_am_i() -> dict[str, Any]:
+    """The Ray node and the resources this worker holds (logged as tags: which node ran what, with which GPU)."""
+    import ray
+
+    try:
+        rt = ray.get_runtime_context()
+        return {"node_id": rt.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "resources": {k: float(v) for k, v in rt.get_assigned_resources().items()},
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    except Exception:  # outside Ray (a direct call in tests)
+        return {}
 
 
 def _maybe_fail(ctx: TrialContext, trial_id: str, epoch_index: int) -> None:
@@ -186,7 +217,8 @@ def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path) -> None:
 
     levels = attribute_sweep()
     prompts = level_captions(levels) if cfg.model != "ddpm" else None
-    images = generate(pipe, levels, prompts, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler)
+    images = generate(pipe, levels, prompts, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler,
+                      ddpm_variance=cfg.ddpm_variance)
     size = images.shape[1]
     save_png(image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES), scale=max(1, 64 // size)), path)
 

@@ -61,7 +61,7 @@ def test_bad_model_from_the_real_command_line(tmp_path):
     out = sweep("--model", "gan", cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
-        "error: argument --model: invalid choice: 'gan' (choose from 'ddpm', 'sd-lora') (see --help)"
+        "error: argument --model: expected a comma-separated list of ddpm, sd-lora, got 'gan' (see --help)"
     ]
 
 
@@ -76,6 +76,11 @@ def test_bad_model_from_the_real_command_line(tmp_path):
         (["--storage-path", "{file}/sub"], ["--storage-path", "not writable"]),
         (["--tracking-uri", "sqlite:///{file}/sub/mlruns.db"], ["MLflow store", "not writable"]),
         (["--resume"], ["nothing to resume"]),
+        (["--resume", "no-such-sweep"], ["nothing to resume", "no-such-sweep"]),
+        (["--select-metric", "mtcnn"], ["--select-metric mtcnn", "MTCNN is off", "--mtcnn"]),
+        (["--select-metric", "clip_score"], ["--select-metric clip_score", "--clip-model"]),
+        (["--storage-path", "s3://bucket/sweeps"], ["remote storage is not supported", "mount"]),
+        (["--sampling-steps", "zero"], ["--sampling-steps"]),
     ],
 )
 def test_bad_flags_give_one_line_errors(args, words, tmp_path, monkeypatch):
@@ -148,3 +153,86 @@ def test_flags_override_the_preset_and_only_what_they_name():
         "sd-lora", 3, 1e-3, (1.0, 3.0), 4)
     assert dataclasses.replace(changed, model="ddpm", epochs=2, lr=CPU_DEMO.lr, cfg_scales=CPU_DEMO.cfg_scales,
                                max_concurrent=CPU_DEMO.max_concurrent) == CPU_DEMO
+
+
+def test_study_dry_run_states_the_protocol(tmp_path):
+    out = sweep("--preset", "study", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "selection: est_acc (max)" in out.stdout
+    assert "linear betas 1e-4..0.02 for every T, unscaled" in out.stdout
+    assert "sampling: ddpm, T steps (the full chain), sigma^2 = beta_t" in out.stdout
+    assert "1,300,000 at T=10000 network evaluations" in out.stdout  # (100 scored + 30 grid) x 10,000 per epoch
+    rescaled = sweep("--preset", "study", "--beta-rescale", "--sampling-steps", "50", "--dry-run", cwd=tmp_path)
+    assert "rescaled by 1000/T" in rescaled.stdout and "50 steps" in rescaled.stdout
+
+
+@pytest.mark.parametrize("model", ["ddpm,sd-lora", "all"])
+def test_dry_run_lists_both_families_40_trials(model, tmp_path):
+    out = sweep("--model", model, "--preset", "study", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert len(table_rows(out.stdout)) == 40
+    assert "40 trials (ddpm + sd-lora)" in out.stdout
+
+
+def test_augment_axis_multiplies_the_grid(tmp_path):
+    cfg = resolve("study", augment_axis=("none", "study", "study-no-color"))
+    trials = grid_trials(cfg)
+    assert len(trials) == 48 and {t.augment for t in trials} == {"none", "study", "study-no-color"}
+    out = sweep("--preset", "study", "--augment-axis", "none,study-no-color", "--dry-run", cwd=tmp_path)
+    assert len(table_rows(out.stdout)) == 32 and "study-no-color" in out.stdout
+    bad = sweep("--augment-axis", "sepia", "--dry-run", cwd=tmp_path)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_study_preset_selects_as_the_study_did():
+    assert STUDY.select_metric == "est_acc" and not STUDY.beta_rescale
+    assert STUDY.sampler == "ddpm" and STUDY.sampling_steps == 0 and STUDY.ddpm_variance == "fixed_large"
+    # train_loss is Min-SNR-weighted differently per trial: reported, never a ranking metric
+    from orchestration.config import METRIC_MODES
+
+    assert "train_loss" not in METRIC_MODES
+
+
+def test_resume_finds_the_sweep_it_is_told_and_lists_ambiguity(tmp_path, capsys):
+    import time
+
+    from orchestration.driver import resume_config
+    from orchestration.state import SweepState
+
+    cfg = resolve("smoke", storage_path=str(tmp_path))
+    old = SweepState.create(cfg, "sqlite:///x.db")
+    time.sleep(1.1)
+    new = SweepState.create(cfg, "sqlite:///x.db")
+    new.done("sweep", True)
+    # the newer one finished: --resume still finds the older, unfinished one
+    assert SweepState.find(cfg).root == old.root
+    third = SweepState.create(cfg, "sqlite:///x.db")
+    with pytest.raises(SweepError, match="2 unfinished sweeps") as err:
+        SweepState.find(cfg)
+    assert old.root.name in str(err.value) and third.root.name in str(err.value)
+    assert SweepState.find(cfg, third.root.name).root == third.root
+    assert SweepState.find(cfg, str(old.root)).root == old.root
+    with pytest.raises(SweepError, match="finished"):
+        SweepState.find(cfg, new.root.name)
+    # flags that are not runtime settings are named as ignored, not silently dropped
+    asked = dataclasses.replace(cfg, epochs=7, max_concurrent=3, resume=True)
+    merged, state = resume_config(asked, old.root.name, {"epochs", "max_concurrent"})
+    assert merged.epochs == cfg.epochs and merged.max_concurrent == 3 and state.root == old.root
+    assert "ignored: --epochs 7 (the sweep has 1)" in capsys.readouterr().out
+
+
+def test_resource_plan_fits_one_node():
+    from orchestration.resources import plan_resources
+
+    two_cpu_nodes = ({"cpu": 2.0, "gpu": 0.0}, {"cpu": 2.0, "gpu": 0.0})
+    plan = plan_resources(CPU_DEMO, two_cpu_nodes)
+    assert plan.lone == {"cpu": 2.0, "gpu": 0.0}  # one node's CPUs, never the cluster's 4 (a task cannot span nodes)
+    with pytest.raises(SweepError, match="no node has that much"):
+        plan_resources(dataclasses.replace(CPU_DEMO, cpus_per_trial=3.0), two_cpu_nodes)
+    gpu_nodes = ({"cpu": 8.0, "gpu": 1.0}, {"cpu": 8.0, "gpu": 1.0})
+    plan = plan_resources(STUDY, gpu_nodes)
+    assert plan.grid == {"cpu": 1.0, "gpu": 1.0} and plan.lone == {"cpu": 1.0, "gpu": 1.0}
+    with pytest.raises(SweepError, match="trials would wait forever"):
+        plan_resources(dataclasses.replace(STUDY, gpus_per_eval_actor=1.0, eval_actors=2), gpu_nodes)
+    with pytest.raises(SweepError, match="no node has one"):
+        plan_resources(dataclasses.replace(CPU_DEMO, gpus_per_eval_actor=0.5), two_cpu_nodes)

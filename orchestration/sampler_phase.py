@@ -1,0 +1,98 @@
+"""The sampler phase (--sampler-phase, the study's §5 future work: "evaluar el efecto de usar otros
+planificadores de ruido"): the final model sampled with DDPM, DDIM and DPM-Solver++ at several step
+counts (0 = the model's whole chain), each on the same seeded conditions at the final guidance scale.
+
+It gives image quality and estimator accuracy against network evaluations per image (NFE = steps: the
+two classifier-free-guidance halves share one batched forward), as a table in the terminal, the nested
+run `<family>: samplers` in MLflow (one step per setting, with sampler/steps/NFE/seconds) and a plot.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestration.cfg_sweep import ACCURACY, BALANCED, quality_metric
+from orchestration.config import FULL_CHAIN, SweepConfig
+from orchestration.evaluate import run_remote
+from orchestration.tracking import TAG_PREFIX, Tracker
+
+SAMPLER_STYLE = {"ddpm": ("tab:red", "o"), "ddim": ("tab:purple", "s"), "dpm++": ("tab:cyan", "^")}
+
+
+def sampler_table(rows: list[dict], quality: str) -> str:
+    lines = [f"{'sampler':>8}  {'steps':>6}  {'NFE':>6}  {quality:>14}  {'est_acc':>8}  {'balanced':>8}  {'seconds':>8}"]
+    for r in rows:
+        v = r["values"]
+        q = f"{v[quality]:.3f}" if quality in v else "-"
+        acc = f"{v[ACCURACY]:.2%}" if ACCURACY in v else "-"
+        bal = f"{v[BALANCED]:.2%}" if BALANCED in v else "-"
+        lines.append(f"{r['sampler']:>8}  {r['steps']:>6}  {r['steps']:>6}  {q:>14}  {acc:>8}  {bal:>8}  "
+                     f"{r['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Path:
+    """Quality and accuracy against NFE (log scale), one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    for ax, key in zip(axes, (quality, ACCURACY, BALANCED)):
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            pts = sorted((r["steps"], r["values"][key]) for r in rows if r["sampler"] == sampler and key in r["values"])
+            color, marker = SAMPLER_STYLE.get(sampler, (None, "o"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, c=color, label=sampler)
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per image (NFE)")
+        ax.set_ylabel(key + (" (lower is better)" if key == quality else " (higher is better)"))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
+    """The sampler phase as a unit: rerun when continued (each setting is logged once: step = setting index)."""
+    from orchestration.resources import plan_resources
+
+    tracker: Tracker = sweep.tracker
+    scale = final["guidance_scale"]
+    settings = [(s, n, scale) for s in cfg.sampler_phase_samplers for n in cfg.sampler_phase_steps]
+    described = ", ".join(f"{s} x {'T' if n == FULL_CHAIN else n}" for s, n, _ in settings)
+    run_id = tracker.open_run(f"{sweep.parent}/{cfg.model}/samplers", f"{cfg.model}: samplers", sweep.parent,
+                              tags={**tags, f"{TAG_PREFIX}phase": "samplers"},
+                              params={"samplers": cfg.sampler_phase_samplers, "steps": cfg.sampler_phase_steps,
+                                      "samples": cfg.sampler_samples, "guidance_scale": scale,
+                                      "ddpm_variance": cfg.ddpm_variance, "seed": cfg.seed + 3,
+                                      "model_uri": final["model_uri"]})
+    try:
+        print(f"\n== {cfg.model} sampler phase: {described}; {cfg.sampler_samples} samples each ==", flush=True)
+        scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
+                            data_root=sweep.data_root, n=cfg.sampler_samples, seed=cfg.seed + 3, settings=settings,
+                            pool=sweep.pool, ddpm_variance=cfg.ddpm_variance)
+        rows = [r.record() for r in scored]
+        for i, r in enumerate(rows):
+            tracker.log_metrics(run_id, {**r["values"], **r["counts"], "nfe": r["steps"], "seconds": r["seconds"]},
+                                step=i, step_metric="setting_index")
+        tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
+        quality = quality_metric(rows)
+        png = plot_samplers(rows, quality, f"{cfg.model}: the final model under each sampler ({cfg.sampler_samples} "
+                                           f"samples, guidance {scale:g})",
+                            sweep.state.dir(f"{cfg.model}/samplers") / "samplers.png")
+        tracker.log_artifact(run_id, png, "samplers")
+        tracker.log_json(run_id, rows, "samplers/samplers.json")
+        tracker.finish(run_id, ok=True)
+        print(sampler_table(rows, quality), flush=True)
+        return {"run_id": run_id, "rows": rows, "quality_metric": quality, "png": str(png)}
+    except BaseException as err:
+        tracker.finish(run_id, ok=False, reason=f"{type(err).__name__}: {err}")
+        raise
