@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         _print_row(row)
         rows.append(row)
     if args.json:
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps({"jobs": [asdict(j) for j in jobs], "rows": rows}, indent=2))
-        os.replace(tmp, args.json)
+        from data.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"jobs": [asdict(j) for j in jobs], "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

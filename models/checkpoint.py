@@ -3,20 +3,20 @@
 Layout: `<root>/epoch-NNNN/` holds `<name>.safetensors` files (tensors by name) and `<name>.pt`
 files (small states: optimizer, LR scheduler, counters, RNG), loaded with
 `torch.load(weights_only=True)`. Each epoch directory is first written under a temporary name
-and then renamed; `<root>/latest` (replaced with os.replace) names the newest complete one. A
-crash mid-write leaves the previous checkpoint intact.
+and then renamed (`data.io.atomic_dir`); `<root>/latest` (written with `data.io.atomic_write_text`)
+names the newest complete one. A crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from data.io import atomic_dir, atomic_write_text
 
 LATEST = "latest"
 
@@ -32,21 +32,12 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         for name, group in tensors.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
         for name, obj in states.items():
             torch.save(obj, tmp / f"{name}.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / LATEST)
+    atomic_write_text(root / LATEST, final.name)
     _prune(root, keep, final)
     return final
 
