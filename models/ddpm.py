@@ -1,10 +1,16 @@
-"""The attribute-conditioned DDPM: config presets, the AdaGN U-Net and its family adapter.
+"""The attribute-conditioned DDPM: config presets and its family adapter.
 
-The denoiser is diffusers' `UNet2DModel` (ResNet blocks with `resnet_time_scale_shift=
-"scale_shift"`, i.e. AdaGN: the embedding gives a scale and shift after each group norm) with a
-learned `Linear(30, time_embed_dim)` in front of its identity class embedding, so the projected
-attribute vector c is added to the time embedding as class conditioning is in "Diffusion models
-beat GANs". The all-zero c is the unconditional input for classifier-free guidance.
+The denoiser (`AttributeUNet`, defined in `models.unet_attribute` and importable from here) is
+diffusers' `UNet2DModel` (ResNet blocks with `resnet_time_scale_shift="scale_shift"`, i.e. AdaGN:
+the embedding gives a scale and shift after each group norm) with a learned `Linear(30,
+time_embed_dim)` in front of its identity class embedding, so the projected attribute vector c is
+added to the time embedding as class conditioning is in "Diffusion models beat GANs". The all-zero
+c is the unconditional input for classifier-free guidance.
+
+Noise schedule: the study's linear betas 1e-4..0.02 for every T (T = 10,000 is a longer chain, not
+a finer one; `beta_rescale=True` scales them by 1000/T instead -- see `models.schedulers` for why
+the default is what §3.5 measures). `save_pretrained` writes the pipeline plus this config
+(`condface_ddpm.json`), so `DDPMFamily.from_pretrained(dir)` gives back the same family.
 
 Presets (parameters counted with `python -m models.ddpm`):
   study-large  64px  (256, 512, 768, 768)  2 ResNets/level, attention at every level   284.94M
@@ -19,22 +25,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ConfigMixin, ModelMixin, UNet2DModel
-from diffusers.configuration_utils import register_to_config
-from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from data.schema import COND_DIM
+from data.io import atomic_dir
 from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
 from models.schedulers import make_scheduler, training_scheduler
+from models.unet_attribute import AttributeUNet
 
 ATTENTION_CHOICES = ("all", "lowest", "none")
+DDPM_INFO_FILE = "condface_ddpm.json"  # the DDPMConfig, beside the saved pipeline
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,10 @@ class DDPMConfig:
     norm_num_groups: int = 32
     dropout: float = 0.0
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # "linear" (the study, 1e-4..0.02 at T=1000) or "cosine"
-    beta_start: float = 1e-4  # for T = 1000; rescaled by 1000/T (see models.schedulers)
+    beta_schedule: str = "linear"  # "linear" (the study: 1e-4..0.02 for every T) or "cosine"
+    beta_start: float = 1e-4
     beta_end: float = 0.02
+    beta_rescale: bool = False  # True: linear betas scaled by 1000/T (a finer chain, not the study's longer one)
     prediction_type: str = "epsilon"  # or "v_prediction"
 
     def __post_init__(self) -> None:
@@ -106,51 +113,6 @@ def ddpm_config(preset: str, **overrides: Any) -> DDPMConfig:
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
-class AttributeUNet(ModelMixin, ConfigMixin):
-    """UNet2DModel + a learned projection of the 30-value attribute vector into its time embedding."""
-
-    @register_to_config
-    def __init__(
-        self,
-        sample_size: int = 64,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        block_out_channels: tuple[int, ...] = (256, 512, 768, 768),
-        layers_per_block: int = 2,
-        attention: str = "all",
-        attention_head_dim: int = 64,
-        norm_num_groups: int = 32,
-        dropout: float = 0.0,
-        cond_dim: int = COND_DIM,
-    ):
-        super().__init__()
-        levels = len(block_out_channels)
-        with_attn = {"all": [True] * levels, "lowest": [False] * (levels - 1) + [True], "none": [False] * levels}
-        attn = with_attn[attention]
-        self.unet = UNet2DModel(
-            sample_size=sample_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-            block_out_channels=tuple(block_out_channels),
-            layers_per_block=layers_per_block,
-            attention_head_dim=attention_head_dim,
-            norm_num_groups=norm_num_groups,
-            dropout=dropout,
-            resnet_time_scale_shift="scale_shift",
-            add_attention=attention != "none",
-            class_embed_type="identity",
-        )
-        self.cond_proj = torch.nn.Linear(cond_dim, block_out_channels[0] * 4)
-
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor, return_dict: bool = True
-    ) -> UNet2DOutput | tuple:
-        emb = self.cond_proj(cond.to(self.cond_proj.weight.dtype))
-        return self.unet(sample, timestep, class_labels=emb, return_dict=return_dict)
-
-
 class DDPMFamily(DiffusionFamily):
     """The attribute DDPM as a family the engine trains: x0 = pixels, cond = the 30-vector."""
 
@@ -159,10 +121,16 @@ class DDPMFamily(DiffusionFamily):
     def __init__(self, config: DDPMConfig, unet: AttributeUNet | None = None):
         self.config = config
         self.module = unet if unet is not None else AttributeUNet(**config.unet_kwargs())
+        self.beta_rescale = config.beta_rescale
         self.noise_scheduler = training_scheduler(
             config.num_train_timesteps, config.beta_schedule, config.beta_start, config.beta_end,
-            config.prediction_type,
+            config.prediction_type, beta_rescale=config.beta_rescale,
         )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> DDPMFamily:
+        """The family `save_pretrained` wrote to `directory`: its config and (EMA) weights."""
+        return cls(load_ddpm_config(directory), AttributeUNet.from_pretrained(Path(directory) / "unet"))
 
     def training_inputs(
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
@@ -180,14 +148,31 @@ class DDPMFamily(DiffusionFamily):
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         return self.module(noisy, timesteps, cond["cond"]).sample
 
-    def pipeline(self, sampler: str = "ddpm") -> AttributeDiffusionPipeline:
-        return AttributeDiffusionPipeline(unet=self.module, scheduler=make_scheduler(sampler, self.noise_scheduler))
+    def pipeline(self, sampler: str = "ddpm", ddpm_variance: str = "fixed_small") -> AttributeDiffusionPipeline:
+        scheduler = make_scheduler(sampler, self.noise_scheduler, ddpm_variance=ddpm_variance)
+        return AttributeDiffusionPipeline(unet=self.module, scheduler=scheduler)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        self.pipeline().save_pretrained(directory)
+        """The pipeline (`AttributeDiffusionPipeline.from_pretrained` loads it) and `condface_ddpm.json`, written
+        to a temporary folder that then replaces `directory` whole."""
+        with atomic_dir(directory) as tmp:
+            self.pipeline().save_pretrained(tmp)
+            (tmp / DDPM_INFO_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **{f"ddpm_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
+
+
+def load_ddpm_config(directory: str | Path) -> DDPMConfig:
+    """The DDPMConfig a `DDPMFamily.save_pretrained` folder was trained with."""
+    path = Path(directory) / DDPM_INFO_FILE
+    if not path.is_file():
+        raise ConfigError(f"{directory} holds no saved ddpm config ({DDPM_INFO_FILE}); point at a folder "
+                          "DDPMFamily.save_pretrained wrote")
+    fields = {f.name for f in dataclasses.fields(DDPMConfig)}
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in fields}
+    saved["block_out_channels"] = tuple(saved.get("block_out_channels", DDPMConfig.block_out_channels))
+    return DDPMConfig(**saved)
 
 
 def count_parameters(config: DDPMConfig) -> int:

@@ -1,8 +1,22 @@
-"""The one training engine every model family uses (see models.family.DiffusionFamily)."""
+"""The one training engine every model family uses (see models.family.DiffusionFamily).
+
+Divergence: a NaN or infinite training loss stops `fit` with `models.errors.DivergedError` (one line:
+epoch, step, loss, the fix) before that epoch's checkpoint is written or `on_epoch` runs. The check
+reads the running loss sum, which stays NaN/inf once any step's loss was: on the CPU after every
+optimizer step (reading a CPU scalar costs nothing), on an accelerator every DIVERGENCE_CHECK_EVERY
+steps -- where the progress bar already reads the loss, so the check adds no synchronisation -- and at
+the end of every epoch. There a diverged run is caught at most DIVERGENCE_CHECK_EVERY - 1 steps late.
+
+Loss per step: `EpochReport.step_losses` holds (optimizer step, mean training loss over the window of
+`loss_every` optimizer steps that ends there). Windows end at the multiples of `loss_every` (counted
+over the whole run) and at the end of each epoch, so each epoch's report covers exactly its own steps.
+On an accelerator the window means stay on the device until the end of the epoch (one transfer).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +33,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from models.errors import ConfigError
+from models.errors import ConfigError, DivergedError
 from models.family import DiffusionFamily
 from models.objective import heldout_loss, training_loss
+
+DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class TrainConfig:
     val_samples: int = 256  # held-out denoising loss on this many fixed val items (0: off)
     val_batch_size: int = 64
     log_every: int = 0  # also print a line every N optimizer steps (0: per-epoch lines only)
+    loss_every: int = 10  # EpochReport.step_losses: mean training loss per window of N optimizer steps (0: off)
     progress: bool = True  # tqdm bar per epoch
     verbose: bool = True  # one printed line per epoch
 
@@ -76,6 +93,8 @@ class EpochReport:
     lr: float
     checkpoint: Path | None  # the checkpoint directory written for this epoch, if any
     family: DiffusionFamily
+    # (optimizer step, mean training loss of the loss_every-step window ending there), for this epoch's steps
+    step_losses: list[tuple[int, float]] = field(default_factory=list)
     _ema: EMAModel | None = field(default=None, repr=False)
 
     def metrics(self) -> dict[str, float]:
@@ -104,6 +123,7 @@ class FitResult:
     stopped_early: bool
     history: list[dict[str, float]]
     ema_applied: bool  # True: the family now holds the EMA weights (what pipeline()/save_pretrained use)
+    step_losses: list[tuple[int, float]] = field(default_factory=list)  # every epoch's, in order (this call's)
 
 
 @contextlib.contextmanager
@@ -181,8 +201,10 @@ def fit(
     val_batches = _val_batches(val_dataset, cfg)
 
     history: list[dict[str, float]] = []
+    all_step_losses: list[tuple[int, float]] = []
     stopped = False
     epoch = start_epoch - 1
+    check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_EVERY
     for epoch in range(start_epoch, cfg.epochs):
         module.train()
         if hasattr(train_dataset, "set_epoch"):  # e.g. to reseed augmentation per epoch (exact resume)
@@ -193,6 +215,8 @@ def fit(
         )
         batches = iter(loader)
         loss_sum = torch.zeros((), device=device)
+        window_sum, window_steps = torch.zeros((), device=device), 0
+        windows: list[tuple[int, torch.Tensor]] = []  # (last step, window mean), still on the device
         done = 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False, dynamic_ncols=True)
@@ -202,7 +226,10 @@ def fit(
                 loss = training_loss(family, next(batches), cfg.seed, sample_index, cfg.p_uncond,
                                      cfg.min_snr_gamma, amp)
                 (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach() / cfg.grad_accum
+                part = loss.detach() / cfg.grad_accum
+                loss_sum += part
+                if cfg.loss_every:
+                    window_sum += part
                 sample_index += cfg.batch_size
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -213,19 +240,34 @@ def fit(
                 ema.step(params)
             step += 1
             done += 1
+            window_steps += 1
             bar.update(1)
-            if done % 10 == 0 or done == steps_per_epoch:
-                bar.set_postfix(loss=f"{loss_sum.item() / done:.4f}")
-            if cfg.log_every and step % cfg.log_every == 0:
-                print(f"  step {step}  loss {loss_sum.item() / done:.4f}", flush=True)
+            if cfg.loss_every and step % cfg.loss_every == 0:
+                windows.append((step, window_sum / window_steps))
+                window_sum, window_steps = torch.zeros((), device=device), 0
+            show = done % 10 == 0 or done == steps_per_epoch
+            log = bool(cfg.log_every) and step % cfg.log_every == 0
+            if show or log or done % check_every == 0:
+                running = loss_sum.item() / done
+                _check_finite(running, epoch, step, cfg, bar)
+                if show:
+                    bar.set_postfix(loss=f"{running:.4f}")
+                if log:
+                    print(f"  step {step}  loss {running:.4f}", flush=True)
             if cfg.epoch_time_budget_s is not None and time.perf_counter() - start > cfg.epoch_time_budget_s:
                 break
         del batches
+        if cfg.loss_every and window_steps:
+            windows.append((step, window_sum / window_steps))
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        bar.close()
         train_loss = loss_sum.item() / done
+        _check_finite(train_loss, epoch, step, cfg, bar)
+        bar.close()
+        step_losses = (list(zip([s for s, _ in windows], torch.stack([v for _, v in windows]).tolist()))
+                       if windows else [])
+        all_step_losses.extend(step_losses)
         val_loss = None
         if val_batches:
             with ema_weights(family, ema):
@@ -237,7 +279,7 @@ def fit(
         report = EpochReport(
             epoch=epoch, epochs=cfg.epochs, step=step, train_loss=train_loss, val_loss=val_loss,
             epoch_seconds=seconds, images_per_second=done * cfg.grad_accum * cfg.batch_size / seconds,
-            lr=lr_sched.get_last_lr()[0], checkpoint=checkpoint, family=family, _ema=ema,
+            lr=lr_sched.get_last_lr()[0], checkpoint=checkpoint, family=family, step_losses=step_losses, _ema=ema,
         )
         history.append({"epoch": float(epoch), **report.metrics()})
         val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
@@ -255,16 +297,23 @@ def fit(
         ema.copy_to(params)
     module.eval()
     return FitResult(epochs_completed=epoch + 1, step=step, stopped_early=stopped, history=history,
-                     ema_applied=ema is not None)
+                     ema_applied=ema is not None, step_losses=all_step_losses)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def _check_finite(mean_loss: float, epoch: int, step: int, cfg: TrainConfig, bar: tqdm) -> None:
+    if not math.isfinite(mean_loss):
+        bar.close()
+        raise DivergedError(epoch, step, mean_loss, cfg.lr, cfg.grad_clip)
+
+
 def _validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.epochs >= 0, f"epochs must be >= 0, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.loss_every >= 0, f"loss_every must be >= 0 (0: off), got {cfg.loss_every}"),
         (0.0 <= cfg.p_uncond <= 1.0, f"p_uncond must be in [0, 1], got {cfg.p_uncond}"),
         (cfg.min_snr_gamma is None or cfg.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {cfg.min_snr_gamma}"),
         (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,

@@ -32,12 +32,14 @@ class DiffusionFamily(abc.ABC):
 
     Subclasses set `name`, `noise_scheduler` (a diffusers training scheduler, usually
     `DDPMScheduler`, whose `config.prediction_type` is "epsilon" or "v_prediction") and
-    `module` (the `nn.Module` that `predict` runs and whose parameters, or a subset, train).
+    `module` (the `nn.Module` that `predict` runs and whose parameters, or a subset, train),
+    and `beta_rescale` when their training betas were rescaled for T (logged by `describe`).
     """
 
     name: str
     noise_scheduler: SchedulerMixin
     module: torch.nn.Module
+    beta_rescale: bool = False  # whether the training betas were rescaled by T_ref/T (models.schedulers)
 
     # --- what the engine calls -------------------------------------------------------------
     @abc.abstractmethod
@@ -90,7 +92,7 @@ class DiffusionFamily(abc.ABC):
         return {"total": total, "trainable": trainable}
 
     def describe(self) -> dict[str, Any]:
-        """Flat, loggable description (family name, parameter counts, scheduler settings)."""
+        """Flat, loggable description (family name, parameter counts, training noise schedule)."""
         sched = self.noise_scheduler.config
         return {
             "family": self.name,
@@ -98,4 +100,7 @@ class DiffusionFamily(abc.ABC):
             "num_train_timesteps": sched.num_train_timesteps,
             "prediction_type": sched.prediction_type,
             "beta_schedule": sched.beta_schedule,
+            "beta_start": sched.beta_start,  # the betas actually used (after any rescaling)
+            "beta_end": sched.beta_end,
+            "beta_rescale": self.beta_rescale,
         }

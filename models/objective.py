@@ -39,11 +39,15 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], device
 
 
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, g)/SNR for epsilon, min(SNR, g)/(SNR+1) for v."""
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, g)/SNR for epsilon, min(SNR, g)/(SNR+1) for v.
+
+    The epsilon weight is computed as min(g/SNR, 1): at the end of a long chain (T = 10,000 with the study's
+    unscaled betas) alpha_bar, and so the SNR, is 0 in float32, and min(0, g)/0 would be NaN; its limit is 1.
+    """
     snr = compute_snr(scheduler, timesteps)
     clipped = torch.clamp(snr, max=gamma)
     if prediction_type == "epsilon":
-        return clipped / snr
+        return torch.clamp(gamma / snr, max=1.0)
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
     raise ValueError(f"Min-SNR weighting needs prediction_type epsilon or v_prediction, got {prediction_type!r}")

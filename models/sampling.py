@@ -3,19 +3,34 @@
 `generate` takes a family (its current weights; inside `fit` use `with report.sampling() as pipe`
 to get the EMA weights) or a loaded pipeline, and returns uint8 images. Attribute pipelines
 (the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA) on `captions`.
+
+Steps: `num_inference_steps=FULL_CHAIN` (0) or None samples over the whole chain, as many steps as
+the model's num_train_timesteps T -- the study's DDPM ancestral sampling (§2.1: it "necessarily"
+takes T steps). `inference_steps(model, steps)` resolves a step setting to the number actually run.
+The DDPM sampler's variance is `ddpm_variance`: "fixed_small" (beta-tilde_t, diffusers' default) or
+"fixed_large" (sigma_t^2 = beta_t, the study's §2.1 formula); see `models.schedulers`.
+
+Cost: every sampler here (DDPM, DDIM, DPM-Solver++ 2M) runs ONE U-Net forward pass per step, and
+both pipelines batch the two classifier-free-guidance halves into that one pass (a batch of 2B; with
+guidance off -- guidance_scale 1 for the attribute pipeline, <= 1 for Stable Diffusion's -- a batch
+of B). So U-Net forward passes per sampling call = inference_steps(model, steps), whatever the
+batch, and per image the network sees 2 x steps image-rows with guidance, steps without (the NFE
+convention of `models.bench`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image, ImageDraw
 
+from data.io import atomic_write_bytes
 from data.schema import ATTRIBUTES, NUM_LEVELS, check_levels
 from data.synthetic_captions import caption
 from models.errors import ConfigError
@@ -23,20 +38,49 @@ from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
 from models.schedulers import make_scheduler
 
+FULL_CHAIN = 0  # num_inference_steps meaning "the whole chain": the model's num_train_timesteps steps
+
+
+def chain_length(model: Any) -> int:
+    """T of `model`: a family, a pipeline, a scheduler, a scheduler config, or a family config dataclass."""
+    if isinstance(model, DiffusionFamily):
+        model = model.noise_scheduler
+    elif isinstance(model, DiffusionPipeline):
+        model = model.scheduler
+    config = getattr(model, "config", model)
+    value = config.get("num_train_timesteps") if isinstance(config, Mapping) else getattr(
+        config, "num_train_timesteps", None)
+    if value is None:
+        raise ConfigError(f"cannot tell the number of diffusion steps T of a {type(model).__name__}")
+    return int(value)
+
+
+def inference_steps(model: Any, steps: int | None) -> int:
+    """The number of sampling steps (= U-Net forward passes per sampling call) `steps` means for `model`:
+    `steps` itself, or T for None / FULL_CHAIN. `model` as in `chain_length`."""
+    if steps is None or steps == FULL_CHAIN:
+        return chain_length(model)
+    if steps < 0:
+        raise ConfigError(f"num_inference_steps must be >= 1, or {FULL_CHAIN} / None for the full chain; got {steps}")
+    return int(steps)
+
 
 def generate(
     family_or_pipeline: DiffusionFamily | DiffusionPipeline,
     levels: np.ndarray | None,
     captions: Sequence[str] | None,
     guidance_scale: float,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     seed: int,
     scheduler: str = "ddpm",
     batch_size: int = 64,
     progress: bool = False,
+    ddpm_variance: str = "fixed_small",
 ) -> np.ndarray:
     """uint8 (B, H, W, 3) images, one per condition, sampled with `scheduler` ("ddpm", "ddim", "dpm++").
 
+    num_inference_steps: steps per image; None or FULL_CHAIN (0) = the model's T (full-chain sampling).
+    ddpm_variance: the DDPM sampler's sigma_t^2, "fixed_small" (beta-tilde) or "fixed_large" (beta_t, §2.1).
     Deterministic for a given (seed, batch_size): one CPU generator drives all batches in order.
     """
     pipe = family_or_pipeline.pipeline() if isinstance(family_or_pipeline, DiffusionFamily) else family_or_pipeline
@@ -52,17 +96,19 @@ def generate(
         conditions = list(captions)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    steps = inference_steps(pipe, num_inference_steps)
 
     original = pipe.scheduler
-    pipe.scheduler = make_scheduler(scheduler, original.config, space="pixel" if attribute else "latent")
+    pipe.scheduler = make_scheduler(scheduler, original.config, space="pixel" if attribute else "latent",
+                                    ddpm_variance=ddpm_variance)
     pipe.set_progress_bar_config(disable=not progress)
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     try:
         for start in range(0, len(conditions), batch_size):
             part = conditions[start : start + batch_size]
-            kwargs = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                          generator=generator, output_type="np")
+            kwargs = dict(guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator,
+                          output_type="np")
             out = pipe(part, **kwargs) if attribute else pipe(prompt=part, **kwargs)
             chunks.append(np.asarray(out.images))
     finally:
@@ -103,22 +149,20 @@ def image_grid(
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    """Write a PNG atomically (`data.io.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def attribute_grid(
     family_or_pipeline: DiffusionFamily | DiffusionPipeline,
     guidance_scale: float,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     seed: int = 0,
     scheduler: str = "ddpm",
     captions: Sequence[str] | None = None,
+    ddpm_variance: str = "fixed_small",
 ) -> Image.Image:
     """The study's picture: one row per attribute, its level rising 0..5 left to right."""
     levels = attribute_sweep()
@@ -126,5 +170,6 @@ def attribute_grid(
     if captions is None and not isinstance(pipe, AttributeDiffusionPipeline):
         rng = np.random.default_rng(seed)
         captions = [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]
-    images = generate(family_or_pipeline, levels, captions, guidance_scale, num_inference_steps, seed, scheduler)
+    images = generate(family_or_pipeline, levels, captions, guidance_scale, num_inference_steps, seed, scheduler,
+                      ddpm_variance=ddpm_variance)
     return image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES))

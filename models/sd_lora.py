@@ -12,11 +12,17 @@ starts exactly at the base) sit on every attention projection of the U-Net -- `t
 engine's bf16 autocast. Captions come from the data items; the engine's classifier-free-guidance drop
 replaces them with the empty caption, which is what the pipeline uses as its unconditional prompt.
 
-Noise schedule: the base's own scheduler config (betas, prediction type: epsilon or v) with
-`num_train_timesteps` = T. The study's caution holds: the base was trained with T = 1000. For another
-T the betas are rescaled by 1000/T (as the DDPM family does), so the noise *level* at a given fraction
-of the chain is unchanged, but the U-Net then receives timesteps 0..T-1 its time embedding never saw
-in pretraining, and the LoRA adapters must make up for it.
+Noise schedule (`models.sd_family.training_scheduler`): the base's own scheduler config (betas,
+prediction type: epsilon or v) with `num_train_timesteps` = T. The study's caution holds: the base was
+trained with T = 1000. For another T the base's betas are kept as they are by default (diffusers'
+`DDPMScheduler` with T = 10,000 steps: a longer chain whose q(x_T) is closer to an isotropic Gaussian,
+which is what §3.5 varies T to measure); `beta_rescale=True` scales them by T_base/T instead (the same
+noise level at the same fraction of the chain, a finer chain). Either way the U-Net then receives
+timesteps 0..T-1 its time embedding never saw in pretraining, and the LoRA adapters must make up for it.
+
+Module layout: `StableDiffusionFamily`, `training_scheduler` and `set_resolution` live in
+`models.sd_family` (so `models.tiny_base` can pretrain with the family without importing this module)
+and are re-exported here.
 
 Only the LoRA weights are saved (diffusers LoRA format, safetensors); `load_pipeline(dir)` loads them
 onto a fresh base with `pipe.load_lora_weights`, and any diffusers scheduler swaps in by `from_config`.
@@ -27,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +40,12 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
+from data.io import atomic_dir
 from models.errors import ConfigError
-from models.family import DiffusionFamily
 from models.schedulers import make_scheduler
+from models.sd_family import StableDiffusionFamily, set_resolution, training_scheduler
+from models.tiny_base import PRESETS as TINY
+from models.tiny_base import ensure_tiny_base
 
 NANO_ID = "bguisard/stable-diffusion-nano-2-1"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -68,10 +76,9 @@ class LoRAConfig:
     rank: int = 4  # the study's grid: 2, 4, 8; alpha = rank
     num_train_timesteps: int = 1000
     prediction_type: str | None = None  # None: the base scheduler's (what the base was trained for)
+    beta_rescale: bool = False  # True: the base's betas scaled by T_base/T (a finer chain, not the study's longer one)
 
     def __post_init__(self) -> None:
-        from models.tiny_base import PRESETS as TINY
-
         if self.rank < 1:
             raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
         if self.num_train_timesteps < 2:
@@ -146,9 +153,6 @@ def count_sd2_parameters(rank: int) -> tuple[int, int]:
 def load_base(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
     """(the base pipeline in fp32 on CPU, a one-line description of which base it is)."""
     if config.pretrained is None:
-        from models.tiny_base import PRESETS as TINY
-        from models.tiny_base import ensure_tiny_base
-
         path, description = ensure_tiny_base(TINY[config.tiny_base])
         return load_pipeline_folder(path), description
     info = Path(config.pretrained) / "condface_base.json"  # a tiny base passed by path describes itself
@@ -176,120 +180,6 @@ def load_pipeline_folder(id_or_path: str | Path) -> StableDiffusionPipeline:
     return pipe
 
 
-def set_resolution(pipe: StableDiffusionPipeline, image_size: int) -> None:
-    """Make `image_size` the pipeline's default output size (Nano was fine-tuned at 128 px; the study samples 64).
-
-    The U-Net is convolutional: `sample_size` only sets the default height/width of `pipe(...)`.
-    """
-    factor = pipe.vae_scale_factor
-    if image_size % factor:
-        raise ConfigError(f"image_size {image_size} must be a multiple of the VAE's downsampling factor {factor}")
-    if pipe.unet.config.sample_size != image_size // factor:
-        pipe.unet.register_to_config(sample_size=image_size // factor)
-
-
-def training_scheduler(base_scheduler_config: Any, num_train_timesteps: int, prediction_type: str | None):
-    """DDPMScheduler with the base's betas and prediction type; betas rescaled by T_base/T for another T."""
-    cfg = dict(base_scheduler_config)
-    base_t = cfg.get("num_train_timesteps", 1000)
-    overrides: dict[str, Any] = {"num_train_timesteps": num_train_timesteps, "clip_sample": False}
-    if num_train_timesteps != base_t:
-        if cfg.get("trained_betas") is not None or cfg.get("beta_schedule") not in ("linear", "scaled_linear"):
-            raise ConfigError(
-                f"T={num_train_timesteps} differs from the base's T={base_t} and its schedule "
-                f"{cfg.get('beta_schedule')!r} cannot be rescaled; keep num_train_timesteps={base_t}"
-            )
-        scale = base_t / num_train_timesteps  # scales every (scaled-)linear beta by the same factor
-        overrides.update(beta_start=cfg.get("beta_start", 0.00085) * scale, beta_end=cfg.get("beta_end", 0.012) * scale)
-    if prediction_type is not None:
-        overrides["prediction_type"] = prediction_type
-    return DDPMScheduler.from_config(cfg, **overrides)
-
-
-class StableDiffusionFamily(DiffusionFamily):
-    """A Stable Diffusion pipeline as an engine family: x0 = VAE latents, cond = caption embeddings.
-
-    As is, the whole U-Net trains (how `models.tiny_base` pretrains its base); `SDLoRAFamily`
-    freezes it and trains adapters.
-    """
-
-    name = "sd"
-
-    def __init__(self, pipe: StableDiffusionPipeline, image_size: int, base_description: str,
-                 num_train_timesteps: int = 1000, prediction_type: str | None = None):
-        self.base = pipe
-        self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
-        self.module = pipe.unet
-        self.image_size = image_size
-        self.base_description = base_description
-        self.vae.requires_grad_(False).eval()
-        self.text_encoder.requires_grad_(False).eval()
-        self.noise_scheduler = training_scheduler(pipe.scheduler.config, num_train_timesteps, prediction_type)
-        set_resolution(pipe, image_size)
-
-    def to(self, device: str | torch.device) -> StableDiffusionFamily:
-        for net in (self.module, self.vae, self.text_encoder):
-            net.to(device)
-        return self
-
-    @torch.no_grad()
-    def encode_captions(self, captions: list[str]) -> torch.Tensor:
-        """Caption embeddings exactly as StableDiffusionPipeline.encode_prompt computes them (no clip skip)."""
-        ids = self.tokenizer(
-            list(captions), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        )
-        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
-            else None
-        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents (a sample of the VAE posterior, as SD training does)."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist.sample(generator=generator)
-        return latents * self.vae.config.scaling_factor
-
-    def training_inputs(
-        self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        images = batch["image"]
-        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
-            raise ConfigError(
-                f"the data has {tuple(images.shape[-2:])} images but this sd-lora base is set up for "
-                f"{self.image_size}px; use data of that size (e.g. --data toy at {self.image_size}px)"
-            )
-        captions = ["" if drop else str(c) for c, drop in zip(batch["caption"], uncond.tolist())]
-        return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(captions)}
-
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
-        return self.module(noisy, timesteps, encoder_hidden_states=cond["encoder_hidden_states"]).sample
-
-    def pipeline(self, sampler: str = "ddpm") -> StableDiffusionPipeline:
-        """The standard StableDiffusionPipeline over this family's networks with sampler `sampler`."""
-        pipe = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.module,
-            scheduler=make_scheduler(sampler, self.noise_scheduler, space="latent"), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        _atomic_dir(directory, lambda tmp: self.pipeline().save_pretrained(tmp))
-
-    def parameter_counts(self) -> dict[str, int]:
-        nets = (self.module, self.vae, self.text_encoder)
-        return {
-            "total": sum(p.numel() for net in nets for p in net.parameters()),
-            "trainable": sum(p.numel() for p in self.trainable_parameters().values()),
-            "unet": sum(p.numel() for n, p in self.module.named_parameters() if "lora_" not in n),
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "image_size": self.image_size, "base": self.base_description}
-
-
 class SDLoRAFamily(StableDiffusionFamily):
     """The base frozen, LoRA (rank r, alpha r) on every U-Net attention projection; only LoRA trains."""
 
@@ -298,7 +188,8 @@ class SDLoRAFamily(StableDiffusionFamily):
     def __init__(self, config: LoRAConfig, base: tuple[StableDiffusionPipeline, str] | None = None,
                  verbose: bool = True):
         pipe, description = base if base is not None else load_base(config)
-        super().__init__(pipe, config.image_size, description, config.num_train_timesteps, config.prediction_type)
+        super().__init__(pipe, config.image_size, description, config.num_train_timesteps, config.prediction_type,
+                         config.beta_rescale)
         self.config = config
         add_lora(self.module, config.rank, config.alpha)
         if verbose:
@@ -325,19 +216,19 @@ class SDLoRAFamily(StableDiffusionFamily):
         info = {"lora_config": dataclasses.asdict(self.config), "base_description": self.base_description,
                 "scheduler": dict(self.noise_scheduler.config)}
 
-        def write(tmp: Path) -> None:
+        with atomic_dir(directory) as tmp:
             StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=self.lora_state_dict(),
                                                       safe_serialization=True)
             (tmp / LORA_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-
-        _atomic_dir(directory, write)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **{f"lora_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
 
 
-def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm") -> StableDiffusionPipeline:
-    """A fresh base with the saved LoRA weights loaded (`load_lora_weights`) and sampler `sampler`."""
+def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: str = "fixed_small"
+                  ) -> StableDiffusionPipeline:
+    """A fresh base with the saved LoRA weights loaded (`load_lora_weights`) and sampler `sampler`, built
+    from the training schedule saved with the weights (so the betas are those the adapters trained with)."""
     lora_dir = Path(lora_dir)
     info_path = lora_dir / LORA_INFO_FILE
     if not info_path.is_file():
@@ -347,29 +238,13 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm") -> StableDiffusio
     pipe, _ = load_base(config)
     set_resolution(pipe, config.image_size)
     pipe.load_lora_weights(lora_dir)
-    base_sched = training_scheduler(pipe.scheduler.config, config.num_train_timesteps, config.prediction_type)
-    pipe.scheduler = make_scheduler(sampler, base_sched, space="latent")
+    if info.get("scheduler"):
+        base_sched = DDPMScheduler.from_config(info["scheduler"])
+    else:
+        base_sched = training_scheduler(pipe.scheduler.config, config.num_train_timesteps, config.prediction_type,
+                                        config.beta_rescale)
+    pipe.scheduler = make_scheduler(sampler, base_sched, space="latent", ddpm_variance=ddpm_variance)
     return pipe
-
-
-def _atomic_dir(directory: str | Path, write) -> None:
-    """Write a folder via `write(tmp)` into a temporary sibling, then rename it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -391,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"({100 * lora / unet:.3f}%)")
         for name, cfg in PRESETS.items():
             base = cfg.pretrained or f"tiny offline base '{cfg.tiny_base}' (models.tiny_base)"
-            print(f"{name:9s} {cfg.image_size:3d}px rank={cfg.rank} T={cfg.num_train_timesteps} base={base}")
+            print(f"{name:9s} {cfg.image_size:3d}px rank={cfg.rank} T={cfg.num_train_timesteps} "
+                  f"beta_rescale={cfg.beta_rescale} base={base}")
         print(REAL_BASE_HINT)
     except ConfigError as err:
         sys.exit(f"error: {err}")

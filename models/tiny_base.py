@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from data.io import atomic_dir, file_lock
+from models.sd_family import StableDiffusionFamily
 
 BASE_INFO_FILE = "condface_base.json"
 
@@ -246,8 +248,6 @@ def build_tiny_base(config: TinyBaseConfig, dataset, out: str | Path) -> Path:
     """Build, pretrain and save the tiny base as a StableDiffusionPipeline folder at `out` (atomically)."""
     from diffusers import StableDiffusionPipeline
 
-    from models.sd_lora import StableDiffusionFamily
-
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     if hasattr(dataset, "cache"):  # a FaceDataset: read the labels without decoding images
@@ -278,15 +278,9 @@ def build_tiny_base(config: TinyBaseConfig, dataset, out: str | Path) -> Path:
             "pretrain_seconds": round(seconds, 1), "train_images": len(dataset),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp)
         (tmp / BASE_INFO_FILE).write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"tiny base: pretrained in {seconds:.0f}s, saved to {out}", flush=True)
     return out
 
@@ -296,12 +290,9 @@ def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dat
 
     dataset: what to pretrain on; default the embedded synthetic faces' training split at the base's size.
     """
-    from filelock import FileLock
-
     path = tiny_base_dir(config, root)
     if not (path / BASE_INFO_FILE).is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.parent / f".{path.name}.lock")):
+        with file_lock(path.parent / f".{path.name}.lock", f"tiny base: waiting for another process building {path}"):
             if not (path / BASE_INFO_FILE).is_file():
                 if dataset is None:
                     from data.dataset import FaceDataset, resolve_data

@@ -11,9 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from data.errors import DataError  # noqa: E402
+from data.io import atomic_write_text  # noqa: E402
 from models.errors import ConfigError  # noqa: E402
 from models.families import FAMILIES, build_family, family_config, family_spec  # noqa: E402
-from models.schedulers import SAMPLERS  # noqa: E402
+from models.schedulers import DDPM_VARIANCES, SAMPLERS  # noqa: E402
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The study: batch 32, lr 1e-4, 5 epochs per grid trial.
@@ -47,7 +46,8 @@ class RunConfig:
     augment: str = "none"
     sampler: str = "ddpm"
     guidance_scale: float = 3.0
-    sample_steps: int = 50
+    sample_steps: int = 50  # 0: the full chain (T steps)
+    ddpm_variance: str = "fixed_small"  # the DDPM sampler's sigma_t^2: fixed_small (beta-tilde) or fixed_large (beta)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p-uncond", type=float, help="probability of the empty condition (CFG), default 0.1")
     p.add_argument("--timesteps", type=int, help="diffusion steps T (study: 1000 or 10000)")
     p.add_argument("--beta-schedule", choices=["linear", "cosine"], help="noise schedule")
+    p.add_argument("--beta-rescale", action="store_true",
+                   help="scale the linear betas by 1000/T (a finer chain; default: the study's betas for every T)")
     p.add_argument("--channels", help="channels per level, comma separated, e.g. 128,256,512,512")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap optimizer steps per epoch")
     p.add_argument("--time-budget", type=float, help="end each epoch after this many seconds")
@@ -82,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--sampler", default="ddpm", choices=sorted(SAMPLERS), help="sampler for the sample grid")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale for the sample grid")
-    p.add_argument("--sample-steps", type=int, default=50, help="sampling steps for the sample grid")
+    p.add_argument("--sample-steps", type=int, default=50, help="sampling steps for the sample grid (0: T steps)")
+    p.add_argument("--ddpm-variance", default="fixed_small", choices=list(DDPM_VARIANCES),
+                   help="DDPM sampler variance: fixed_small (beta-tilde) or fixed_large (beta_t, the study)")
     return p.parse_args(argv)
 
 
@@ -97,6 +101,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["num_train_timesteps"] = args.timesteps
     if args.beta_schedule is not None:
         overrides["beta_schedule"] = args.beta_schedule
+    if args.beta_rescale:
+        overrides["beta_rescale"] = True
     if args.channels is not None:
         try:
             overrides["block_out_channels"] = tuple(int(c) for c in args.channels.split(","))
@@ -115,11 +121,12 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             train_fields[field] = getattr(args, flag)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.sample_steps < 1:
-        raise ConfigError(f"--sample-steps must be >= 1, got {args.sample_steps}")
+    if args.sample_steps < 0:
+        raise ConfigError(f"--sample-steps must be >= 1, or 0 for the full chain; got {args.sample_steps}")
     return RunConfig(model=args.model, preset=args.preset, family=family_cfg, train=TrainConfig(**train_fields),
                      data=args.data, limit=args.limit, augment=args.augment, sampler=args.sampler,
-                     guidance_scale=args.guidance_scale, sample_steps=args.sample_steps)
+                     guidance_scale=args.guidance_scale, sample_steps=args.sample_steps,
+                     ddpm_variance=args.ddpm_variance)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -133,9 +140,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(payload), indent=2))
 
 
 def run(cfg: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
@@ -162,16 +167,13 @@ def run(cfg: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     result = fit(family, cfg.train, train_set, checkpoint_dir=out / "checkpoints", resume=resume,
                  val_dataset=val_set)
 
-    tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out))
-    family.save_pretrained(tmp)
-    if (out / "pipeline").exists():
-        shutil.rmtree(out / "pipeline")
-    os.replace(tmp, out / "pipeline")
-    grid = attribute_grid(family, cfg.guidance_scale, cfg.sample_steps, seed=cfg.train.seed, scheduler=cfg.sampler)
+    family.save_pretrained(out / "pipeline")  # every family writes it whole or not at all
+    grid = attribute_grid(family, cfg.guidance_scale, cfg.sample_steps, seed=cfg.train.seed, scheduler=cfg.sampler,
+                          ddpm_variance=cfg.ddpm_variance)
     save_png(grid, out / "samples.png")
     summary = {"config": cfg, "parameters": counts, "epochs_completed": result.epochs_completed,
                "steps": result.step, "ema_weights": result.ema_applied, "history": result.history,
-               "describe": family.describe()}
+               "step_losses": result.step_losses, "describe": family.describe()}
     _write_json(out / "run.json", summary)
     weights = "EMA" if result.ema_applied else "raw"
     print(f"wrote {out / 'pipeline'} ({weights} weights), {out / 'samples.png'}, {out / 'run.json'}", flush=True)

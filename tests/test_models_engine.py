@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from models.engine import TrainConfig, fit
-from models.errors import ConfigError
+from models.errors import ConfigError, DivergedError
 from models.objective import heldout_loss, min_snr_weights, training_loss
 from models.schedulers import training_scheduler
 from tests.models_helpers import MICRO, RandomFaces, flat_params, micro_family
@@ -26,13 +27,26 @@ def test_min_snr_weights_match_the_formula(prediction_type, T):
     ac = sched.alphas_cumprod[t].double()
     snr = ac / (1 - ac)
     gamma = 5.0
-    expected = torch.minimum(snr, torch.tensor(gamma)) / (snr if prediction_type == "epsilon" else snr + 1)
+    if prediction_type == "epsilon":  # min(SNR, g)/SNR, written min(g/SNR, 1): at T = 10,000 SNR(T-1) is 0
+        expected = torch.clamp(gamma / snr, max=1.0)
+    else:
+        expected = torch.minimum(snr, torch.tensor(gamma)) / (snr + 1)
     got = min_snr_weights(sched, t, gamma, prediction_type)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-7)
     # low noise (huge SNR) is down-weighted; where SNR < gamma the epsilon weight is exactly 1
     assert got[0] < 0.01
     if prediction_type == "epsilon":
         assert got[-1] == pytest.approx(1.0)
+
+
+def test_min_snr_epsilon_weight_is_one_where_alpha_bar_underflows():
+    """T = 10,000 with the study's betas: alpha_bar (so the SNR) is 0 in float32 near the end of the chain;
+    min(SNR, g)/SNR -> 1 there, not NaN."""
+    sched = training_scheduler(10_000)
+    t = torch.tensor([9_990, 9_999])
+    weights = min_snr_weights(sched, t, 5.0, "epsilon")
+    assert torch.equal(weights, torch.ones(2))
+    assert torch.isfinite(min_snr_weights(sched, t, 5.0, "v_prediction")).all()
 
 
 def test_min_snr_weighting_changes_the_loss_by_those_weights():
@@ -120,7 +134,7 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(tmp_path, 1, {"w": {"a": torch.zeros(2)}}, {"state": Unpicklable()})
     assert latest_checkpoint(tmp_path) == good
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     assert torch.equal(load_checkpoint(good)["w"]["a"], torch.ones(2))
 
 
@@ -178,3 +192,65 @@ def test_bad_settings_raise_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:  # at construction, or at fit for data-size checks
         fit(micro_family(), dataclasses.replace(QUIET, **overrides), RandomFaces(16))
     assert "\n" not in str(err.value)
+
+
+class PoisonedFaces(RandomFaces):
+    """RandomFaces whose images turn NaN from epoch `poison_epoch` on (fit calls set_epoch before each epoch)."""
+
+    def __init__(self, n: int, poison_epoch: int):
+        super().__init__(n)
+        self.poison_epoch, self.epoch = poison_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        if self.epoch >= self.poison_epoch:
+            item["image"] = torch.full_like(item["image"], float("nan"))
+        return item
+
+
+def test_a_diverged_run_stops_with_one_line_and_no_checkpoint_for_that_epoch(tmp_path):
+    seen = []
+    cfg = dataclasses.replace(QUIET, epochs=3)  # 32 items / batch 8: 4 steps per epoch
+    with pytest.raises(DivergedError) as err:
+        fit(micro_family(), cfg, PoisonedFaces(32, poison_epoch=1), checkpoint_dir=tmp_path,
+            on_epoch=lambda r: seen.append(r.epoch))
+    message = str(err.value)
+    assert "\n" not in message and "nan" in message and "epoch 2" in message and "step 5" in message
+    assert "lower the learning rate" in message and "grad_clip" in message
+    assert (err.value.epoch, err.value.step) == (1, 5)
+    assert isinstance(err.value, ConfigError)  # reported like every other settings error
+    assert seen == [0]  # on_epoch ran for the good epoch only
+    assert latest_checkpoint(tmp_path).name == "epoch-0000"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0000", "latest"]
+    again = pickle.loads(pickle.dumps(err.value))  # Ray ships a failed trial's exception to the driver
+    assert type(again) is DivergedError and str(again) == message
+
+
+def test_an_absurd_learning_rate_diverges():
+    cfg = dataclasses.replace(QUIET, lr=1e6, grad_clip=None, ema=False)
+    with pytest.raises(DivergedError, match=r"epoch 1 by optimizer step \d+; lower the learning rate \(lr=1e\+06\) "
+                                            r"or enable gradient clipping"):
+        fit(micro_family(), cfg, RandomFaces(32))
+
+
+def test_step_losses_are_window_means_over_loss_every_steps():
+    reports = []
+    cfg = dataclasses.replace(QUIET, epochs=2, loss_every=3)  # 64 items / batch 8: 8 steps per epoch
+    result = fit(micro_family(), cfg, RandomFaces(64), on_epoch=reports.append)
+    # windows end at multiples of 3 over the run and at each epoch's end
+    assert [s for s, _ in reports[0].step_losses] == [3, 6, 8]
+    assert [s for s, _ in reports[1].step_losses] == [9, 12, 15, 16]
+    assert result.step_losses == reports[0].step_losses + reports[1].step_losses
+    for report, first in zip(reports, (0, 8)):  # the windows' step-weighted mean is the epoch's loss
+        ends = [s for s, _ in report.step_losses]
+        sizes = [b - a for a, b in zip([first, *ends[:-1]], ends)]
+        mean = sum(n * v for n, (_, v) in zip(sizes, report.step_losses)) / sum(sizes)
+        assert mean == pytest.approx(report.train_loss, rel=1e-5)
+    assert all(isinstance(v, float) and v > 0 for _, v in result.step_losses)
+    off = fit(micro_family(), dataclasses.replace(QUIET, loss_every=0, max_steps_per_epoch=2), RandomFaces(32))
+    assert off.step_losses == []
+    with pytest.raises(ConfigError, match="loss_every"):
+        dataclasses.replace(QUIET, loss_every=-1)

@@ -137,21 +137,153 @@ def test_dpm_solver_thresholding_clips_the_predicted_clean_image():
         assert (prev.abs().max() <= 1.0) == bounded
 
 
-def test_large_T_keeps_the_noise_level_at_the_same_fraction_of_the_chain():
-    short, long = training_scheduler(1000), training_scheduler(10_000)
-    assert long.betas[0] == pytest.approx(1e-5) and long.betas[-1] == pytest.approx(0.002)
+def test_T_10000_is_a_longer_chain_with_the_study_betas_by_default():
+    """diffusers' DDPMScheduler(num_train_timesteps=10000): betas = linspace(1e-4, 0.02, 10000), not rescaled."""
+    family = micro_family(config=dataclasses.replace(MICRO, num_train_timesteps=10_000))
+    torch.testing.assert_close(family.noise_scheduler.betas, torch.linspace(1e-4, 0.02, 10_000), rtol=0, atol=0)
+    short = training_scheduler(1000)
+    assert family.noise_scheduler.alphas_cumprod[-1] < 1e-30 < short.alphas_cumprod[-1]  # q(x_T) nearer N(0, I)
+    described = family.describe()
+    assert described["beta_rescale"] is False and described["ddpm_beta_rescale"] is False
+    assert described["beta_start"] == pytest.approx(1e-4) and described["beta_end"] == pytest.approx(0.02)
+
+
+def test_beta_rescale_keeps_the_noise_level_at_the_same_fraction_of_the_chain():
+    family = micro_family(config=dataclasses.replace(MICRO, num_train_timesteps=10_000, beta_rescale=True))
+    short, long = training_scheduler(1000), family.noise_scheduler
+    torch.testing.assert_close(long.betas, torch.linspace(1e-5, 0.002, 10_000))
     for frac in (0.1, 0.25, 0.5, 0.75, 0.99):
         a = short.alphas_cumprod[int(frac * 1000)]
         b = long.alphas_cumprod[int(frac * 10_000)]
         assert abs(a - b) < 0.01
+    assert family.describe()["beta_rescale"] is True and family.describe()["beta_start"] == pytest.approx(1e-5)
+    assert torch.equal(training_scheduler(1000, beta_rescale=True).betas, short.betas)  # T = 1000: nothing to do
     cosine = training_scheduler(10_000, "cosine")
     assert cosine.config.beta_schedule == "squaredcos_cap_v2"
+    assert torch.equal(training_scheduler(10_000, "cosine", beta_rescale=True).betas, cosine.betas)
+
+
+@pytest.mark.parametrize("beta_rescale", [False, True])
+def test_save_pretrained_round_trips_the_config_and_the_schedule(tmp_path, beta_rescale):
+    from models.ddpm import DDPMFamily, load_ddpm_config
+
+    config = dataclasses.replace(MICRO, num_train_timesteps=10_000, beta_rescale=beta_rescale)
+    family = micro_family(config=config)
+    family.save_pretrained(tmp_path / "pipe")
+    assert load_ddpm_config(tmp_path / "pipe") == config
+    again = DDPMFamily.from_pretrained(tmp_path / "pipe")
+    assert again.config == config and torch.equal(again.noise_scheduler.betas, family.noise_scheduler.betas)
+    loaded = AttributeDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert torch.equal(loaded.scheduler.betas, family.noise_scheduler.betas)
+    with pytest.raises(ConfigError, match="no saved ddpm config"):
+        load_ddpm_config(tmp_path)
+
+
+def test_ddpm_variance_fixed_large_is_beta_t_and_fixed_small_is_beta_tilde():
+    base = training_scheduler(1000)
+    large = make_scheduler("ddpm", base, ddpm_variance="fixed_large")
+    small = make_scheduler("ddpm", base)
+    assert large.config.variance_type == "fixed_large" and small.config.variance_type == "fixed_small"
+    for s in (large, small):
+        s.set_timesteps(1000)  # the full chain: the previous timestep of t is t - 1
+    ac = base.alphas_cumprod.double()
+    for t in (1, 10, 500, 999):
+        assert float(large._get_variance(t)) == pytest.approx(float(base.betas[t]), rel=1e-4)
+        beta_tilde = (1 - ac[t - 1]) / (1 - ac[t]) * base.betas[t].double()
+        assert float(small._get_variance(t)) == pytest.approx(float(beta_tilde), rel=1e-4)
+    with pytest.raises(ConfigError, match="unknown DDPM variance"):
+        make_scheduler("ddpm", base, ddpm_variance="learned")
+
+
+def test_full_chain_sampling_runs_T_steps_of_one_batched_forward_each():
+    from models.sampling import FULL_CHAIN, generate, inference_steps
+
+    family = micro_family(config=dataclasses.replace(MICRO, num_train_timesteps=20))
+    pipe = family.pipeline()
+    assert inference_steps(family, None) == inference_steps(pipe, FULL_CHAIN) == inference_steps(family.config, 0) == 20
+    assert inference_steps(pipe, 7) == 7
+    with pytest.raises(ConfigError, match="full chain"):
+        inference_steps(pipe, -1)
+    calls = []
+    hook = family.module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    levels = np.zeros((3, 5), dtype=np.int64)
+    try:
+        for steps in (None, FULL_CHAIN):
+            calls.clear()
+            images = generate(family, levels, None, 3.0, steps, seed=0, ddpm_variance="fixed_large")
+            assert images.shape == (3, 16, 16, 3)
+            assert calls == [6] * 20  # T forward passes, each covering both CFG halves of the 3 images
+        calls.clear()
+        generate(pipe, levels, None, 1.0, 5, seed=0, scheduler="ddim")
+        assert calls == [3] * 5
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_sampling_from_the_top_of_a_T_10000_chain_stays_finite(sampler):
+    """alpha_bar < 1e-38 for the last ~700 of 10,000 steps: flushed to 0 in float32 (as every entry point flushes
+    denormals), a DDPM step at t = 9999 would divide 0 by 0. The samplers keep alpha_bar in float64."""
+    torch.set_flush_denormal(True)
+    base = training_scheduler(10_000)
+    assert base.alphas_cumprod[-1] == 0  # the float32 training table: flushed
+    s = make_scheduler(sampler, base, ddpm_variance="fixed_large")
+    steps = 10_000 if sampler == "ddpm" else 20
+    s.set_timesteps(steps)
+    assert len(s.timesteps) == steps  # what inference_steps promises (DPM-Solver++ starts below lambda = -40)
+    x, g = torch.randn(2, 3, 4, 4), torch.Generator().manual_seed(0)
+    kwargs = {"generator": g} if sampler == "ddpm" else {}
+    for t in s.timesteps[:5]:
+        x = s.step(torch.randn(2, 3, 4, 4, generator=g), t, x, **kwargs).prev_sample
+        assert torch.isfinite(x).all()
+
+
+def test_a_pipeline_given_a_plain_T_10000_scheduler_samples_finite_images(pipe):
+    from diffusers import DDPMScheduler
+
+    original = pipe.scheduler
+    pipe.scheduler = DDPMScheduler.from_config(training_scheduler(10_000).config)  # float32 alpha_bar, 0 at the end
+    try:
+        images = pipe(np.zeros((1, 5), dtype=np.int64), num_inference_steps=3, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+    finally:
+        pipe.scheduler = original
+    assert np.isfinite(images).all()
+
+
+def test_from_pretrained_in_a_fresh_process_that_imports_only_the_pipeline_module(pipe, tmp_path):
+    """Also for folders saved when the U-Net class lived in models.ddpm (model_index.json names that module)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pipe.save_pretrained(tmp_path / "new")
+    index = json.loads((tmp_path / "new" / "model_index.json").read_text())
+    assert index["unet"] == ["models.unet_attribute", "AttributeUNet"]
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(tmp_path / "new", tmp_path / "legacy")
+    index["unet"] = ["models.ddpm", "AttributeUNet"]
+    (tmp_path / "legacy" / "model_index.json").write_text(json.dumps(index))
+    code = (
+        "import sys\n"
+        "from models.pipeline_ddpm import AttributeDiffusionPipeline\n"
+        "for folder in sys.argv[1:]:\n"
+        "    p = AttributeDiffusionPipeline.from_pretrained(folder)\n"
+        "    print(type(p.unet).__module__, type(p.unet).__name__)\n"
+        "print('models.ddpm' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new"), str(tmp_path / "legacy")], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["models.unet_attribute AttributeUNet"] * 2 + ["False"]
 
 
 def test_unet_is_adagn_with_attention_at_every_level_in_study_presets():
     cfg = PRESETS["study-small"]
     with torch.device("meta"):
-        from models.ddpm import AttributeUNet
+        from models.ddpm import AttributeUNet  # defined in models.unet_attribute, still importable from here
 
         net = AttributeUNet(**cfg.unet_kwargs())
     u = net.unet.config

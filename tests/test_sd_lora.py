@@ -164,12 +164,32 @@ def test_prediction_type_comes_from_the_base_scheduler_and_min_snr_uses_the_v_fo
         assert (eps_weights - weight(eps_fam, seed)).abs().min() < 1e-5
 
 
-def test_other_T_rescales_the_base_betas(base):
+def test_T_10000_keeps_the_base_betas_unscaled_by_default(base):
     fam_1k, fam_10k = family(base), family(base, num_train_timesteps=10_000)
+    s1, s10 = fam_1k.noise_scheduler, fam_10k.noise_scheduler
+    assert len(s10.betas) == 10_000 and s10.config.beta_schedule == s1.config.beta_schedule == "scaled_linear"
+    # the base's scaled-linear betas 0.00085..0.012, now over 10,000 steps: a longer chain
+    torch.testing.assert_close(s10.betas, torch.linspace(0.00085**0.5, 0.012**0.5, 10_000) ** 2)
+    assert float(s10.alphas_cumprod[-1]) < 1e-20 < float(s1.alphas_cumprod[-1])
+    assert fam_10k.describe()["beta_rescale"] is False and fam_10k.describe()["lora_beta_rescale"] is False
+
+
+def test_beta_rescale_scales_the_base_betas_for_another_T(base):
+    fam_1k, fam_10k = family(base), family(base, num_train_timesteps=10_000, beta_rescale=True)
     a1, a10 = fam_1k.noise_scheduler.alphas_cumprod, fam_10k.noise_scheduler.alphas_cumprod
-    assert len(a10) == 10_000
+    assert len(a10) == 10_000 and fam_10k.describe()["beta_rescale"] is True
+    assert float(fam_10k.noise_scheduler.betas[0]) == pytest.approx(0.000085, rel=1e-4)
     for frac in (0.1, 0.5, 0.9):  # same noise level at the same fraction of the chain
         assert abs(float(a1[int(frac * 1000)]) - float(a10[int(frac * 10_000)])) < 0.02
+
+
+def test_a_saved_lora_samples_with_the_schedule_it_trained_with(base, tmp_path):
+    for rescale in (False, True):
+        fam = family(base, num_train_timesteps=2000, beta_rescale=rescale)
+        fam.save_pretrained(tmp_path / str(rescale))
+        loaded = load_pipeline(tmp_path / str(rescale), sampler="ddpm", ddpm_variance="fixed_large")
+        torch.testing.assert_close(loaded.scheduler.betas, fam.noise_scheduler.betas)
+        assert loaded.scheduler.config.variance_type == "fixed_large"
 
 
 def test_stable_diffusion_2_unet_parameter_counts_match_the_study():
