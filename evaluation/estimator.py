@@ -27,12 +27,8 @@ Saved as a directory: `estimator.safetensors` + `config.json` (+ the training re
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ResNetConfig, ResNetModel
 
+from data.io import atomic_dir
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.errors import EvalError
 
@@ -148,7 +145,7 @@ class AttributeEstimator(nn.Module):
         return self(images_uint8.to(self.mean.device).float() / 255.0).argmax(-1)
 
     def write(self, directory: str | Path, extra: dict | None = None) -> None:
-        """Write weights + config into an existing directory (use `save` or `atomic_dir` for atomicity)."""
+        """Write weights + config into an existing directory (use `save` or data.io.atomic_dir for atomicity)."""
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, directory / WEIGHTS_NAME)
@@ -174,22 +171,6 @@ class AttributeEstimator(nn.Module):
         model = cls(EstimatorConfig.from_json(meta["config"]))
         model.load_state_dict(load_file(path / WEIGHTS_NAME))
         return model.to(device).eval()
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out`; on success it replaces `out`, on error it is removed."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _plain(value):

@@ -9,7 +9,6 @@ Imports point one way: this module uses both `evaluation.estimator` (the model a
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from data.cache import FaceCache
 from data.dataset import resolve_data
+from data.io import file_lock
 from evaluation.config import condface_home
 from evaluation.estimator import WEIGHTS_NAME, EstimatorConfig, estimator_preset
 from evaluation.train_estimator import train_estimator
@@ -43,9 +43,8 @@ def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small"
     out = estimator_cache_dir(cache_root, config)
     if (out / WEIGHTS_NAME).is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(out.parent / f".{out.name}.lock",
+                   wait_message=f"waiting for another process to finish training the estimator {out} ..."):
         if not (out / WEIGHTS_NAME).is_file():
             train_estimator(cache_root, config, out, progress=progress, device=device)
     return out

@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from data.cache import FaceCache
 from data.errors import DataError
+from data.io import atomic_write_text
 from evaluation.conditions import PairedSet, paired_conditions
 from evaluation.config import FID_SAMPLES, EvalConfig, eval_device
 from evaluation.errors import EvalError
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     print(format_rows(rows))
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(f".{out.name}.partial")
-        tmp.write_text(json.dumps({k: r.to_json() for k, r in rows.items()}, indent=2))
-        os.replace(tmp, out)
+        out = atomic_write_text(args.out, json.dumps({k: r.to_json() for k, r in rows.items()}, indent=2))
         print(f"wrote {out}")
 
 

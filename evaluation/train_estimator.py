@@ -27,6 +27,7 @@ from tqdm import tqdm
 from data.cache import FaceCache
 from data.dataset import FaceDataset, resolve_data
 from data.errors import DataError
+from data.io import atomic_dir
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.config import eval_device
 from evaluation.degrade import Degraded
@@ -35,7 +36,6 @@ from evaluation.estimator import (
     ESTIMATOR_PRESETS,
     AttributeEstimator,
     EstimatorConfig,
-    atomic_dir,
     build_estimator,
     estimator_preset,
 )
