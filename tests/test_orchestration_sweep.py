@@ -6,6 +6,7 @@ minutes on 2 cores; the record is checked through MlflowClient the way a user wo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -198,9 +199,9 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     import psutil
 
     parent = psutil.Process(proc.pid)
-    for child in parent.children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    parent.send_signal(signal.SIGKILL)
+    for p in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that ended on its own meanwhile
+            p.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
 
