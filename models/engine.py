@@ -36,6 +36,7 @@ from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoin
 from models.errors import ConfigError, DivergedError
 from models.family import DiffusionFamily
 from models.objective import heldout_loss, training_loss
+from models.runtime import resolve_device
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
 
@@ -161,7 +162,7 @@ def fit(
     At the end the family holds the EMA weights (when EMA is on), ready for sampling / save_pretrained.
     """
     cfg = config
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     amp = _autocast_dtype(cfg.mixed_precision, device)
     _seed_everything(cfg.seed)
     family.to(device)
@@ -324,15 +325,6 @@ def _validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
-    return device
 
 
 def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:

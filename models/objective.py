@@ -104,20 +104,49 @@ def training_loss(
 def heldout_loss(
     family: DiffusionFamily, batches: list[dict[str, Any]], autocast_dtype: torch.dtype | None = None
 ) -> float:
-    """Unweighted denoising loss on fixed items, fixed noise and fixed timestep *fractions* of T (conditional).
+    """Unweighted denoising loss on fixed items, fixed noise and fixed *noise levels* (conditional).
 
-    Cheap and deterministic, so it ranks short trials (whose samples are still near chance) and is
-    comparable across T, Min-SNR on/off and accumulation settings.
+    The noise levels are those of the family's schedule at T = 1000, drawn uniformly over that chain; a
+    model with another T is asked at its timesteps of the same alpha_bar. So the loss measures denoising
+    at the same noise levels whatever T is: with the study's unscaled betas a T = 10,000 chain is pure
+    noise after its first ~30% (alpha_bar < 1e-4), where predicting epsilon is trivial, and a loss over
+    uniform fractions of T would reward exactly that. Cheap and deterministic, so it ranks short trials
+    (whose samples are still near chance) across T, Min-SNR on/off and accumulation settings.
     """
-    num_t = family.noise_scheduler.config.num_train_timesteps
+    t_of_level = _matched_timesteps(family.noise_scheduler, bool(family.describe().get("beta_rescale", False)))
     total, count = 0.0, 0
     for batch in batches:
         n = len(batch["levels"]) if "levels" in batch else len(batch["image"])
         gens = sample_generators(HELDOUT_SEED, count, n)
         frac = torch.cat([torch.rand(1, generator=g) for g in gens])
-        t = (frac * num_t).long().clamp(max=num_t - 1)
+        t = t_of_level[(frac * len(t_of_level)).long().clamp(max=len(t_of_level) - 1)]
         x0, cond = family.training_inputs(batch, torch.zeros(n, dtype=torch.bool), torch.Generator().manual_seed(0))
         noise = draw_noise(gens, tuple(x0.shape[1:]), x0.device).to(x0.dtype)
         total += float(_per_sample_mse(family, x0, noise, t.to(x0.device), cond, autocast_dtype).sum())
         count += n
     return total / max(count, 1)
+
+
+REFERENCE_T = 1000
+
+
+def _matched_timesteps(scheduler: Any, rescaled: bool) -> torch.Tensor:
+    """For each timestep of the schedule at T = 1000, the timestep of `scheduler` with the nearest alpha_bar."""
+    from diffusers import DDPMScheduler
+
+    config = dict(scheduler.config)
+    num_t = config["num_train_timesteps"]
+    if num_t == REFERENCE_T:
+        return torch.arange(REFERENCE_T)
+    scale = num_t / REFERENCE_T if rescaled else 1.0  # undo a 1000/T beta rescaling for the reference chain
+    ref = DDPMScheduler.from_config({**config, "num_train_timesteps": REFERENCE_T,
+                                     "beta_start": config.get("beta_start", 1e-4) * scale,
+                                     "beta_end": config.get("beta_end", 0.02) * scale})
+    # log alpha_bar in float64: the study's T = 10,000 chain reaches alpha_bar ~ 1e-44
+    own = torch.cumsum(torch.log1p(-scheduler.betas.double()), 0)
+    target = torch.cumsum(torch.log1p(-ref.betas.double()), 0)
+    # own is decreasing; searchsorted needs increasing
+    idx = torch.searchsorted(-own, -target).clamp(max=num_t - 1)
+    prev = (idx - 1).clamp(min=0)
+    closer_prev = (own[prev] - target).abs() < (own[idx] - target).abs()
+    return torch.where(closer_prev, prev, idx)
