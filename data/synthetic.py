@@ -11,7 +11,7 @@ not depend on how many processes drew it.
 from __future__ import annotations
 
 import argparse
-import fcntl
+import io
 import multiprocessing as mp
 import os
 import sys
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.cache import SPLITS, CacheWriter, FaceCache
 from data.errors import DataError
+from data.io import atomic_write_bytes, file_lock
 from data.schema import ATTRIBUTES, NUM_ATTRIBUTES, NUM_LEVELS, check_levels
 from data.synthetic_captions import LEVEL_LABELS
 from data.synthetic_draw import draw_range, face_rng, render_face, sample_look
@@ -167,12 +168,7 @@ def toy_cache(size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: i
     if _is_complete(path):
         return path
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / f".{name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process drawing {path} ...", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(base / f".{name}.lock", wait_message=f"waiting for another process drawing {path} ..."):
         if _is_complete(path):
             return path
         try:
@@ -228,12 +224,9 @@ def save_grid(path: str | Path, size: int = 64, seed: int = 0, tile: int | None 
             canvas.paste(face, (x, y))
             draw.text((x + tile // 2, y + tile + below // 2), LEVEL_LABELS[attr][lv], fill=(60, 60, 60),
                       font=small, anchor="mm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _summary(path: Path, seconds: float | None) -> str:

@@ -9,7 +9,6 @@ a joint sweep also plots both families' curves on the same axes on the parent ru
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from orchestration.config import FID_STAND_IN, SweepConfig
@@ -66,12 +65,21 @@ def plot_pareto(curves: dict[str, list[dict]], title: str, path: Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title + "  (labels: guidance scale)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure as a PNG, written atomically (data.io), then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from data.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:

@@ -9,10 +9,9 @@ run `<family>: samplers` in MLflow (one step per setting, with sampler/steps/NFE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from orchestration.cfg_sweep import ACCURACY, BALANCED, quality_metric
+from orchestration.cfg_sweep import ACCURACY, BALANCED, quality_metric, save_figure
 from orchestration.config import FULL_CHAIN, SweepConfig
 from orchestration.evaluate import run_remote
 from orchestration.tracking import TAG_PREFIX, Tracker
@@ -52,12 +51,7 @@ def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Pat
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:

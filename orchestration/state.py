@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.io import atomic_write_text
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
 
@@ -120,9 +120,7 @@ class SweepState:
             "parent_run_id": self.parent_run_id,
             "phases": self.phases,
         }
-        tmp = self.root / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.root / STATE_FILE)
+        atomic_write_text(self.root / STATE_FILE, json.dumps(data, indent=2))
 
     def dir(self, name: str) -> Path:
         path = self.root / name

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import time
 import urllib.parse
@@ -399,18 +398,6 @@ def _error_line(trial) -> str:
     except OSError:
         pass
     return msg or "trial failed (see the Ray storage path for its error file)"
-
-
-def copy_tree(src: str | Path, dst: str | Path) -> Path:
-    """Copy a directory to `dst` atomically (temp + rename); replaces an older copy."""
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-    return dst
 
 
 def numeric_items(d: dict[str, Any]) -> Iterable[tuple[str, float]]:
