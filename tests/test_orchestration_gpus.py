@@ -1,0 +1,81 @@
+"""What each piece of work asks Ray for on a GPU cluster and on two nodes, without a GPU: Ray advertises GPUs
+it does not have (num_gpus=), and ray.cluster_utils.Cluster starts two real nodes on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from orchestration.config import resolve
+from orchestration.errors import SweepError
+from tests.test_orchestration_sweep import children, client_for, smoke
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("condface-home")
+    old = os.environ.get("CONDFACE_HOME")
+    os.environ["CONDFACE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CONDFACE_HOME", None)
+    else:
+        os.environ["CONDFACE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def data(home, tmp_path_factory):
+    from data.synthetic import toy_cache
+
+    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
+                         progress=False))
+
+
+def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, data):
+    import ray
+
+    from orchestration.driver import run_sweep
+    from orchestration.resources import plan_resources
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = smoke(tmp_path, data)
+        plan = plan_resources(cfg)
+        # the lone work (final run, references, final evaluation, CFG sweep) asks for a GPU, not every CPU
+        assert plan.grid == {"cpu": 1.0, "gpu": 1.0} and plan.lone == {"cpu": 1.0, "gpu": 1.0}
+        with pytest.raises(SweepError, match="trials would wait forever"):
+            plan_resources(dataclasses.replace(cfg, gpus_per_eval_actor=0.5))  # 0.5 + a 1-GPU trial > 1 GPU
+        out = run_sweep(cfg, dashboard=False)
+    finally:
+        ray.shutdown()
+    client = client_for(cfg.tracking_uri)
+    trained = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] in ("grid", "final")]
+    assert len(trained) == 3
+    for run in trained:  # each trial and the final run held the (advertised) GPU Ray gave it
+        assert json.loads(run.data.tags["condface.resources"]).get("GPU") == 1.0, run.data.tags
+        assert run.data.tags["condface.gpu_ids"] != ""
+
+
+def test_the_plan_is_checked_against_two_real_nodes(data):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestration.resources import plan_resources
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        cfg = resolve("smoke", data=data)
+        plan = plan_resources(cfg)
+        assert len(plan.nodes) == 2
+        assert plan.lone == {"cpu": 2.0, "gpu": 0.0}  # one node's CPUs: the cluster's 4 would never be scheduled
+        with pytest.raises(SweepError, match="no node has that much"):
+            plan_resources(dataclasses.replace(cfg, cpus_per_trial=3.0))  # 3 CPUs exist only across nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
