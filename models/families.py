@@ -62,12 +62,16 @@ def family_config(model: str, preset: str, **overrides: Any) -> Any:
         raise ConfigError(f"bad {model} setting: {err}") from err
 
 
-def build_family(model: str, config: Any, seed: int = 0) -> DiffusionFamily:
-    """A fresh family whose weight initialisation is seeded (the global RNG is left untouched)."""
+def build_family(model: str, config: Any, seed: int = 0, verbose: bool = True) -> DiffusionFamily:
+    """A fresh family whose weight initialisation is seeded (the global RNG is left untouched).
+    verbose=False: families that describe themselves on construction (sd-lora: its base) stay quiet."""
+    import inspect
+
     spec = family_spec(model)
+    quiet = {} if verbose or "verbose" not in inspect.signature(spec.build).parameters else {"verbose": False}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return spec.build(config)
+        return spec.build(config, **quiet)
 
 
 def load_pipeline(model: str, path: str | Path) -> DiffusionPipeline:

@@ -25,6 +25,8 @@ from orchestration.grid import TrialSpec, trial_label
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+STEP_LOSSES = "step_losses"  # result key: [[global optimizer step, window mean loss], ...] of the epoch
+
 
 @dataclass(frozen=True)
 class TrialContext:
@@ -109,7 +111,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = ctx.sweep
     configure_torch(ctx.threads or cfg.threads_per_trial)
     spec = trial_spec(config, ctx)
-    family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed)
+    # quiet: the driver already said which base a sd-lora sweep adapts, once (and tags every run with it)
+    family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed, verbose=False)
     train_set = FaceDataset(ctx.data_root, "train", augment=spec.augment, limit=ctx.epoch_images)
     val_set = FaceDataset(ctx.data_root, "val")
     conditions = paired_conditions(ctx.data_root, cfg.eval_samples, split="val", seed=cfg.seed)
@@ -141,6 +144,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         shutil.copytree(report.checkpoint, stage / "engine", copy_function=_link_or_copy)
         metrics: dict[str, Any] = {**report.metrics(), "epoch": epoch, "sample_seconds": sampled,
                                    "eval_seconds": time.perf_counter() - started}
+        # (global optimizer step, mean loss of its loss_every window): the driver logs them as train_loss_step
+        metrics[STEP_LOSSES] = [[int(s), float(v)] for s, v in report.step_losses]
         if result is not None:
             metrics.update(result.values)
             metrics.update(result.counts)  # sample counts, e.g. fd_estimator_n: recorded with every value
