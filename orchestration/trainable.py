@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -110,6 +111,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     cfg = ctx.sweep
     configure_torch(ctx.threads or cfg.threads_per_trial)
+    # Ray Train logs "Checkpoint successfully created at ..." per report; the driver prints one line per epoch
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     spec = trial_spec(config, ctx)
     # quiet: the driver already said which base a sd-lora sweep adapts, once (and tags every run with it)
     family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed, verbose=False)
