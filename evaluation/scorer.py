@@ -125,7 +125,7 @@ class Scorer:
         Works through the set in chunks of `config.batch_size`; returns a mergeable partial state.
         """
         fake = _as_nchw_uint8(images, "generated images")
-        levels = torch.as_tensor(np.asarray(levels), dtype=torch.int64)
+        levels = torch.as_tensor(np.array(levels, dtype=np.int64))  # a copy: Ray hands actors read-only arrays
         check_levels(levels)
         n = len(fake)
         if levels.shape != (n, len(ATTRIBUTES)):

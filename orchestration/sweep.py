@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr", type=_float(1e-12), help="learning rate of every grid trial (Optuna samples lr from the preset's "
                                        "lr_range instead)")
     a("--batch-size", type=_int(1), help="micro-batch size (study: 32)")
+    a("--epoch-images", type=_int(1), help="a grid epoch is a pass over the first N training images (study: all)")
+    a("--final-epoch-images", type=_int(1), help="the same for the final run's epochs (study: all)")
     a("--guidance-scale", type=_float(0), help="classifier-free guidance scale for per-epoch samples and the final "
                                                "run (Optuna samples it from guidance_range instead)")
     a("--sampler", choices=SAMPLERS, help="sampler of every generated set (study: ddpm; CPU presets: dpm++)")
@@ -190,7 +192,8 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "checkpoint_artifacts", "artifact_limit_mb", "max_failures", "seed", "fail_once_at_epoch",
               "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors",
               "sampler", "sampling_steps", "ddpm_variance", "beta_rescale", "augment", "augment_axis", "sampler_phase",
-              "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples")
+              "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples", "epoch_images",
+              "final_epoch_images")
 
 
 def explicit_settings(args: argparse.Namespace) -> set[str]:
