@@ -236,3 +236,49 @@ def test_resource_plan_fits_one_node():
         plan_resources(dataclasses.replace(STUDY, gpus_per_eval_actor=1.0, eval_actors=2), gpu_nodes)
     with pytest.raises(SweepError, match="no node has one"):
         plan_resources(dataclasses.replace(CPU_DEMO, gpus_per_eval_actor=0.5), two_cpu_nodes)
+
+
+def test_an_error_inside_a_ray_task_reaches_the_user_as_one_line(tmp_path):
+    """A bad --pretrained is found where the base is first loaded: inside a Ray task (the reference row)."""
+    from data.synthetic import toy_cache
+
+    data = toy_cache(size=16, n_train=32, n_val=16, n_test=8, root=tmp_path / "data", progress=False)
+    out = sweep("--preset", "smoke", "--model", "sd-lora", "--data", str(data), "--pretrained",
+                str(tmp_path / "no-such-base"), "--no-dashboard", "--storage-path", str(tmp_path / "results"),
+                "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "no-such-base" in lines[-1], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeypatch):
+    """A cached untrained row from another base or sampler is never reused; an identical one is."""
+    from types import SimpleNamespace
+
+    import orchestration.references as references
+    from orchestration import phases
+    from orchestration.tracking import Tracker
+
+    calls = []
+
+    def fake(cfg, data_root, eval_config, resources, rows):
+        calls.append((cfg.sampler, cfg.pretrained))
+        return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}
+
+    monkeypatch.setattr(references, "compute_references", fake)
+    monkeypatch.setattr(phases, "plan_resources", lambda cfg: SimpleNamespace(lone={"cpu": 1.0}))
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tracker = Tracker(uri, "keys")
+    parent = tracker.open_run("p", "p")
+    sweep = SimpleNamespace(tracker=tracker, parent=parent, data_root=str(tmp_path), cfg=resolve("smoke"),
+                            eval_config=SimpleNamespace(estimator="e", inception_weights=None, clip_model=None,
+                                                        mtcnn=False))
+    base = resolve("smoke", model="sd-lora")
+    tags = {"condface.family": "sd-lora"}
+    first = phases.family_reference(False, sweep, base, tags)
+    again = phases.family_reference(False, sweep, base, tags)
+    other_sampler = phases.family_reference(False, sweep, dataclasses.replace(base, sampler="ddim"), tags)
+    other_base = phases.family_reference(False, sweep, dataclasses.replace(base, pretrained=str(tmp_path)), tags)
+    assert first == again and len(calls) == 3  # identical: reused; another sampler or base: computed anew
+    assert len({first["est_acc"], other_sampler["est_acc"], other_base["est_acc"]}) == 3

@@ -66,12 +66,18 @@ def test_the_whole_study_in_one_sweep_killed_inside_phases_and_resumed(tmp_path,
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CONDFACE_HOME": str(home)}
     first = _run_until(args, env, tmp_path / "1.log", "ddpm/final:trained")  # the final run trained, not evaluated
     assert "40 trials" not in first and "4 trials (ddpm + sd-lora)" in first
+    # one line per trial epoch: the callback's, not also the engine's through Ray's log forwarding
+    assert len(re.findall(r"^grid:ga1-T1000-snroff-small epoch 1:", first, re.M)) == 1
+    assert not re.search(r"\(run_trial pid=\d+\).*epoch 1/1", first), "the engine's epoch line reached the driver"
     second = _run_until([*args, "--resume"], env, tmp_path / "2.log", "ddpm/cfg")  # killed during the CFG sweep
     assert "[ddpm/grid] done in an earlier run of this sweep: skipped" in second
     assert "[ddpm/final] cut short in an earlier run: continuing" in second
     assert not re.search(r"^grid:\S+ epoch", second, re.M), "a finished grid trial ran again"
     assert not re.search(r"^final:\S+ epoch", second, re.M), "the finished final training ran again"
     third = _run_until([*args, "--resume"], env, tmp_path / "3.log", "sd-lora/grid")
+    last_log = _run_until([*args, "--resume"], env, tmp_path / "3b.log", "sd-lora/final:registered")
+    # the sd-lora trials do not each repeat which base they adapt (the driver says it once)
+    assert len(re.findall(r"\(run_trial pid=\d+\) sd-lora: base", last_log)) == 0
     assert "[ddpm/final] done in an earlier run of this sweep: skipped" in third
     assert "[ddpm/cfg] cut short in an earlier run: continuing" in third
     last = _run_until([*args, "--resume", "--epochs", "3"], env, tmp_path / "4.log", None)
