@@ -44,6 +44,8 @@ def _cached_rows(sweep, key: str, name: str, params: dict[str, Any], tags: dict[
     tracker = sweep.tracker
     existing = tracker.find_run(key)
     if existing is not None and tracker.status(existing) == "FINISHED":
+        # the parent names the rows it uses (a reused run's parent is the sweep that computed it): for the report
+        tracker.set_tags(sweep.parent, {f"{TAG_PREFIX}reference_run.{tags[f'{TAG_PREFIX}family']}": existing})
         rows: dict[str, dict[str, float]] = {}
         for k, v in tracker.client.get_run(existing).data.metrics.items():
             row, _, metric = k.partition(".")
@@ -51,6 +53,7 @@ def _cached_rows(sweep, key: str, name: str, params: dict[str, Any], tags: dict[
         return rows
     run_id = tracker.open_run(key, name, sweep.parent, tags={**tags, f"{TAG_PREFIX}phase": "reference"},
                               params=params)
+    tracker.set_tags(sweep.parent, {f"{TAG_PREFIX}reference_run.{tags[f'{TAG_PREFIX}family']}": run_id})
     try:
         rows, unavailable = compute()
         for row, values in rows.items():
@@ -78,9 +81,13 @@ def _digest(obj: Any) -> str:
 
 
 def real_references(continuing: bool, sweep) -> dict[str, dict[str, float]]:
-    """Ground truth and real held-out rows: the same real images for every family."""
+    """Ground truth and real held-out rows: the same real images for every family. Also logs, once, the real
+    images of the per-epoch, final and attribute-grid conditions to the parent run (real/, for the report)."""
+    from orchestration.real_images import log_real_grids
     from orchestration.references import compute_references
 
+    cfg = sweep.cfg
+    log_real_grids(sweep.tracker, sweep.parent, sweep.data_root, cfg.eval_samples, cfg.final_samples, cfg.seed)
     depends = _eval_key(sweep)
     return _cached_rows(
         sweep, f"reference/real/{_digest(depends)}", f"reference: real images ({sweep.cfg.final_samples})",
@@ -171,7 +178,9 @@ def grid_phase(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, str]) 
     records = _records(results, cfg)
     ok = [r for r in results if r.error is None and r.metrics and _finite(r.metrics.get(metric))]
     if not ok:
-        raise SweepError(f"every {cfg.model} {cfg.search} trial failed: see the error files under {root / 'grid'}")
+        first = next((r["error"] for r in records if r["error"]), "no trial reported the selection metric")
+        raise SweepError(f"every {cfg.model} {cfg.search} trial failed (first: {first}): see the error files under "
+                         f"{root / 'grid'}")
     best = results.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
     best_spec = TrialSpec.from_params(best.config).resolved(cfg)
     label = trial_label(best_spec, cfg)
