@@ -65,7 +65,7 @@ def test_the_study_preset_runs_end_to_end_in_miniature(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     args = [sys.executable, "-m", "orchestration.sweep", "--preset", "study", "--data", str(cache),
             "--search", "optuna", "--num-samples", "1", "--epochs", "1", "--final-epochs", "1",
-            "--epoch-images", "128", "--final-epoch-images", "32", "--eval-samples", "2", "--final-samples", "4",
+            "--epoch-images", "128", "--final-epoch-images", "128", "--eval-samples", "2", "--final-samples", "4",
             "--cfg-samples", "2", "--cfg-scales", "3", "--sampling-steps", "2", "--no-dashboard",
             "--tracking-uri", uri, "--storage-path", str(tmp_path / "results")]
     run = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
