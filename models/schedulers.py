@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
+from models.attribute_pipeline import float64_alpha_bar  # defined with the self-contained pipeline code
 from models.errors import ConfigError
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
@@ -111,25 +111,4 @@ def make_scheduler(
     scheduler = float64_alpha_bar(SAMPLERS[name].from_config(config, **overrides))
     if name == "dpm++" and float(scheduler.lambda_t.min()) < DPM_LAMBDA_MIN:
         scheduler.register_to_config(timestep_spacing="linspace")  # exactly num_inference_steps after the clip
-    return scheduler
-
-
-def float64_alpha_bar(scheduler: SchedulerMixin) -> SchedulerMixin:
-    """Recompute a DDPM/DDIM/DPM-Solver scheduler's alpha_bar (and what DPM-Solver derives from it) in float64,
-    in place, so that alpha_bar ~1e-44 (T = 10,000, unscaled betas) is not flushed to 0. Idempotent; other
-    schedulers, and zero-terminal-SNR schedules (which end at exactly 0 by design), are returned unchanged."""
-    if not isinstance(scheduler, DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler):
-        return scheduler
-    if getattr(scheduler.config, "rescale_betas_zero_snr", False):
-        return scheduler
-    alpha_bar = scheduler.alphas_cumprod
-    if alpha_bar.dtype == torch.float64:
-        return scheduler
-    alpha_bar = torch.cumprod(1.0 - scheduler.betas.to(torch.float64), dim=0)
-    scheduler.alphas_cumprod = alpha_bar
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        scheduler.alpha_t = alpha_bar.sqrt()
-        scheduler.sigma_t = (1 - alpha_bar).sqrt()
-        scheduler.lambda_t = scheduler.alpha_t.log() - scheduler.sigma_t.log()
-        scheduler.sigmas = ((1 - alpha_bar) / alpha_bar) ** 0.5
     return scheduler

@@ -9,6 +9,10 @@ It lives here, below both `models.pipeline_ddpm` (which imports it so that
 `AttributeDiffusionPipeline.from_pretrained` finds the class in a fresh process) and `models.ddpm`
 (presets and the family adapter), so that imports point one way:
 unet_attribute <- pipeline_ddpm <- ddpm. `models.ddpm.AttributeUNet` still names it.
+
+Self-contained (torch and diffusers only): a saved pipeline folder carries this file as
+`unet/unet_attribute.py`, so that plain diffusers can load the folder with `trust_remote_code=True`
+in a process that has never imported this project (see `models.pipeline_ddpm`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from data.schema import COND_DIM
+COND_DIM = 30  # data.schema.COND_DIM (5 attributes x 6 levels), written out: this file is saved with the weights
 
 
 class AttributeUNet(ModelMixin, ConfigMixin):

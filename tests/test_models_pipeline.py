@@ -252,7 +252,9 @@ def test_a_pipeline_given_a_plain_T_10000_scheduler_samples_finite_images(pipe):
 
 
 def test_from_pretrained_in_a_fresh_process_that_imports_only_the_pipeline_module(pipe, tmp_path):
-    """Also for folders saved when the U-Net class lived in models.ddpm (model_index.json names that module)."""
+    """A folder carrying its own code (diffusers' custom-code layout) loads with the project's classes; so do
+    folders saved before it (model_index.json naming models.unet_attribute) and when the U-Net class lived in
+    models.ddpm (model_index.json names that module)."""
     import json
     import subprocess
     import sys
@@ -260,24 +262,29 @@ def test_from_pretrained_in_a_fresh_process_that_imports_only_the_pipeline_modul
 
     pipe.save_pretrained(tmp_path / "new")
     index = json.loads((tmp_path / "new" / "model_index.json").read_text())
-    assert index["unet"] == ["models.unet_attribute", "AttributeUNet"]
+    assert index["unet"] == ["unet_attribute", "AttributeUNet"]
+    assert index["_class_name"] == ["pipeline", "AttributeDiffusionPipeline"]
+    assert (tmp_path / "new" / "pipeline.py").is_file() and (tmp_path / "new" / "unet" / "unet_attribute.py").is_file()
     shutil_copy = __import__("shutil").copytree
-    shutil_copy(tmp_path / "new", tmp_path / "legacy")
-    index["unet"] = ["models.ddpm", "AttributeUNet"]
-    (tmp_path / "legacy" / "model_index.json").write_text(json.dumps(index))
+    for name, unet in (("before", "models.unet_attribute"), ("legacy", "models.ddpm")):
+        shutil_copy(tmp_path / "new", tmp_path / name)
+        (tmp_path / name / "pipeline.py").unlink()
+        (tmp_path / name / "unet" / "unet_attribute.py").unlink()
+        old = {**index, "_class_name": "AttributeDiffusionPipeline", "unet": [unet, "AttributeUNet"]}
+        (tmp_path / name / "model_index.json").write_text(json.dumps(old))
     code = (
         "import sys\n"
         "from models.pipeline_ddpm import AttributeDiffusionPipeline\n"
         "for folder in sys.argv[1:]:\n"
         "    p = AttributeDiffusionPipeline.from_pretrained(folder)\n"
-        "    print(type(p.unet).__module__, type(p.unet).__name__)\n"
+        "    print(type(p).__module__, type(p.unet).__module__, type(p.unet).__name__)\n"
         "print('models.ddpm' in sys.modules)\n"
     )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new"), str(tmp_path / "legacy")], cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / n) for n in ("new", "before", "legacy"))],
+                         cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:3] == ["models.unet_attribute AttributeUNet"] * 2 + ["False"]
+    assert out.stdout.split("\n")[:4] == ["models.pipeline_ddpm models.unet_attribute AttributeUNet"] * 3 + ["False"]
 
 
 def test_unet_is_adagn_with_attention_at_every_level_in_study_presets():
