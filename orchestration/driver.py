@@ -79,7 +79,16 @@ def check_data(cfg: SweepConfig) -> str:
 
     print(f"data: {cfg.data} at {cfg.image_size}px", flush=True)
     data_root = str(resolve_data(cfg.data, cfg.image_size))
-    size = FaceCache.open(data_root).size
+    cache = FaceCache.open(data_root)
+    size = cache.size
+    captions = cache.manifest.get("captions")
+    if isinstance(captions, dict) and "sd-lora" in cfg.families:  # the text family trains on these
+        if captions.get("waived"):
+            print("data: captions waived (data.prepare --no-captions): the sd-lora family trains on empty captions",
+                  flush=True)
+        else:
+            print(f"data: {captions.get('non_empty', 0):,} of {captions.get('images', 0):,} images have a non-empty "
+                  f"caption (from {captions.get('source')})", flush=True)
     if size != cfg.image_size:
         raise SweepError(f"the data at {data_root} is {size}px but preset {cfg.preset} trains at {cfg.image_size}px: "
                          f"pass a {cfg.image_size}px cache (data.prepare --size {cfg.image_size}) or another --preset")
@@ -167,8 +176,12 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
                               tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
                               params=cfg.params())
+    tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
     state.parent_run_id = parent
     state.save()
+    from orchestration.provenance import provenance_tags
+
+    tracker.set_tags(parent, provenance_tags(data_root, cfg.seed, tracker.client.get_run(parent).data.tags))
     sweep = Sweep(cfg, state, tracker, parent, data_root, eval_config, pool, plan)
     out: dict[str, Any] = {"state": state, "parent_run_id": parent, "tracking_uri": state.tracking_uri,
                            "families": {}}
@@ -192,6 +205,14 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
         _close_runs(tracker, parent, ok, reason)
         pool.shutdown()
     tracker.log_metrics(parent, {"wall_seconds": time.time() - started})
+    try:  # the study's tables and figures from the MLflow record; a finished sweep never fails here
+        from orchestration.report import report_sweep
+
+        report = report_sweep(tracker, parent, state.root / "report")
+        print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)
+    except Exception as err:
+        print(f"\nreport: not written ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+              "; write it later with python -m orchestration.report", flush=True)
     from orchestration.summary import where_to_look
 
     models = {f: r["final"]["model_uri"] for f, r in out["families"].items() if r.get("final")}
