@@ -30,6 +30,9 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestration.errors import SweepError
+from orchestration.trainable import STEP_LOSSES
+
+STEP_LOSS_METRIC = "train_loss_step"  # training loss per optimizer step (step = global optimizer step)
 
 TAG_PREFIX = "condface."
 PARENT_TAG = "mlflow.parentRunId"
@@ -188,6 +191,18 @@ class Tracker:
             steps.add(step)
         return True
 
+    def log_series(self, run_id: str, key: str, points: Iterable) -> int:
+        """Log (step, value) points of one metric, each step once: steps the run already has are skipped (a
+        trial resumed from an older checkpoint reports them again). Returns how many were logged."""
+        have = self.logged_steps(run_id, key)
+        ts = int(time.time() * 1000)
+        new = {int(s): float(v) for s, v in points if int(s) not in have and _is_number(v)}
+        batch = [Metric(key, v, ts, s) for s, v in sorted(new.items())]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i:i + 500])
+        have.update(new)
+        return len(batch)
+
     def log_unavailable(self, run_id: str, unavailable: dict[str, str]) -> None:
         """A metric that could not be computed is a tag with its reason, never a number."""
         if unavailable:
@@ -300,6 +315,8 @@ class MlflowTrialCallback(Callback):
         print(progress_line(self.labels.get(trial.trial_id, trial.trial_id), result, self.metric), flush=True)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and _is_number(v)}
         self.tracker.log_metrics(run_id, metrics, step=int(epoch) if epoch is not None else None)
+        if isinstance(result.get(STEP_LOSSES), list):  # loss per optimizer step (a resumed trial's are logged once)
+            self.tracker.log_series(run_id, STEP_LOSS_METRIC, result[STEP_LOSSES])
         unavailable = result.get("unavailable")
         if isinstance(unavailable, dict):
             self.tracker.log_unavailable(run_id, unavailable)

@@ -1,0 +1,365 @@
+"""`python -m orchestration.report` on a finished smoke sweep of both families (real Ray, real MLflow store):
+every table value equals the metric in MLflow, every figure is beside report.md and embedded in report.html, the
+HTML references nothing outside itself; the sweep logged its own report; bad input is one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_orchestration_sweep import artifact_paths, children, client_for
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "condface-ddpm+sd-lora-smoke"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("condface-home")
+    old = os.environ.get("CONDFACE_HOME")
+    os.environ["CONDFACE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CONDFACE_HOME", None)
+    else:
+        os.environ["CONDFACE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def sweep(home, tmp_path_factory):
+    """One finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase."""
+    import ray
+
+    from data.synthetic import toy_cache
+    from orchestration.config import resolve
+    from orchestration.driver import run_sweep
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp / "data", progress=False))
+    cfg = resolve("smoke", model="ddpm,sd-lora", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+                  storage_path=str(tmp / "results"), sampler_phase=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = run_sweep(cfg, dashboard=False)
+    finally:
+        ray.shutdown()
+    return {"cfg": cfg, "tmp": tmp, "parent": out["parent_run_id"], "client": client_for(cfg.tracking_uri)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the Markdown back
+# --------------------------------------------------------------------------------------------------
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def md_tables(md: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    out = {}
+    for section in re.split(r"^#### ", md, flags=re.M)[1:]:
+        m = re.match(r"Table (\S+):", section)
+        if not m:
+            continue
+        lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+        out[m.group(1)] = (_cells(lines[0]), [_cells(ln) for ln in lines[2:]])
+    return out
+
+
+def shown(cell: str) -> tuple[float, int] | None:
+    """(number, decimals shown) at the start of a cell, or None (unavailable / missing / label)."""
+    m = re.match(r"^(-?[\d,]+(?:\.(\d+))?)", cell)
+    return (float(m.group(1).replace(",", "")), len(m.group(2) or "")) if m else None
+
+
+def assert_shows(cell: str, key: str, value: float, n: float | None = None, what: str = "") -> None:
+    got = shown(cell)
+    assert got is not None, (what, key, cell)
+    number, decimals = got
+    expected = 100 * value if key.startswith("est_acc") else value
+    assert abs(number - expected) <= 0.5 * 10 ** -decimals + 1e-9, (what, key, cell, value)
+    if n is not None:
+        assert f"(n={int(n)})" in cell, (what, key, cell, n)
+
+
+def metric_key(row: list[str]) -> str:
+    return re.search(r"`([^`]+)`", row[0]).group(1)
+
+
+def best(client, runs, key: str):
+    from orchestration.config import METRIC_MODES
+
+    values = [(m.value, r, m.step) for r in runs for m in client.get_metric_history(r.info.run_id, key)
+              if math.isfinite(m.value)]
+    if not values:
+        return None
+    pick = min if METRIC_MODES.get(key, "min") == "min" else max
+    return pick(values, key=lambda v: v[0])
+
+
+# --------------------------------------------------------------------------------------------------
+def test_report_equals_the_mlflow_record(sweep, tmp_path):
+    from orchestration.report import write_report
+
+    client, parent_id, uri = sweep["client"], sweep["parent"], sweep["cfg"].tracking_uri
+    out, report = write_report(uri, EXPERIMENT, None, tmp_path / "report")  # default --run: the latest sweep
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    tables = md_tables(md)
+    assert {"3.1", "4.1", "4.2", "4.3", "4.4", "4.8-ddpm", "4.8-sd-lora", "4.9", "S-ddpm", "S-sd-lora", "P"} <= set(tables)
+    assert report.missing == [], report.missing  # a finished sweep of both families lacks nothing
+
+    runs = children(client, parent_id)
+    by = {}
+    for r in runs:
+        by.setdefault((r.data.tags["condface.phase"], r.data.tags["condface.family"]), []).append(r)
+    finals = {f: by[("final", f)][0] for f in ("ddpm", "sd-lora")}
+    refs = {"untrained DDPM": (by[("reference", "ddpm")][0], "untrained"),
+            "SD base (no LoRA)": (by[("reference", "sd-lora")][0], "untrained"),
+            "ground truth": (by[("reference", "real")][0], "ground_truth"),
+            "real held-out (this project)": (by[("reference", "real")][0], "real_held_out")}
+    checked = 0
+
+    def check_cell(cell, key, metrics, name, n_name, unavailable, what):
+        nonlocal checked
+        if name in metrics:
+            assert_shows(cell, key, metrics[name], metrics.get(n_name), what)
+            checked += 1
+        elif key in unavailable:  # named with its reason (a footnote), never a number
+            assert cell.startswith("unavailable ["), (what, key, cell)
+            note = int(re.search(r"\[(\d+)\]", cell).group(1))
+            assert f"[{note}] {key} unavailable: {unavailable[key][:40]}" in md
+        else:
+            assert shown(cell) is None, (what, key, cell)
+
+    def unavailable(run):
+        return {k.split(".", 2)[2]: v for k, v in run.data.tags.items() if k.startswith("condface.unavailable.")}
+
+    # Tables 3.1 and 4.4: every reference and final cell is the run's metric, with its count
+    for number in ("3.1", "4.4"):
+        header, rows = tables[number]
+        for row in rows:
+            key = metric_key(row)
+            n_key = "est_acc_n" if key.startswith("est_acc") else f"{key}_n"
+            for col, cell in zip(header[1:], row[1:]):
+                if col.endswith(" final"):
+                    run = finals[col[: -len(" final")]]
+                    check_cell(cell, key, run.data.metrics, f"final_{key}", f"final_{n_key}", unavailable(run),
+                               (number, col))
+                else:
+                    run, prefix = refs[col]
+                    metrics = {**run.data.metrics}
+                    metrics.setdefault(f"{prefix}.{n_key}", float(run.data.params["ref.samples"]))
+                    check_cell(cell, key, metrics, f"{prefix}.{key}", f"{prefix}.{n_key}", unavailable(run),
+                               (number, col))
+    assert "[study: 86.40 %]" in md and "[study: 104.5163]" in md and "[study: 70.60 %]" in md
+
+    # Tables 4.1 / 4.3: each grid's best at any epoch (value and count at that epoch); Table 4.2 per channel set
+    for number, family in (("4.1", "ddpm"), ("4.3", "sd-lora")):
+        grid = by[("grid", family)]
+        for row in tables[number][1]:
+            key = metric_key(row)
+            found = best(client, grid, key)
+            if found is None:
+                assert shown(row[1]) is None, (number, row)
+                continue
+            value, run, step = found
+            n = {m.step: m.value for m in client.get_metric_history(
+                run.info.run_id, "est_acc_n" if key.startswith("est_acc") else f"{key}_n")}.get(step)
+            assert_shows(row[1], key, value, n, number)
+            assert row[-1] == str(step), row
+            checked += 1
+    header, rows = tables["4.2"]
+    groups = {g: [r for r in by[("grid", "ddpm")] if r.data.params["trial.channels"] == g] for g in ("small", "large")}
+    assert header[1].startswith("small [16,64]") and header[2].startswith("large [32,64]"), header
+    for row in rows:
+        key = metric_key(row)
+        for g, cell in zip(("small", "large"), row[1:]):
+            found = best(client, groups[g], key)
+            if found:
+                assert_shows(cell, key, found[0], None, ("4.2", g))
+                checked += 1
+
+    # the CFG tables: one row per scale, equal to the cfg run's metric at that step
+    for family in ("ddpm", "sd-lora"):
+        run = by[("cfg", family)][0]
+        scales = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "guidance_scale")}
+        header, rows = tables[f"4.8-{family}"]
+        assert [float(r[0]) for r in rows] == [scales[s] for s in sorted(scales)]
+        for step, row in zip(sorted(scales), rows):
+            for key, cell in zip(header[1:4], row[1:4]):
+                hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                assert_shows(cell, key, hist[step], 8, ("cfg", family))
+                checked += 1
+        front = run.data.tags["condface.pareto_scales"].split(",")
+        assert sorted(r[0] for r in rows if r[-1] == "*") == sorted(front)
+        # the sampler phase: one row per setting
+        run = by[("samplers", family)][0]
+        nfe = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "nfe")}
+        header, rows = tables[f"S-{family}"]
+        assert [int(r[1]) for r in rows] == [int(nfe[s]) for s in sorted(nfe)] == [2, 4, 2, 4]
+        assert [r[0] for r in rows] == ["ddim", "ddim", "dpm++", "dpm++"]
+        for step, row in zip(sorted(nfe), rows):
+            for key, cell in zip(header[2:5], row[2:5]):
+                hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                assert_shows(cell, key, hist[step], None, ("samplers", family))
+                checked += 1
+
+    # Table 4.9: the parameter counts the final runs logged
+    for row in tables["4.9"][1]:
+        family = row[0].split()[0]
+        params = finals[family].data.params
+        assert row[1].startswith(f"{int(params['built.params_total']):,} ")
+        assert row[3].startswith(f"{int(params['built.params_trainable']):,} ")
+        checked += 2
+    # the provenance appendix: the parent run's tags
+    tags = client.get_run(parent_id).data.tags
+    prov = dict((r[0], r[1]) for r in tables["P"][1])
+    for key in ("git_commit", "git_dirty", "torch", "diffusers", "peft", "transformers", "ray", "mlflow",
+                "data_manifest_sha256", "data_source", "seed"):
+        assert tags[f"condface.provenance.{key}"], key
+        assert prov[key] == tags[f"condface.provenance.{key}"].replace("\n", " "), key
+    assert checked > 60, checked
+
+    # Figure 4.6's data: the loss per optimizer step of both final runs, each step once, increasing
+    for family, run in finals.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")]
+        assert steps and steps == sorted(set(steps)), (family, steps)
+        assert steps[-1] == int(run.data.metrics["step"]), (family, steps)
+
+    # every figure beside report.md and embedded in report.html; nothing outside the page is referenced
+    files = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    expected = {"fig4.1_ddpm_grid_samples.png", "fig4.2_sd-lora_grid_samples.png", "fig4.3_ddpm_final_samples.png",
+                "fig4.4_sd-lora_final_samples.png", "fig4.5_ddpm_attributes.png", "fig4.5_sd-lora_attributes.png",
+                "fig4.6_loss_per_step.png", "fig4.7_metrics_per_epoch.png", "fig4.8_cfg_pareto.png",
+                "fig4.9_parameters.png", "figS_ddpm_samplers.png", "figS_sd-lora_samplers.png",
+                "real_epoch_samples.png", "real_final_samples.png", "real_attributes.png"}
+    assert expected <= set(files), expected - set(files)
+    for name in set(files):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in page, name
+    assert page.count("<img ") == len(files)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", page, re.I)
+    assert not re.search(r"<(?:script|link|iframe)\b", page, re.I)
+    assert not list(out.parent.glob(".report.*"))  # nothing temporary left beside it
+
+    # the sweep wrote its own report: artifacts of its parent run, and the tables as the run's description
+    logged = artifact_paths(client, parent_id, "report")
+    assert {"report/report.html", "report/report.md", "report/fig4.8_cfg_pareto.png"} <= logged, logged
+    assert {"real/epoch_samples.png", "real/final_samples.png", "real/attributes.png"} <= artifact_paths(
+        client, parent_id, "real")
+    note = tags["mlflow.note.content"]
+    assert "#### Table 4.4" in note and "#### Table 3.1" in note and len(note) <= 8000
+    assert (Path(next(iter(sweep["tmp"].glob("results/*/report/report.html")))).is_file())
+
+
+def test_a_partial_record_says_what_is_missing(sweep):
+    """A sweep still running (a parent with one grid trial so far) shows what exists and lists what it lacks."""
+    from orchestration.report import Record, build, render_markdown
+
+    client = sweep["client"]
+    exp = client.create_experiment("partial")
+    parent = client.create_run(exp, tags={"condface.phase": "sweep", "mlflow.runName": "sweep/partial"})
+    for k, v in {"model": "ddpm,sd-lora", "final_epochs": "2", "sampler_phase": "False"}.items():
+        client.log_param(parent.info.run_id, k, v)
+    trial = client.create_run(exp, tags={"condface.phase": "grid", "condface.family": "ddpm",
+                                         "mlflow.parentRunId": parent.info.run_id,
+                                         "mlflow.runName": "grid:ga1-T1000-snroff-small",
+                                         "condface.unavailable.fid": "no Inception weights here"})
+    client.log_metric(trial.info.run_id, "fd_estimator", 12.5, step=1)
+    client.log_metric(trial.info.run_id, "fd_estimator_n", 8, step=1)
+    rec = Record.load(sweep["cfg"].tracking_uri, "partial")
+    report = build(rec)
+    md = render_markdown(report)
+    assert "This sweep is still running" in md
+    assert "12.5000 (n=8)" in md and "unavailable [1]" in md and "no Inception weights here" in md
+    lacks = "\n".join(report.missing)
+    for text in ("sd-lora: no grid trial logged yet", "ddpm: no final run yet", "sd-lora: no final run yet",
+                 "no reference run of real images", "ddpm: 1 grid trial(s) still running", "provenance"):
+        assert text in lacks, (text, lacks)
+    assert "sampler" not in lacks  # the sweep did not ask for the sampler phase
+
+
+def _report_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "orchestration.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_defaults_and_bad_input(sweep, tmp_path):
+    tmp, uri = sweep["tmp"], sweep["cfg"].tracking_uri
+    # defaults: the store in the working directory, the latest sweep, ./reports/<its run name>
+    ok = _report_cli(["--experiment", EXPERIMENT], cwd=tmp)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    name = sweep["client"].get_run(sweep["parent"]).info.run_name.replace("/", "_")
+    assert (tmp / "reports" / name / "report.html").is_file() and (tmp / "reports" / name / "report.md").is_file()
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    child = children(sweep["client"], sweep["parent"])[0].info.run_id
+    cases = [
+        (["--tracking-uri", uri, "--experiment", "nope"], "no experiment 'nope'"),
+        (["--tracking-uri", uri, "--experiment", EXPERIMENT, "--run", "0" * 32], "no run '" + "0" * 32),
+        (["--tracking-uri", uri, "--experiment", EXPERIMENT, "--run", child], "not a sweep's parent run"),
+        (["--tracking-uri", f"http://127.0.0.1:{port}", "--experiment", EXPERIMENT], "cannot reach the MLflow server"),
+        (["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--experiment", EXPERIMENT], "no MLflow store"),
+        (["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(a_file / "report")], "is not writable"),
+    ]
+    for args, message in cases:
+        res = _report_cli([*args] if "--out" in args else [*args, "--out", str(tmp_path / "never")], cwd=tmp_path)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and lines and lines[-1].startswith("error: ") and message in lines[-1], (args, res.stderr)
+        assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+    assert not (tmp_path / "none.db").exists()  # reading never creates a store
+
+
+def test_report_uses_the_trackers_names():
+    """The report keeps copies of orchestration.tracking's names (so its input checks load neither MLflow nor Ray)."""
+    from orchestration import report, tracking
+
+    assert (report.TAG_PREFIX, report.PARENT_TAG, report.STEP_LOSS_METRIC) == (
+        tracking.TAG_PREFIX, tracking.PARENT_TAG, tracking.STEP_LOSS_METRIC)
+    assert report._default_uri() == tracking.default_tracking_uri()
+
+
+def test_provenance_without_git(monkeypatch, tmp_path):
+    from orchestration import provenance
+
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # not a repository
+    tags = provenance.provenance_tags(None, 3)
+    assert tags["condface.provenance.git_commit"] == "unknown" and tags["condface.provenance.git_dirty"] == "unknown"
+    assert tags["condface.provenance.seed"] == "3" and tags["condface.provenance.mlflow"]
+    earlier = {"condface.provenance.git_commit": "abc"}
+    assert provenance.provenance_tags(None, 3, earlier)["condface.provenance.first_commit"] == "abc"
+
+
+def test_study_numbers_are_the_sources():
+    """Every cited number appears, as the study printed it, in the study's source text."""
+    from orchestration import study_numbers as s
+
+    source = ROOT.parent / "shared" / "seeds" / "000_e10f724a4b28bbeb.txt"
+    if not source.is_file():
+        pytest.skip("the study's source text is not beside this checkout")
+    text = source.read_text()
+
+    def printed(key: str, v: float) -> str:
+        return f"{100 * v:.2f} %" if key == "est_acc" else f"{v:.2f} %" if key == "mtcnn" else f"{v:.4f}"
+
+    tables = [*s.TABLE_3_1.values(), *s.TABLE_4_2.values(), *s.TABLE_4_4.values(),
+              *({k: v[0]} for t in (s.TABLE_4_1, s.TABLE_4_3) for k, v in t.items())]
+    for table in tables:
+        for key, value in table.items():
+            want = printed(key, value)
+            assert want in text or (value == 0.0 and "\t0.0\n" in text), (key, want)
