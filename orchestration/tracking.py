@@ -37,6 +37,10 @@ STEP_LOSS_METRIC = "train_loss_step"  # training loss per optimizer step (step =
 TAG_PREFIX = "condface."
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+# MLflow 3's UI opens an experiment of this kind in its model-training view (runs, metrics, models; not GenAI).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+CHAMPION_ALIAS = "champion"  # the registry alias of each family's newest final model
 # Keys Tune adds to every result; everything else numeric that a trial reports is logged as a metric.
 _TUNE_KEYS = set(AUTO_RESULT_KEYS) | {
     "done", "trial_id", "experiment_tag", "should_checkpoint", "episodes_this_iter", "timesteps_this_iter",
@@ -107,11 +111,14 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri),
+                                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment = experiment
         self._logged_steps: dict[tuple[str, str], set[int]] = {}
 
@@ -125,15 +132,21 @@ class Tracker:
 
     def open_run(self, key: str, name: str, parent: str | None = None, tags: dict[str, str] | None = None,
                  params: dict[str, Any] | None = None) -> str:
-        """Create the run identified by `key`, or reopen it (status RUNNING again) if it exists."""
+        """Create the run identified by `key`, or reopen it (status RUNNING again) if it exists. A new run gets a
+        description in words (`run_description`, unless `tags` bring one) and its parent's dataset inputs."""
         run_id = self.find_run(key)
         if run_id is None:
             all_tags = {RUN_NAME_TAG: name, f"{TAG_PREFIX}key": key, **(tags or {})}
             if parent:
                 all_tags[PARENT_TAG] = parent
+            all_tags.setdefault(NOTE_TAG, run_description(name, all_tags, params or {}))
             run_id = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
             if params:
                 self.log_params(run_id, params)
+            if parent:
+                inputs = self.client.get_run(parent).inputs
+                if inputs and inputs.dataset_inputs:
+                    self.client.log_inputs(run_id, datasets=list(inputs.dataset_inputs))
         else:
             self.client.update_run(run_id, status="RUNNING")
             if tags:
@@ -218,6 +231,51 @@ class Tracker:
     def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(run_id, obj, artifact_file)
 
+    def log_image(self, run_id: str, path: str | Path, key: str, step: int) -> None:
+        """An image of a series (key, step): the run page shows it over the steps (here: epochs)."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self.client.log_image(run_id, image.convert("RGB"), key=key, step=step)
+
+    def log_dataset(self, run_id: str, data_root: str | Path, context: str = "training") -> None:
+        """The image cache as the run's dataset input (the UI's Dataset column); once per run. Runs that
+        `open_run` creates under this run get the same input."""
+        entity = dataset_input(data_root, context)
+        inputs = self.client.get_run(run_id).inputs
+        have = {(d.dataset.name, d.dataset.digest) for d in (inputs.dataset_inputs if inputs else [])}
+        if (entity.dataset.name, entity.dataset.digest) not in have:
+            self.client.log_inputs(run_id, datasets=[entity])
+
+    def log_model(self, run_id: str, name: str, save, tags: dict[str, str] | None = None) -> tuple[str, str]:
+        """An MLflow model (MLflow 3's LoggedModel) of the run: `save(local_dir, mlflow_model)` writes it (e.g.
+        `mlflow.pyfunc.save_model`), then its files are uploaded and the model is marked READY. A READY model
+        `name` the run already has is reused (a resumed sweep logs nothing twice). Returns (model_id, the
+        artifact location to register)."""
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        found = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'").to_list()
+        ready = [m for m in found if str(m.status).endswith("READY")]
+        if ready:
+            return ready[0].model_id, ready[0].artifact_location
+        model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id, tags=tags)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "model"
+                save(local, Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id,
+                                  model_id=model.model_id))
+                self.client.log_model_artifacts(model.model_id, str(local))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model.model_id, model.artifact_location
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -227,6 +285,68 @@ def _param_str(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         v = ",".join(str(x) for x in v)
     return ("none" if v is None else str(v))[:6000]
+
+
+def dataset_input(data_root: str | Path, context: str = "training"):
+    """An image cache as an MLflow dataset input: named by its folder, digest = md5 of its manifest (what it
+    holds and how it was made), source = its path, schema = what a data item is."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from data.schema import ATTRIBUTES
+
+    root = Path(data_root).resolve()
+    digest = hashlib.md5((root / "manifest.json").read_bytes()).hexdigest()[:8]
+    schema = Schema([ColSpec(DataType.binary, "image"), *(ColSpec(DataType.long, a) for a in ATTRIBUTES),
+                     ColSpec(DataType.string, "caption")])
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(root)), name=root.name, digest=digest, schema=schema)
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+
+
+def run_description(name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """What a run is, in words (its `mlflow.note.content`), from its phase tag, name and params."""
+    phase, family = tags.get(f"{TAG_PREFIX}phase"), tags.get(f"{TAG_PREFIX}family", "")
+    p = {k: _param_str(v) for k, v in params.items()}
+
+    def axes() -> str:
+        snr = p.get("trial.min_snr_gamma", "none")
+        parts = [f"gradient accumulation {p.get('trial.grad_accum')}", f"T = {p.get('trial.timesteps')}",
+                 f"Min-SNR {'off' if snr in ('none', '0', '0.0') else 'gamma ' + snr}"]
+        if p.get("trial.channels") not in (None, "none"):
+            parts.append(f"channels {p['trial.channels']} ({p.get('trial.channels_list', '?')})")
+        if p.get("trial.lora_rank") not in (None, "none"):
+            parts.append(f"LoRA rank {p['trial.lora_rank']}")
+        parts.append(f"augmentation {p.get('trial.augment', p.get('augment', '?'))}")
+        parts.append(f"lr {p.get('trial.lr', '?')}, guidance {p.get('trial.guidance_scale', '?')}")
+        return ", ".join(parts)
+
+    if phase == "sweep":
+        return (f"The sweep {name} ({family}, preset {tags.get(f'{TAG_PREFIX}preset', '?')}): its nested runs are "
+                "the reference rows, the grid trials, the final run(s) and the CFG sweep(s); the study's summary "
+                "metrics are logged here.")
+    if phase == "grid":
+        return (f"Grid trial of the {family} study ({name}): {axes()}. Trained {p.get('train.epochs', '?')} "
+                f"epoch(s); every epoch it samples a fixed, seeded set of validation conditions, scores them "
+                f"(ranked by {p.get('select_metric', '?')}) and draws the attribute grid (the image series).")
+    if phase == "final":
+        return (f"Final run of {family} ({name}): the grid's best configuration -- {axes()} -- retrained for "
+                f"{p.get('train.epochs', '?')} epoch(s), scored on the final sample set (final_* metrics) and "
+                f"registered in the Model Registry with the alias '{CHAMPION_ALIAS}' (the logged model below).")
+    if phase == "reference":
+        return (f"Reference rows ({name.split(': ', 1)[-1]}): scored by the same evaluation code as the models, "
+                "for the study's Table 3.1; metrics are named <row>.<metric>.")
+    if phase == "cfg":
+        return (f"CFG sweep of the final {family} model: guidance scales {p.get('cfg_scales', '?')}, "
+                f"{p.get('cfg_samples', '?')} samples each; one step per scale, image quality vs estimator "
+                "accuracy in cfg/cfg_pareto.png.")
+    if phase == "samplers":
+        return (f"Sampler sweep of the final {family} model: every sampler x step count, image quality and "
+                "accuracy against the number of U-Net passes.")
+    return name
 
 
 def dir_mb(path: str | Path) -> float:
@@ -344,6 +464,8 @@ class MlflowTrialCallback(Callback):
                 self.tracker.set_tags(run_id, {f"{TAG_PREFIX}base": report["describe"]["base"]})
         for png in sorted(path.glob("*.png")):
             self.tracker.log_artifact(run_id, png, f"samples/epoch_{epoch:03d}")
+            if epoch >= 0:  # the same picture as an image series over epochs (the run page's image charts)
+                self.tracker.log_image(run_id, png, key=png.stem, step=epoch)
         best = self.best.get(trial.trial_id)
         if best is not None and best[2] == epoch:
             self.best[trial.trial_id] = (best[0], str(path), epoch)
