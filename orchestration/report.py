@@ -440,7 +440,11 @@ def best_of(rec: Record, runs: list, key: str) -> tuple[float, Any, int, float |
                 best = (m.value, run, m.step)
     if best is None:
         return None
-    return best[0], best[1], best[2], rec.series(best[1], count_key(key)).get(best[2])
+    n = rec.series(best[1], count_key(key)).get(best[2])
+    if n is None and key == "val_loss":  # the held-out loss is over the run's fixed validation items
+        samples = best[1].data.params.get("train.val_samples", "")
+        n = float(samples) if samples.isdigit() else None
+    return best[0], best[1], best[2], n
 
 
 def _unavailable_of(runs: list) -> dict[str, str]:

@@ -173,6 +173,8 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
             value, run, step = found
             n = {m.step: m.value for m in client.get_metric_history(
                 run.info.run_id, "est_acc_n" if key.startswith("est_acc") else f"{key}_n")}.get(step)
+            if key == "val_loss":  # the held-out loss: over the run's fixed validation items
+                n = float(run.data.params["train.val_samples"])
             assert_shows(row[1], key, value, n, number)
             assert row[-1] == str(step), row
             checked += 1
@@ -332,6 +334,22 @@ def test_report_uses_the_trackers_names():
     assert (report.TAG_PREFIX, report.PARENT_TAG, report.STEP_LOSS_METRIC) == (
         tracking.TAG_PREFIX, tracking.PARENT_TAG, tracking.STEP_LOSS_METRIC)
     assert report._default_uri() == tracking.default_tracking_uri()
+
+
+def test_loss_per_step_is_logged_once_per_step(tmp_path):
+    """A trial resumed from an older checkpoint reports an epoch's step losses again: each step is logged once,
+    also by a new driver (a fresh Tracker reads what the run already has)."""
+    from orchestration.tracking import STEP_LOSS_METRIC, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tracker = Tracker(uri, "steps")
+    run = tracker.open_run("k", "trial")
+    assert tracker.log_series(run, STEP_LOSS_METRIC, [[10, 0.5], [20, 0.4], [24, 0.35]]) == 3
+    assert tracker.log_series(run, STEP_LOSS_METRIC, [[20, 0.4], [24, 0.35], [30, 0.3]]) == 1
+    again = Tracker(uri, "steps")  # the driver restarted (--resume)
+    assert again.log_series(run, STEP_LOSS_METRIC, [[24, 0.35], [30, 0.3], [34, float("nan")], [40, 0.25]]) == 1
+    steps = [m.step for m in again.client.get_metric_history(run, STEP_LOSS_METRIC)]
+    assert sorted(steps) == [10, 20, 24, 30, 40]
 
 
 def test_provenance_without_git(monkeypatch, tmp_path):
