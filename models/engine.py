@@ -11,6 +11,18 @@ Loss per step: `EpochReport.step_losses` holds (optimizer step, mean training lo
 `loss_every` optimizer steps that ends there). Windows end at the multiples of `loss_every` (counted
 over the whole run) and at the end of each epoch, so each epoch's report covers exactly its own steps.
 On an accelerator the window means stay on the device until the end of the epoch (one transfer).
+
+Data parallel: when torch.distributed is initialised (e.g. by Ray Train's TorchTrainer: gloo on the CPU, nccl on
+GPUs) with W processes, `fit` trains one model on all of them with the same GLOBAL batch as one process:
+parameters are broadcast from rank 0 at the start, every micro-batch of `batch_size` items is split into W equal
+contiguous shares (rank r takes the r-th; `batch_size` must divide by W), each sample keeps the noise, timestep
+and condition drop it gets in a single process (they are drawn from its index in the epoch), and the gradients
+are averaged over the ranks (one all-reduce per optimizer step, what DistributedDataParallel does) before
+clipping and the AdamW step, so every rank takes the same step. The reported losses are the means over all
+ranks. Only rank 0 writes checkpoints (`EpochReport.checkpoint` is None elsewhere); every rank calls `on_epoch`
+(see `distributed()` for the rank). The module itself is not wrapped in DistributedDataParallel: the families
+call their module with its attributes (config, dtype), which a wrapper hides. The loss is checked for NaN/inf
+at the end of each epoch, on all ranks at once; `epoch_time_budget_s` is refused (ranks would stop apart).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -178,6 +190,16 @@ def fit(
     if not params:
         raise ConfigError(f"family {family.name!r} has no trainable parameters")
     steps_per_epoch = _steps_per_epoch(len(train_dataset), cfg)
+    rank, world = distributed()
+    share = cfg.batch_size // world  # this rank's items of every micro-batch
+    if world > 1:
+        if cfg.batch_size % world:
+            raise ConfigError(f"batch_size {cfg.batch_size} does not divide among {world} data-parallel workers: "
+                              f"use a multiple of {world} (the global batch stays batch_size x grad_accum)")
+        if cfg.epoch_time_budget_s is not None:
+            raise ConfigError("epoch_time_budget_s cannot be used with data-parallel workers (they would stop at "
+                              "different steps): cap epochs with max_steps_per_epoch instead")
+        _broadcast_from_rank0(params)
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
     )
@@ -210,10 +232,18 @@ def fit(
         module.train()
         if hasattr(train_dataset, "set_epoch"):  # e.g. to reseed augmentation per epoch (exact resume)
             train_dataset.set_epoch(epoch)
-        loader = DataLoader(
-            train_dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), pin_memory=device.type == "cuda",
-        )
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        if world > 1:  # the same shuffled global batches as one process; this rank's share of each
+            batches_of = _RankShare(BatchSampler(RandomSampler(train_dataset, generator=generator), cfg.batch_size,
+                                                 drop_last=True), rank, world)
+            # the loader draws its base seed from `generator` before the sampler shuffles, as with shuffle=True
+            loader = DataLoader(train_dataset, batch_sampler=batches_of, num_workers=cfg.num_workers,
+                                generator=generator, pin_memory=device.type == "cuda")
+        else:
+            loader = DataLoader(
+                train_dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+                generator=generator, pin_memory=device.type == "cuda",
+            )
         batches = iter(loader)
         loss_sum = torch.zeros((), device=device)
         window_sum, window_steps = torch.zeros((), device=device), 0
@@ -224,7 +254,7 @@ def fit(
         start = time.perf_counter()
         for _ in range(steps_per_epoch):
             for _ in range(cfg.grad_accum):
-                loss = training_loss(family, next(batches), cfg.seed, sample_index, cfg.p_uncond,
+                loss = training_loss(family, next(batches), cfg.seed, sample_index + rank * share, cfg.p_uncond,
                                      cfg.min_snr_gamma, amp)
                 (loss / cfg.grad_accum).backward()
                 part = loss.detach() / cfg.grad_accum
@@ -232,6 +262,8 @@ def fit(
                 if cfg.loss_every:
                     window_sum += part
                 sample_index += cfg.batch_size
+            if world > 1:
+                _average_gradients(params, world)
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -250,7 +282,8 @@ def fit(
             log = bool(cfg.log_every) and step % cfg.log_every == 0
             if show or log or done % check_every == 0:
                 running = loss_sum.item() / done
-                _check_finite(running, epoch, step, cfg, bar)
+                if world == 1:  # data parallel: checked at the end of the epoch, on every rank at once
+                    _check_finite(running, epoch, step, cfg, bar)
                 if show:
                     bar.set_postfix(loss=f"{running:.4f}")
                 if log:
@@ -263,6 +296,11 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        if world > 1:  # the means over every rank's shares
+            loss_sum = _mean_across_ranks(loss_sum, world)
+            if windows:
+                means = _mean_across_ranks(torch.stack([v for _, v in windows]), world)
+                windows = [(s, means[i]) for i, (s, _) in enumerate(windows)]
         train_loss = loss_sum.item() / done
         _check_finite(train_loss, epoch, step, cfg, bar)
         bar.close()
@@ -275,7 +313,7 @@ def fit(
                 val_loss = heldout_loss(family, val_batches, amp)
 
         checkpoint = None
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and rank == 0:
             checkpoint = _save(checkpoint_dir, epoch, family, named, optimizer, lr_sched, ema, step, sample_index, cfg)
         report = EpochReport(
             epoch=epoch, epochs=cfg.epochs, step=step, train_loss=train_loss, val_loss=val_loss,
@@ -302,6 +340,53 @@ def fit(
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process trains in; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _RankShare:
+    """A batch sampler: rank r's contiguous share of every batch of `batches` (all ranks draw the same batches)."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for indices in self.batches:
+            k = len(indices) // self.world
+            yield indices[self.rank * k:(self.rank + 1) * k]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _broadcast_from_rank0(params: list[torch.nn.Parameter]) -> None:
+    with torch.no_grad():
+        for p in params:
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """All ranks' gradients averaged, in one all-reduce of one flat buffer (DDP's semantics, one bucket)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def _mean_across_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    value = value.detach().clone()
+    torch.distributed.all_reduce(value)
+    return value / world
+
+
 def _check_finite(mean_loss: float, epoch: int, step: int, cfg: TrainConfig, bar: tqdm) -> None:
     if not math.isfinite(mean_loss):
         bar.close()
