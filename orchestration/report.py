@@ -90,7 +90,7 @@ def fmt(key: str, v: float) -> str:
         return f"{v:g}"
     if key == "seconds":
         return f"{v:.2f}"
-    return f"{v:.4f}"
+    return f"{v:.4f}".replace("-0.0000", "0.0000")  # a distance of -1e-9 is 0
 
 
 def count_key(key: str) -> str:
