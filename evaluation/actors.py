@@ -52,6 +52,9 @@ class EvaluatorPool:
         # cpus_per_actor None = Ray's actor default: needs a CPU to be placed but reserves none while alive,
         # so evaluation actors never block the trials that call them.
         options = {"num_gpus": gpus_per_actor} | ({} if cpus_per_actor is None else {"num_cpus": cpus_per_actor})
+        # an actor whose node dies is started again on a live one and the call retried: scoring keeps no state
+        # between calls (update returns it, compute takes it), so a retry computes the same thing
+        options |= {"max_restarts": -1, "max_task_retries": -1}
         remote = ray.remote(**options)(ScorerActor)
         self.config = config
         self.actors = [remote.remote(config, threads_per_actor) for _ in range(num_actors)]

@@ -225,8 +225,12 @@ def _start_postgres(state: dict[str, Any], port: int, log_dir: Path) -> None:
 
 
 def _ray_env(state: dict[str, Any]) -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state["ray"]["token_path"],
-            "RAY_USAGE_STATS_ENABLED": "0"}
+    """The Ray nodes' environment: the token; this environment's `python` first on PATH (what a Ray job's entrypoint
+    runs); no MLflow credentials -- trials never write MLflow, only the driver does (and holds them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=state["ray"]["token_path"], RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return env
 
 
 def _start_ray_node(state: dict[str, Any], role: str, ports: dict[str, int], log_dir: Path) -> None:
@@ -243,8 +247,11 @@ def _start_ray_node(state: dict[str, Any], role: str, ports: dict[str, int], log
         cmd += ["--head", "--port", str(ray["port"]), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                 str(ray["dashboard_port"]), "--ray-client-server-port", str(ray["client_port"]),
                 "--temp-dir", ray["temp_dir"]]
-    else:
-        cmd += ["--address", ray["address"]]
+    else:  # its own temp dir: two nodes sharing one would unpack a job's working_dir over each other's copy
+        node_temp = tempfile.mkdtemp(prefix="cfray-", dir="/tmp")
+        cmd += ["--address", ray["address"], "--temp-dir", node_temp]
+        ray.setdefault("node_temp_dirs", []).append(node_temp)
+        _save(state)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(state),
                                 start_new_session=True, cwd=state["dir"])
@@ -437,7 +444,7 @@ def down(directory: str | Path = DEFAULT_DIR) -> None:
             stop_pid(nodes[role].get("raylet_pid"))
     pg = state.get("postgres", {})
     stop_pid(pg.get("pid"), sig=signal.SIGINT, timeout=30)  # SIGINT: PostgreSQL's "fast" shutdown
-    for path in (pg.get("dir"), state.get("ray", {}).get("temp_dir")):
+    for path in (pg.get("dir"), state.get("ray", {}).get("temp_dir"), *state.get("ray", {}).get("node_temp_dirs", [])):
         if path and Path(path).is_dir() and Path(path).name.startswith(("condface-pg-", "cfray-")):
             shutil.rmtree(path, ignore_errors=True)
     (directory / STATE).rename(directory / "state.down.json")

@@ -13,6 +13,7 @@ and reuses its model version; the other phases rerun, logging each step once). M
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -41,6 +42,10 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
 
     if ray.is_initialized():
         ctx = None
+    elif cfg.address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # a Ray job (`ray job submit --working-dir .`): the job's working_dir already ships the packages, and a
+        # runtime_env of our own would replace it (Ray then deletes the job's working copy, our cwd)
+        ctx = ray.init(address=cfg.address, log_to_driver=True)
     elif cfg.address:
         root = Path(__file__).resolve().parent.parent
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]

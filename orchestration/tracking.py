@@ -30,6 +30,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestration.errors import SweepError
+from orchestration.mlflow_retry import RetryingClient
 from orchestration.trainable import STEP_LOSSES
 
 STEP_LOSS_METRIC = "train_loss_step"  # training loss per optimizer step (step = global optimizer step)
@@ -108,7 +109,8 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # every call retried while the server is unreachable, for a bounded time (orchestration.mlflow_retry)
+        self.client = RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri),

@@ -1,0 +1,290 @@
+"""The sweep on a real cluster on this machine (infra/local_cluster.py): a Ray head + one more Ray node started
+with `ray start`, PostgreSQL, an MLflow server on it with basic-auth, a shared storage path.
+
+The record is read back the way any client would: through the tracking server's REST API. Skipped only where
+PostgreSQL is not installed (.ci/run installs it: apt-get install -y postgresql).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cluster_module():
+    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "infra" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lc = _cluster_module()
+pytestmark = pytest.mark.skipif(lc.pg_bin() is None, reason="PostgreSQL is not installed here (no /usr/lib/postgresql/"
+                                                            "*/bin/initdb) and could not be: apt-get install -y postgresql")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("condface-home")
+    old = os.environ.get("CONDFACE_HOME")
+    os.environ["CONDFACE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CONDFACE_HOME", None)
+    else:
+        os.environ["CONDFACE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def data(home, tmp_path_factory):
+    from data.synthetic import toy_cache
+
+    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
+                         progress=False))
+
+
+@pytest.fixture(scope="module")
+def cluster(home, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cluster")
+    state = lc.up(directory)
+    try:
+        yield state
+    finally:
+        lc.down(directory)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: the sweep as a command, the record through the REST API
+# --------------------------------------------------------------------------------------------------
+def sweep_args(cluster: dict, data: str, experiment: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--address", cluster["ray"]["address"],
+            "--tracking-uri", cluster["mlflow"]["uri"], "--storage-path", cluster["storage_path"], "--data", data,
+            "--experiment", experiment, *extra]
+
+
+def client_env(cluster: dict, **extra: str) -> dict[str, str]:
+    return {**os.environ, **lc.client_env(cluster), "PYTHONPATH": str(ROOT), **extra}
+
+
+def run(args: list[str], env: dict, log: Path, watch: Callable[[str], bool] | None = None,
+        timeout: float = 420) -> tuple[int, str]:
+    """Run a command into `log`; `watch(text)` is called while it runs (returning True kills it: a dying driver)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + timeout
+        try:
+            while proc.poll() is None:
+                if time.time() > deadline:
+                    raise AssertionError(f"timed out after {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+                if watch is not None and watch(log.read_text(errors="replace")):
+                    proc.kill()  # SIGKILL: the driver dies without closing anything
+                    proc.wait(30)
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    return proc.returncode, log.read_text(errors="replace")
+
+
+def rest(cluster: dict, endpoint: str, params: dict | None = None, body: dict | None = None,
+         auth: bool = True) -> tuple[int, dict]:
+    """GET (params) or POST (body) the tracking server's REST API: (status, JSON)."""
+    url = f"{cluster['mlflow']['uri']}/api/2.0/mlflow/{endpoint}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers.update(lc.basic_auth_header(cluster["mlflow"]["username"], cluster["mlflow"]["password"]))
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers,
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+def record(cluster: dict, experiment: str) -> list[dict]:
+    """Every run of the experiment (runs/search is POST-only in MLflow 3: GET answers 405)."""
+    status, exp = rest(cluster, "experiments/get-by-name", {"experiment_name": experiment})
+    assert status == 200, status
+    status, found = rest(cluster, "runs/search", body={"experiment_ids": [exp["experiment"]["experiment_id"]],
+                                                       "max_results": 1000})
+    assert status == 200, status
+    return found.get("runs", [])
+
+
+def tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def history(cluster: dict, run: dict, key: str) -> list[int]:
+    status, got = rest(cluster, "metrics/get-history", {"run_id": run["info"]["run_id"], "metric_key": key,
+                                                        "max_results": 25000})
+    assert status == 200, status
+    return sorted(m["step"] for m in got.get("metrics", []))
+
+
+def trained_runs(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if tags(r).get("condface.phase") in ("grid", "final")]
+
+
+def assert_complete(cluster: dict, experiment: str, epochs: int, final_epochs: int) -> list[dict]:
+    """Every trial and the final run FINISHED with every epoch logged exactly once; the model registered."""
+    runs = record(cluster, experiment)
+    parents = [r for r in runs if tags(r).get("condface.phase") == "sweep"]
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED", [r["info"] for r in parents]
+    trained = trained_runs(runs)
+    assert sorted(tags(r)["condface.phase"] for r in trained) == ["final", "grid", "grid"]
+    for r in trained:
+        assert r["info"]["status"] == "FINISHED", (r["info"]["run_name"], tags(r).get("condface.end_reason"))
+        n = epochs if tags(r)["condface.phase"] == "grid" else final_epochs
+        for key in ("train_loss", "val_loss", "epoch"):  # every epoch, exactly once
+            assert history(cluster, r, key) == list(range(1, n + 1)), (r["info"]["run_name"], key)
+    (final,) = [r for r in trained if tags(r)["condface.phase"] == "final"]
+    status, model = rest(cluster, "registered-models/get", {"name": "condface-ddpm"})
+    assert status == 200 and model["registered_model"]["name"] == "condface-ddpm"
+    status, versions = rest(cluster, "model-versions/search",
+                            {"filter": f"name = 'condface-ddpm' and run_id = '{final['info']['run_id']}'"})
+    assert status == 200 and len(versions.get("model_versions", [])) == 1, versions
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# The tests
+# --------------------------------------------------------------------------------------------------
+def test_the_servers_refuse_requests_without_credentials(cluster):
+    """MLflow's basic-auth app and Ray's token: 401 without them, 200 with them (also through MlflowClient)."""
+    assert rest(cluster, "experiments/search", {"max_results": 1}, auth=False)[0] == 401
+    assert rest(cluster, "experiments/search", {"max_results": 1})[0] == 200
+    dashboard = cluster["ray"]["dashboard"]
+    token = Path(cluster["ray"]["token_path"]).read_text().strip()
+    for path in ("/api/version", "/api/jobs/"):
+        assert lc.http_status(dashboard + path) == 401, path
+        assert lc.http_status(dashboard + path, {"Authorization": f"Bearer {token}"}) == 200, path
+    code = ("import mlflow, sys; c = mlflow.MlflowClient(sys.argv[1]); "
+            "print('experiments', len(c.search_experiments()))")
+    with_creds = subprocess.run([sys.executable, "-c", code, cluster["mlflow"]["uri"]], capture_output=True, text=True,
+                                env=client_env(cluster), timeout=120)
+    assert with_creds.returncode == 0 and "experiments" in with_creds.stdout, with_creds.stderr[-2000:]
+    anonymous = {k: v for k, v in client_env(cluster).items() if not k.startswith("MLFLOW_TRACKING_")}
+    without = subprocess.run([sys.executable, "-c", code, cluster["mlflow"]["uri"]], capture_output=True, text=True,
+                             env={**anonymous, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, timeout=120)
+    assert without.returncode != 0 and "401" in without.stderr, without.stderr[-2000:]
+
+
+def test_a_sweep_on_two_nodes_recorded_through_the_tracking_server(cluster, data, tmp_path):
+    rc, text = run(sweep_args(cluster, data, "cluster-sweep", "--epochs", "2"), client_env(cluster),
+                   tmp_path / "sweep.log")
+    assert rc == 0, text[-4000:]
+    assert "Ray: 2 node(s)" in text
+    runs = assert_complete(cluster, "cluster-sweep", epochs=2, final_epochs=1)
+    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
+    nodes = {n["node_id"] for n in cluster["ray"]["nodes"].values()}
+    assert {tags(r)["condface.node_id"] for r in grid} == nodes  # one trial on each node (1 CPU each)
+    assert all(json.loads(tags(r)["condface.resources"]) == {"CPU": 1.0} for r in grid)
+    # only the driver writes MLflow: the nodes (and so every trial) hold no MLflow credentials, and the server
+    # refuses anonymous writes (the test above), so the complete record came from the driver
+    for node in cluster["ray"]["nodes"].values():
+        environ = Path(f"/proc/{node['raylet_pid']}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"MLFLOW_TRACKING_PASSWORD=") for e in environ)
+
+
+def test_the_sweep_as_a_ray_job(cluster, data, tmp_path):
+    """`ray job submit --working-dir .` reaches SUCCEEDED and its logs come back with `ray job logs`."""
+    ray = str(Path(sys.executable).parent / "ray")
+    env = client_env(cluster)
+    job = f"condface-job-{int(time.time())}"
+    runtime_env = {"env_vars": {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                    "CONDFACE_HOME")}}
+    entry = sweep_args(cluster, data, "cluster-job")[1:]  # `python -m orchestration.sweep ...`, on the head node
+    entry[entry.index("--address") + 1] = "auto"
+    rc, text = run([ray, "job", "submit", "--address", cluster["ray"]["dashboard"], "--submission-id", job,
+                    "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--", "python", *entry],
+                   env, tmp_path / "submit.log")
+    assert rc == 0, text[-4000:]
+    status = subprocess.run([ray, "job", "status", "--address", cluster["ray"]["dashboard"], job], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert re.search(r"Job '\S+' succeeded", status.stdout + status.stderr), status.stdout + status.stderr
+    token = Path(cluster["ray"]["token_path"]).read_text().strip()
+    req = urllib.request.Request(f"{cluster['ray']['dashboard']}/api/jobs/{job}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # the Jobs REST API, with the dashboard's token
+        assert json.loads(resp.read())["status"] == "SUCCEEDED"
+    logs = subprocess.run([ray, "job", "logs", "--address", cluster["ray"]["dashboard"], job], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert logs.returncode == 0 and re.search(r"total wall time: \d+ s", logs.stdout), logs.stdout[-3000:]
+    assert_complete(cluster, "cluster-job", epochs=1, final_epochs=1)
+
+
+def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(cluster, data, tmp_path):
+    """(b) The tracking server stops while trials report: the driver waits and retries (bounded), writes what they
+    reported once the server is back. (c) Then the driver dies (SIGKILL) mid-grid: `--resume` against the same
+    cluster and server finishes the sweep. The record has every epoch of every trial exactly once."""
+    args = sweep_args(cluster, data, "cluster-faults", "--epochs", "3")
+    env = client_env(cluster, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # our retries, not MLflow's silent ones
+    seen: dict[str, float] = {}
+
+    def watch(text: str) -> bool:
+        if "stopped" not in seen and re.search(r"^grid:\S+ epoch 1:", text, re.M):
+            lc.stop_mlflow(cluster["dir"])
+            seen["stopped"] = time.time()
+        elif "stopped" in seen and "restarted" not in seen and time.time() - seen["stopped"] > 20:
+            lc.restart_mlflow(cluster["dir"])
+            seen["restarted"] = time.time()
+        elif "restarted" in seen and "reachable again" in text:
+            # the driver dies the moment a trial reports after the outage (the grid is not over)
+            return bool(re.search(r"^grid:\S+ epoch [23]:", text[text.index("reachable again"):], re.M))
+        return False
+
+    rc, first = run(args, env, tmp_path / "1.log", watch)
+    assert "restarted" in seen, first[-3000:]
+    assert re.search(r"MLflow server \S+ unreachable", first) and "reachable again" in first, first[-3000:]
+    assert rc != 0 and "total wall time" not in first, "the driver was to be killed inside the grid"
+    rc, second = run([*args, "--resume"], env, tmp_path / "2.log")
+    assert rc == 0, second[-4000:]
+    assert "resuming the grid phase" in second
+    assert_complete(cluster, "cluster-faults", epochs=3, final_epochs=1)
+
+
+def test_a_node_killed_mid_trial(cluster, data, tmp_path):
+    """(a) The worker node's raylet is killed (by pid) while both trials run: its trial is retried on the head from
+    its last checkpoint (no epoch trained twice), the sweep finishes, MLflow holds every epoch once. Last in this
+    module: the cluster has one node afterwards."""
+    raylet = cluster["ray"]["nodes"]["worker"]["raylet_pid"]
+    killed: list[float] = []
+
+    def watch(text: str) -> bool:
+        if not killed and len(set(re.findall(r"^(grid:\S+) epoch 1:", text, re.M))) == 2:
+            os.kill(raylet, 9)  # the node dies: its raylet, and with it the node's workers
+            killed.append(time.time())
+        return False
+
+    rc, text = run(sweep_args(cluster, data, "cluster-node-lost", "--epochs", "3"), client_env(cluster),
+                   tmp_path / "sweep.log", watch)
+    assert killed and rc == 0, text[-4000:]
+    for label in set(re.findall(r"^(grid:\S+) epoch \d+:", text, re.M)):  # each epoch trained and reported once
+        assert [int(e) for e in re.findall(rf"^{re.escape(label)} epoch (\d+):", text, re.M)] == [1, 2, 3], label
+    runs = assert_complete(cluster, "cluster-node-lost", epochs=3, final_epochs=1)
+    head = cluster["ray"]["nodes"]["head"]["node_id"]
+    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
+    retried = [r for r in grid if int(tags(r).get("condface.retries", 0)) >= 1]
+    assert len(retried) == 1, [tags(r).get("condface.retries") for r in grid]
+    assert tags(retried[0])["condface.node_id"] == head  # its last epochs ran on the surviving node
