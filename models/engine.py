@@ -48,9 +48,13 @@ from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoin
 from models.errors import ConfigError, DivergedError
 from models.family import DiffusionFamily
 from models.objective import heldout_loss, training_loss
-from models.runtime import resolve_device
+from models.runtime import cpu_supports_bf16, resolve_device
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
+# CPU defaults of the "auto" settings, measured with `python -m models.bench_cpu` (cpu-16 DDPM, batch 32, 16 px;
+# figures in that module's docstring).
+CPU_AUTO_BF16 = False
+CPU_AUTO_CHANNELS_LAST = False
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,12 @@ class TrainConfig:
     ema_power: float = 2 / 3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    mixed_precision: str = "auto"  # "auto" (bf16 on cuda, none on cpu), "bf16", "no"
-    channels_last: bool = True  # applied on cuda only
-    compile: bool = False  # torch.compile the family's module; applied on cuda only
+    # "auto": bf16 autocast on cuda; on the CPU per CPU_AUTO_BF16 and only where models.runtime.cpu_supports_bf16()
+    # (AVX512-BF16/AMX); "bf16": always (a CPU without native bf16 emulates it, slowly); "no": fp32
+    mixed_precision: str = "auto"
+    channels_last: bool | None = None  # None: auto (cuda yes, CPU per CPU_AUTO_CHANNELS_LAST); True/False: any device
+    compile: bool = False  # torch.compile the family's module (cuda: inductor/triton; CPU: inductor's C++ backend)
+    threads: int | None = None  # torch intra-op threads for this run (None: leave the process's setting)
     num_workers: int = 0
     max_steps_per_epoch: int | None = None  # cap optimizer steps per epoch (short CPU trials)
     epoch_time_budget_s: float | None = None  # end an epoch after this many seconds (not reproducible)
@@ -176,14 +183,16 @@ def fit(
     cfg = config
     device = resolve_device(cfg.device)
     amp = _autocast_dtype(cfg.mixed_precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
     family.to(device)
     module = family.module
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        if cfg.channels_last:
-            module.to(memory_format=torch.channels_last)
+    if use_channels_last(cfg.channels_last, device):
+        module.to(memory_format=torch.channels_last)
 
     named = family.trainable_parameters()
     params = list(named.values())
@@ -219,7 +228,7 @@ def fit(
         start_epoch, step, sample_index = _restore(source, family, named, optimizer, lr_sched, ema, device)
         if cfg.verbose:
             print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
-    if cfg.compile and device.type == "cuda":
+    if cfg.compile:
         module.compile()
     val_batches = _val_batches(val_dataset, cfg)
 
@@ -404,6 +413,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.min_snr_gamma is None or cfg.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {cfg.min_snr_gamma}"),
         (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
          f"max_steps_per_epoch must be >= 1, got {cfg.max_steps_per_epoch}"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 (None: the process's setting), got {cfg.threads}"),
         (cfg.mixed_precision in ("auto", "bf16", "no"),
          f"mixed_precision must be auto, bf16 or no, got {cfg.mixed_precision!r}"),
     ]
@@ -413,9 +423,26 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if use_bf16(mode, device) else None
+
+
+def use_bf16(mode: str, device: torch.device | str) -> bool:
+    """Whether a run with `mixed_precision=mode` autocasts to bf16 on `device` (see TrainConfig)."""
+    device = torch.device(device)
+    if mode == "bf16":
+        return True
+    if mode != "auto":
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and CPU_AUTO_BF16 and cpu_supports_bf16()
+
+
+def use_channels_last(setting: bool | None, device: torch.device | str) -> bool:
+    """Whether a run with `channels_last=setting` converts the module to channels_last on `device`."""
+    if setting is not None:
+        return setting
+    return torch.device(device).type == "cuda" or (torch.device(device).type == "cpu" and CPU_AUTO_CHANNELS_LAST)
 
 
 def _seed_everything(seed: int) -> None:

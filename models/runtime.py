@@ -25,6 +25,23 @@ def configure_torch(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+def cpu_supports_bf16() -> bool:
+    """True where bf16 autocast on the CPU runs natively: oneDNN (mkldnn) is built in and the CPU has
+    AVX512-BF16 or AMX-BF16 (/proc/cpuinfo flags). Elsewhere bf16 is emulated and slower than fp32, so
+    `mixed_precision="auto"` never picks it there."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """"auto"/None -> cuda when a CUDA device is visible (inside a Ray task: the GPU it was given), else cpu.
     An explicit "cuda"/"cuda:N" without a visible GPU is a one-line ConfigError naming the fix."""
@@ -41,4 +58,4 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-__all__ = ["configure_torch", "resolve_device"]
+__all__ = ["configure_torch", "cpu_supports_bf16", "resolve_device"]
