@@ -175,6 +175,7 @@ class SweepConfig:
     threads_per_trial: int = 0  # torch threads in a CPU trial (0: torch's default)
     max_concurrent: int | None = None  # None: as many as resources allow
     max_failures: int = 2  # a crashed trial is retried this often, from its last checkpoint
+    final_workers: int = 1  # > 1: the final run is data-parallel over this many Ray Train workers (DDP)
 
     # --- tracking & storage ----------------------------------------------------------------------
     tracking_uri: str | None = None  # None: sqlite:///<cwd>/mlruns.db (embedded store)
@@ -278,7 +279,7 @@ class SweepConfig:
             raise SweepError(f"--select-metric {self.select_metric} cannot rank trials: {off[self.select_metric]}, "
                              f"or select by another metric ({', '.join(m for m in METRIC_MODES if m not in off)})")
         for name in ("epochs", "batch_size", "num_samples", "eval_samples", "final_samples", "cfg_samples",
-                     "eval_actors", "image_size"):
+                     "eval_actors", "image_size", "final_workers"):
             if getattr(self, name) < 1:
                 raise SweepError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("final_epochs", "max_failures", "threads_per_trial", "val_samples"):
@@ -296,6 +297,9 @@ class SweepConfig:
             raise SweepError("--cfg-scales must be one or more non-negative numbers, e.g. 1,2,3,4,5,7")
         if self.artifact_limit_mb < 0:
             raise SweepError(f"--artifact-limit-mb must be 0 or more, got {self.artifact_limit_mb}")
+        if self.batch_size % self.final_workers:
+            raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
+                             f"{self.final_workers}: the global batch is split evenly, pass a multiple")
         if self.fail_once_at_epoch is not None and not 0 <= self.fail_once_at_epoch < self.epochs:
             raise SweepError(f"--fail-once-at-epoch must be in 0..{self.epochs - 1}, got {self.fail_once_at_epoch}")
         return self

@@ -30,7 +30,7 @@ from orchestration.tracking import TAG_PREFIX, Tracker, default_tracking_uri, ml
 
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
-                  "eval_actors", "cpus_per_trial")
+                  "eval_actors", "cpus_per_trial", "final_workers")
 
 
 def _terminate(signum, frame):

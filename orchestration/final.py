@@ -15,6 +15,7 @@ loads it (for sd-lora, the folder holds the LoRA weights for the base named in i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from orchestration.errors import SweepError
 from orchestration.evaluate import Scored, run_remote
 from orchestration.faults import reached
 from orchestration.grid import TrialSpec, trial_label
-from orchestration.resources import plan_resources
+from orchestration.resources import final_worker_resources, plan_resources
 from orchestration.tracking import TAG_PREFIX, Tracker
-from orchestration.trainable import TrialContext, samples_png
+from orchestration.trainable import TrialContext, run_data_parallel, run_trial, samples_png
 from orchestration.tune_phase import make_callback, run_phase
 
 FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final evaluation log once per run
@@ -45,15 +46,28 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
     label = trial_label(spec, cfg)
     callback = make_callback(ctx, tracker.uri, sweep.parent, tags, metric, mode, total=1)
     root = sweep.state.dir(cfg.model)
-    print(f"\n== {cfg.model} final run: {label}, {cfg.final_epochs} epochs ==", flush=True)
-    results = run_phase(ctx, root, "final", spec.params(), resources, metric, mode, callback, resume=continuing)
+    fn, trial_resources, how = run_trial, resources, ""
+    if cfg.final_workers > 1:  # Ray Train (DDP) inside the one trial; the trial itself only coordinates
+        worker = final_worker_resources(cfg, plan_resources(cfg))
+        ctx = dataclasses.replace(ctx, workers=cfg.final_workers, worker_resources=worker,
+                                  threads=0 if worker.get("GPU") else int(worker["CPU"]),
+                                  train_storage=str(root / "final-train"))
+        # the coordinating trial holds no CPU (its workers do); Tune wants a non-empty bundle: one byte of memory
+        fn, trial_resources = run_data_parallel, {"cpu": 0.0, "memory": 1.0}
+        how = f" on {cfg.final_workers} data-parallel workers ({'nccl' if worker.get('GPU') else 'gloo'}, {worker} each)"
+    print(f"\n== {cfg.model} final run: {label}, {cfg.final_epochs} epochs{how} ==", flush=True)
+    results = run_phase(ctx, root, "final", spec.params(), trial_resources, metric, mode, callback, resume=continuing,
+                        fn=fn)
     result = results[0]
-    if result.error is not None or result.checkpoint is None:
+    # a data-parallel run's checkpoints are Ray Train's: the trial reports the last one's path
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else \
+        (result.metrics or {}).get("checkpoint_path")
+    if result.error is not None or checkpoint is None:
         raise SweepError(f"the {cfg.model} final run failed ({str(result.error).splitlines()[-1] if result.error else 'no checkpoint'})"
                          f": see {root / 'final'}; continue with --resume")
-    pipeline_dir = Path(result.checkpoint.path) / "pipeline"
+    pipeline_dir = Path(checkpoint) / "pipeline"
     if not pipeline_dir.is_dir():
-        raise SweepError(f"the final run's last checkpoint {result.checkpoint.path} has no pipeline/: "
+        raise SweepError(f"the final run's last checkpoint {checkpoint} has no pipeline/: "
                          "it did not finish its last epoch; continue with --resume")
     run_id = tracker.find_run(f"{sweep.parent}/final/{result.metrics['trial_id']}")
     reached(f"{cfg.model}/final:trained")

@@ -77,4 +77,23 @@ def plan_resources(cfg: SweepConfig, nodes: tuple[dict[str, float], ...] | None 
     return ResourcePlan(grid=grid, lone=lone, nodes=tuple(nodes))
 
 
-__all__ = ["ResourcePlan", "plan_resources", "alive_nodes"]
+def final_worker_resources(cfg: SweepConfig, plan: ResourcePlan) -> dict[str, float]:
+    """What each of the --final-workers data-parallel workers asks Ray for: one GPU (and a trial's CPUs) on a GPU
+    cluster; on CPUs the lone work's CPUs shared out (at least 1 each). Workers may sit on different nodes; the
+    cluster must hold all of them at once (they train in lockstep), or SweepError."""
+    n = cfg.final_workers
+    if plan.lone.get("gpu"):
+        gpus = sum(int(node["gpu"]) for node in plan.nodes)
+        if gpus < n:
+            raise SweepError(f"--final-workers {n} needs {n} GPUs (one each) but the cluster has {gpus}: lower "
+                             "--final-workers or add GPU nodes")
+        return {"CPU": plan.grid["cpu"], "GPU": 1.0}
+    per = max(1.0, float(int(plan.lone["cpu"] // n)))
+    fit = sum(int(node["cpu"] // per) for node in plan.nodes)
+    if fit < n:
+        raise SweepError(f"--final-workers {n} x {per:g} CPU do not fit the cluster's nodes ({fit} would): lower "
+                         "--final-workers or add nodes")
+    return {"CPU": per}
+
+
+__all__ = ["ResourcePlan", "plan_resources", "alive_nodes", "final_worker_resources"]

@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="which trial checkpoints MLflow keeps: none, each trial's best epoch, or all")
     a("--artifact-limit-mb", type=_float(0), help="stop logging checkpoints to MLflow past this many MB")
     a("--max-failures", type=_int(0), help="retries of a crashed trial, each from its last checkpoint")
+    a("--final-workers", type=_int(1), help="train the final run data-parallel on this many Ray Train workers "
+                                            "(DDP: gloo on CPUs, nccl with one GPU each; the global batch is kept)")
     a("--pretrained", help="sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt instead of the "
                            "preset's base")
     a("--inception-weights", help="torch-fidelity Inception weights file for real FID (else fd_estimator stands in)")
@@ -196,7 +198,7 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors",
               "sampler", "sampling_steps", "ddpm_variance", "beta_rescale", "augment", "augment_axis", "sampler_phase",
               "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples", "epoch_images",
-              "final_epoch_images")
+              "final_epoch_images", "final_workers")
 
 
 def explicit_settings(args: argparse.Namespace) -> set[str]:

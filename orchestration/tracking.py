@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -448,6 +449,8 @@ class MlflowTrialCallback(Callback):
             better = best is None or (value < best[0] if self.mode == "min" else value > best[0])
             if better:
                 self.best[trial.trial_id] = (float(value), "", int(epoch))
+        if isinstance(result.get("checkpoint_path"), str):  # a Ray Train run inside the trial (--final-workers)
+            self.on_checkpoint(iteration, trials, trial, SimpleNamespace(path=result["checkpoint_path"]))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         run_id = self._run(trial)

@@ -43,6 +43,10 @@ class TrialContext:
     marker_dir: str | None = None  # where injected failures remember they happened (testing)
     threads: int = 0  # torch threads of each trial (0: the sweep's threads_per_trial)
     metric: str | None = None  # the metric this phase ranks by (None: the sweep's select_metric)
+    # the final run with --final-workers N > 1: a Ray Train TorchTrainer of N data-parallel workers inside the trial
+    workers: int = 1
+    worker_resources: dict[str, float] | None = None  # what each worker asks Ray for, e.g. {"CPU": 1}
+    train_storage: str | None = None  # where Ray Train keeps the workers' checkpoints (a shared path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,11 +103,56 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
 # The trainable
 # --------------------------------------------------------------------------------------------------
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """A Tune trial: train one configuration, reporting each epoch (and its checkpoint) to Tune."""
     from ray import tune
 
+    def report(metrics: dict[str, Any], stage: Path | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(stage)) if stage else None)
+
+    _train(config, ctx, tune.get_context().get_trial_id(), tune.get_checkpoint(), report)
+
+
+def run_data_parallel(config: dict[str, Any], ctx: TrialContext) -> None:
+    """A Tune trial (the final run with --final-workers N): a Ray Train TorchTrainer runs the same training on N
+    workers (DDP: gloo on CPUs, nccl on GPUs; models.engine splits each global batch among them). Rank 0 reports
+    every epoch with its checkpoint, which TuneReportCallback passes on to this trial (the checkpoint as
+    `checkpoint_path`), so the driver records it like any trial. A retried or resumed trial starts the trainer
+    again under the same name and storage path, and Ray Train restores its latest checkpoint."""
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    resources = dict(ctx.worker_resources or {"CPU": 1.0})
+    gpu = resources.get("GPU", 0) > 0
+    trainer = TorchTrainer(
+        _data_parallel_worker, train_loop_config={"config": config, "ctx": ctx, "trial_id": trial_id},
+        scaling_config=ScalingConfig(num_workers=ctx.workers, use_gpu=gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(name=f"final-{trial_id}", storage_path=ctx.train_storage,
+                             failure_config=FailureConfig(max_failures=ctx.sweep.max_failures),
+                             callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def _data_parallel_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker of the data-parallel final run: rank 0 samples, scores and checkpoints; all report."""
+    import ray.train
+
+    def report(metrics: dict[str, Any], stage: Path | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(stage)) if stage else None)
+
+    _train(loop["config"], loop["ctx"], loop["trial_id"], ray.train.get_checkpoint(), report)
+
+
+def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, report_to) -> None:
+    """The body of a trial: the engine's `fit` + per-epoch sampling, scoring and `report_to(metrics, stage dir)`.
+    Under data parallelism only rank 0 samples, scores and checkpoints (the other ranks report the losses)."""
     from data.dataset import FaceDataset
     from evaluation.conditions import paired_conditions
-    from models.engine import fit
+    from models.engine import distributed, fit
     from models.errors import DivergedError
     from models.families import build_family
     from models.runtime import configure_torch
@@ -121,18 +170,20 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     val_set = FaceDataset(ctx.data_root, "val")
     conditions = paired_conditions(ctx.data_root, cfg.eval_samples, split="val", seed=cfg.seed)
     real = conditions.real_images
-    trial_id = tune.get_context().get_trial_id()
     placement = where_am_i()
+    rank = distributed()[0]
 
     work = Path(tempfile.mkdtemp(prefix="condface-trial-"))
     resume: bool | Path = False
-    restored = tune.get_checkpoint()
     if restored is not None:
         local = Path(restored.to_directory(str(work / "restored")))
         resume = local / "engine"
 
     def on_epoch(report) -> bool:
         epoch = report.epoch + 1  # 1-based in every report and MLflow step
+        if rank != 0:  # a data-parallel worker: rank 0 reports for the run
+            report_to({**report.metrics(), "epoch": epoch}, None)
+            return False
         started = time.perf_counter()
         stage = work / f"report-{epoch:04d}"
         stage.mkdir()
@@ -159,7 +210,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         (stage / "report.json").write_text(json.dumps({"epoch": epoch, "trial_id": trial_id, "phase": ctx.phase,
                                                        "describe": describe, "placement": placement}))
         _maybe_fail(ctx, trial_id, report.epoch)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+        report_to(metrics, stage)
         shutil.rmtree(stage, ignore_errors=True)
         return False
 
@@ -169,7 +220,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     except DivergedError as err:
         # not retried (it would diverge again, deterministically): reported once, the driver closes the trial's
         # MLflow run FAILED with this reason, and the grid goes on without it
-        tune.report({"diverged": 1.0, "diverged_reason": str(err), cfg_metric(ctx): float("nan")})
+        report_to({"diverged": 1.0, "diverged_reason": str(err), cfg_metric(ctx): float("nan")}, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

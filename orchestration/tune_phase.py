@@ -39,9 +39,12 @@ def run_phase(
     scheduler: str = "fifo",
     max_concurrent: int | None = None,
     resume: bool = False,
+    fn=run_trial,
 ) -> tune.ResultGrid:
-    """Fit (or restore and finish) the Tune experiment `root/name`; returns its ResultGrid."""
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    """Fit (or restore and finish) the Tune experiment `root/name`; returns its ResultGrid. `fn(config, ctx)` is
+    the trial (`run_trial`; the data-parallel final run: `run_data_parallel`, whose workers ask for their own
+    resources, so `resources` is what the coordinating trial itself holds)."""
+    trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
     path = root / name
     if resume and Tuner.can_restore(str(path)):
         print(f"resuming the {name} phase from {path} (finished trials are kept)", flush=True)
