@@ -228,7 +228,7 @@ def fit(
         start_epoch, step, sample_index = _restore(source, family, named, optimizer, lr_sched, ema, device)
         if cfg.verbose:
             print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
-    if cfg.compile:
+    if cfg.compile and getattr(module, "_compiled_call_impl", None) is None:  # not twice (fit called again)
         module.compile()
     val_batches = _val_batches(val_dataset, cfg)
 
