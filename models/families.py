@@ -75,7 +75,16 @@ def build_family(model: str, config: Any, seed: int = 0, verbose: bool = True) -
 
 
 def load_pipeline(model: str, path: str | Path) -> DiffusionPipeline:
-    """The sampling pipeline saved at `path` by a `model` family's save_pretrained (one-line error if absent)."""
+    """The sampling pipeline saved at `path` by a `model` family's save_pretrained, or inside an MLflow model
+    folder (what `mlflow.artifacts.download_artifacts("models:/condface-ddpm@champion")` gives; its sd-lora base
+    comes from the model too, see models.mlflow_model). One-line error if absent."""
     if not Path(path).is_dir():
         raise ConfigError(f"no saved {model} pipeline at {path}: point at the folder save_pretrained wrote")
+    if (Path(path) / "MLmodel").is_file():
+        from models.mlflow_model import load_resolved, resolve_folder
+
+        resolved = resolve_folder(path)
+        if resolved.family != model:
+            raise ConfigError(f"the MLflow model at {path} is a {resolved.family} model, not {model}")
+        return load_resolved(resolved)
     return family_spec(model).load(str(path))

@@ -225,16 +225,21 @@ class SDLoRAFamily(StableDiffusionFamily):
         return {**super().describe(), **{f"lora_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
 
 
-def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: str = "fixed_small"
-                  ) -> StableDiffusionPipeline:
+def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: str = "fixed_small",
+                  base: str | Path | None = None) -> StableDiffusionPipeline:
     """A fresh base with the saved LoRA weights loaded (`load_lora_weights`) and sampler `sampler`, built
-    from the training schedule saved with the weights (so the betas are those the adapters trained with)."""
+    from the training schedule saved with the weights (so the betas are those the adapters trained with).
+
+    base: a folder or hub id to load the base from instead of the one the weights name (e.g. the tiny base
+    shipped inside an MLflow model)."""
     lora_dir = Path(lora_dir)
     info_path = lora_dir / LORA_INFO_FILE
     if not info_path.is_file():
         raise ConfigError(f"{lora_dir} holds no sd-lora weights (no {LORA_INFO_FILE}); point at a saved LoRA folder")
     info = json.loads(info_path.read_text())
     config = LoRAConfig(**info["lora_config"])
+    if base is not None:
+        config = dataclasses.replace(config, pretrained=str(base))
     pipe, _ = load_base(config)
     set_resolution(pipe, config.image_size)
     pipe.load_lora_weights(lora_dir)

@@ -4,13 +4,17 @@ The retraining is a one-trial Tune experiment (same trainable, same retries/resu
 MLflow run with per-epoch metrics). At its last epoch the trial saves the pipeline with the EMA
 weights (`save_pretrained`); the driver then samples the final-comparison set (study: 100 samples)
 as a Ray task, logs the metrics (`final_<metric>`, with sample counts `final_<metric>_n`), logs the
-pipeline folder as the run's `pipeline/` artifacts and registers it in the Model Registry, so that
+model as an MLflow model of the run (`models.mlflow_model`: a pyfunc whose artifacts are the pipeline
+folder, or MLflow's diffusers flavor for a LoRA on a Hub base) and registers it in the Model Registry
+with the alias `champion`, so that
 
-    path = mlflow.artifacts.download_artifacts("models:/condface-ddpm/<version>")
-    pipe = models.families.load_pipeline("ddpm", path)  # = AttributeDiffusionPipeline.from_pretrained(path)
+    model = mlflow.pyfunc.load_model("models:/condface-ddpm@champion")   # predict(levels) -> base64 PNGs
+    path = mlflow.artifacts.download_artifacts("models:/condface-ddpm@champion")
+    pipe = models.families.load_pipeline("ddpm", path)  # the AttributeDiffusionPipeline inside it
+    python -m models.generate --model models:/condface-ddpm@champion --smiling 5 --out faces.png
 
-loads it (for sd-lora, the folder holds the LoRA weights for the base named in its config, and
-`load_pipeline("sd-lora", path)` puts them onto that base).
+load it (for sd-lora, the pipeline folder holds the LoRA weights, and the MLflow model ships or names
+the base they go onto).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from orchestration.evaluate import Scored, run_remote
 from orchestration.faults import reached
 from orchestration.grid import TrialSpec, trial_label
 from orchestration.resources import final_worker_resources, plan_resources
-from orchestration.tracking import TAG_PREFIX, Tracker
+from orchestration.tracking import CHAMPION_ALIAS, TAG_PREFIX, Tracker
 from orchestration.trainable import TrialContext, run_data_parallel, run_trial, samples_png
 from orchestration.tune_phase import make_callback, run_phase
 
@@ -84,8 +88,11 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
     tracker.set_tags(run_id, {f"{TAG_PREFIX}final_guidance_scale": spec.guidance_scale,
                               f"{TAG_PREFIX}final_samples": cfg.final_samples})
     _log_samples(tracker, run_id, scored, root / "final_samples.png")
+    sampling = {"guidance_scale": spec.guidance_scale, "sampler": cfg.sampler,
+                "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance}
     model_uri = register(tracker, run_id, pipeline_dir, cfg.registered_model_name,
-                         {"family": cfg.model, "preset": cfg.preset, "config": label})
+                         {"family": cfg.model, "preset": cfg.preset, "config": label}, sampling=sampling,
+                         data_root=sweep.data_root)
     reached(f"{cfg.model}/final:registered")
     tracker.log_metrics(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
@@ -96,24 +103,50 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
             "unavailable": scored.unavailable, "counts": scored.counts, "history": history}
 
 
-def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags: dict[str, str]) -> str:
-    """Log the save_pretrained folder as the run's `pipeline/` artifacts and register it as a model version --
-    once: a run that already has a version of `name` keeps it (a resumed sweep registers nothing new)."""
+def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags: dict[str, str],
+             sampling: dict[str, Any] | None = None, data_root: str | None = None) -> str:
+    """Log the save_pretrained folder as an MLflow model of the run (`models.mlflow_model.save_model`: a pyfunc,
+    or the diffusers flavor where it fits; `sampling` gives its default params, `data_root` the level
+    frequencies "any" draws from) and register it as a model version with the alias `champion` -- once: a run
+    that already has a version of `name` keeps it (a resumed sweep logs and registers nothing new, and sets the
+    alias only if it is missing)."""
     from mlflow.exceptions import MlflowException
+
+    from models.mlflow_model import choose_flavor, level_frequencies, save_model
 
     client = tracker.client
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="condface diffusers pipeline: download the version's "
-                                                         "artifacts and load them with from_pretrained")
+        client.create_registered_model(name, description=(
+            "condface: an MLflow model of a final run (pyfunc: attribute levels or prompts in, base64 PNGs out; "
+            f"see models/mlflow_model.py). `{CHAMPION_ALIAS}` is the newest final model: "
+            f"mlflow.pyfunc.load_model('models:/{name}@{CHAMPION_ALIAS}'), or python -m models.generate --model "
+            f"models:/{name}@{CHAMPION_ALIAS} --out faces.png"))
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = max(existing, key=lambda v: int(v.version))
+        aliased = True
+        try:
+            client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        except MlflowException:
+            aliased = False
     else:
-        tracker.log_artifact(run_id, pipeline_dir, "pipeline")
-        source = f"{client.get_run(run_id).info.artifact_uri}/pipeline"
-        version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+        flavor, why = choose_flavor(pipeline_dir)
+        sampling = {"guidance_scale": 3.0, "sampler": "ddpm", "num_inference_steps": 0, **(sampling or {})}
+        frequencies = level_frequencies(data_root) if data_root else None
+        model_id, source = tracker.log_model(
+            run_id, "model", lambda path, mlflow_model: save_model(path, pipeline_dir, frequencies=frequencies,
+                                                                   mlflow_model=mlflow_model, flavor=flavor,
+                                                                   **sampling),
+            tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()})
+        tracker.set_tags(run_id, {f"{TAG_PREFIX}mlflow_flavor": f"{flavor}: {why}"})
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id,
+                                              description=f"{tags.get('family', '')} {tags.get('config', '')} "
+                                                          f"({flavor})".strip())
+        aliased = False
+    if not aliased:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     uri = f"models:/{name}/{version.version}"
     tracker.set_tags(run_id, {f"{TAG_PREFIX}registered_model": uri})
     return uri

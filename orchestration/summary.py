@@ -115,9 +115,11 @@ def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage:
         f"                  then open http://127.0.0.1:5000 -> experiment {experiment!r}, parent run {parent_run_id}",
         f"  Ray results:    {storage}",
     ]
-    for model, model_uri in models.items():
-        lines.append(f"  Registered:     {model_uri}  (path = mlflow.artifacts.download_artifacts(uri); "
-                     f"models.families.load_pipeline({model!r}, path))")
+    for model_uri in models.values():
+        alias = model_uri.rsplit("/", 1)[0] + "@champion"
+        lines.append(f"  Registered:     {model_uri} (the newest final model is {alias}); draw faces: python -m "
+                     f"models.generate --model {model_uri} --out faces.png; or mlflow.pyfunc.load_model(uri), "
+                     "mlflow models serve -m URI --env-manager local")
     if dashboard_url:
         alive = " (alive while a sweep runs; the local runtime stops with it)" if local_ray else ""
         lines.append(f"  Ray dashboard:  http://{dashboard_url}{alive}")
