@@ -370,8 +370,14 @@ def up(directory: str | Path = DEFAULT_DIR, auth: bool = True, base_port: int | 
     storage.mkdir(exist_ok=True)
     counter = iter(range(base_port, base_port + 1000)) if base_port else None
 
+    used: set[int] = set()  # a free port picked twice (the OS may hand it out again) would collide
+
     def port() -> int:
-        return next(counter) if counter else free_port()
+        while True:
+            p = next(counter) if counter else free_port()
+            if p not in used:
+                used.add(p)
+                return p
 
     token_path = directory / "ray_auth_token"
     token_path.write_text(secrets.token_hex(32))
@@ -392,7 +398,7 @@ def up(directory: str | Path = DEFAULT_DIR, auth: bool = True, base_port: int | 
         for role in ("head", "worker"):
             ports = {k: port() for k in ("node_manager", "object_manager", "agent_listen", "agent_grpc", "metrics",
                                          "runtime_env")}
-            ports["min_worker"] = _worker_port_range(counter)
+            ports["min_worker"] = _worker_port_range(counter, used)
             _start_ray_node(state, role, ports, log_dir)
         _start_mlflow(state, port(), auth, log_dir)
     except BaseException:
@@ -401,7 +407,7 @@ def up(directory: str | Path = DEFAULT_DIR, auth: bool = True, base_port: int | 
     return state
 
 
-def _worker_port_range(counter) -> int:
+def _worker_port_range(counter, used: set[int]) -> int:
     """The first of 100 free-looking ports for one node's Ray workers."""
     if counter is not None:
         first = next(counter)
@@ -410,9 +416,11 @@ def _worker_port_range(counter) -> int:
         return first
     for _ in range(50):
         first = free_port()
-        if first + 99 < 65535 and all(_port_free(p) for p in range(first, first + 100, 7)):
+        span = range(first, first + 100)
+        if first + 99 < 65535 and not used.intersection(span) and all(_port_free(p) for p in span[::7]):
+            used.update(span)
             return first
-    return 20000
+    raise ClusterError("found no 100 free ports in a row for a Ray node's workers: pass --base-port N")
 
 
 def _port_free(p: int) -> bool:
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(status(state["dir"])))
             print(f"\nnext: eval \"$(python infra/local_cluster.py env --dir {args.dir})\", then\n"
                   "  python -m orchestration.sweep --preset smoke --address $CONDFACE_RAY_ADDRESS "
-                  "--tracking-uri $CONDFACE_TRACKING_URI --storage-path $CONDFACE_STORAGE_PATH")
+                  "--tracking-uri $CONDFACE_TRACKING_URI --storage-path $CONDFACE_STORAGE_PATH --data DIR")
         elif args.verb == "down":
             down(args.dir)
             print(f"stopped the cluster at {args.dir}")
