@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -379,3 +380,29 @@ def test_the_mlflow_ui_shows_trials_metrics_images_and_the_champion(store, tmp_p
         assert (SCREENSHOTS / name).stat().st_size > 10_000
     print(f"\nMLflow UI screenshots: {SCREENSHOTS}")
 
+
+def test_a_lora_in_mlflows_diffusers_flavor_loads_and_draws(store, tmp_path):
+    """The diffusers flavor (chosen for a LoRA on a Hub base; the Hub is out of reach here, so the tiny base's
+    folder stands in for the base reference): MLflow's own pyfunc and models.generate both draw with it."""
+    import mlflow
+    import pandas as pd
+
+    from models.mlflow_model import choose_flavor, resolve_folder, save_model
+    from models.tiny_base import PRESETS, tiny_base_dir
+
+    fin = store["out"]["families"]["sd-lora"]["final"]
+    assert choose_flavor(fin["pipeline_dir"])[0] == "pyfunc"  # the tiny offline base: not expressible
+    lora = tmp_path / "lora"
+    shutil.copytree(fin["pipeline_dir"], lora)
+    info = json.loads((lora / "condface_lora.json").read_text())
+    info["lora_config"]["pretrained"] = str(tiny_base_dir(PRESETS[info["lora_config"]["tiny_base"]]))
+    (lora / "condface_lora.json").write_text(json.dumps(info))
+    assert save_model(tmp_path / "model", lora, guidance_scale=3.0, sampler="ddim", num_inference_steps=2,
+                      flavor="diffusers") == "diffusers"
+    resolved = resolve_folder(tmp_path / "model")
+    assert (resolved.family, resolved.flavor, resolved.base) == ("sd-lora", "diffusers", info["lora_config"]["pretrained"])
+    out = mlflow.pyfunc.load_model(str(tmp_path / "model")).predict(pd.DataFrame({"prompt": ["A person smiling."]}))
+    assert decode(base64.b64encode(out[0]).decode()).shape == (16, 16, 3)  # MLflow's wrapper: PNG bytes
+    res = generate(store, tmp_path, "--model", str(tmp_path / "model"), "--smiling", "5", "-n", "2", "--steps", "2",
+                   "--out", str(tmp_path / "lora.png"))
+    assert res.returncode == 0, res.stderr[-3000:]
