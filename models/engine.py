@@ -51,8 +51,15 @@ from models.objective import heldout_loss, training_loss
 from models.runtime import cpu_supports_bf16, resolve_device
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
-# CPU defaults of the "auto" settings, measured with `python -m models.bench_cpu` (cpu-16 DDPM, batch 32, 16 px;
-# figures in that module's docstring).
+# CPU defaults of the "auto" settings, measured on the 2-core AVX512-BF16 machine (a shared one: load average
+# 9-15 during every measurement, so these are coarse; rerun `python -m models.bench_cpu` on an idle machine).
+# * bf16 off: the cpu-16 DDPM (16-64 channels at 16 px) trained at 27 img/s in bf16 vs 41 img/s in fp32 (1 thread,
+#   load 12.5-15, `python -m evaluation.precision_check`, consecutive runs), same held-out loss (0.0748 vs 0.0742);
+#   the bf16 matmul peak is 4-9x fp32's (2048^3 mm), but these convolutions are too small to use it.
+# * channels_last off: the first models.bench_cpu run (one pass per variant, load 9.9-10) gave engine eager fp32
+#   15.5 img/s, channels_last 6.7, bf16 6.8 (sampling 2.1 / 3.4 / 2.9 img/s): no gain shown; it stays on for cuda.
+# * compile (TrainConfig.compile, default False): its first warm-up took 320 s vs 66 s eager (load ~10) -- more
+#   than a whole 20-60 s grid trial, paid again in every trial process.
 CPU_AUTO_BF16 = False
 CPU_AUTO_CHANNELS_LAST = False
 
