@@ -1,14 +1,16 @@
 """--final-workers 2: the final run trains data-parallel with Ray Train (TorchTrainer, gloo, 2 CPU workers) inside the
-same sweep, and is recorded, evaluated and registered like a one-worker final run."""
+same sweep, is recorded, evaluated and registered like a one-worker final run, and resumes from Ray Train's
+checkpoint when the driver died."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from orchestration.errors import SweepError
-from tests.test_orchestration_sweep import children, client_for, smoke
+from tests.test_orchestration_sweep import client_for, smoke
 
 
 @pytest.fixture(scope="module")
@@ -31,32 +33,24 @@ def data(home, tmp_path_factory):
                          progress=False))
 
 
-def test_the_final_run_on_two_data_parallel_workers(tmp_path, data):
-    import ray
+def test_worker_resources_for_the_data_parallel_final_run(data):
+    import dataclasses
 
-    from orchestration.driver import run_sweep
     from orchestration.resources import final_worker_resources, plan_resources
 
-    cfg = smoke(tmp_path, data, final_workers=2, final_epochs=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert final_worker_resources(cfg, plan_resources(cfg)) == {"CPU": 1.0}  # 2 CPUs shared out
-        with pytest.raises(SweepError, match="do not fit"):
-            import dataclasses
-
-            final_worker_resources(dataclasses.replace(cfg, final_workers=4), plan_resources(cfg))
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        ray.shutdown()
-    client = client_for(cfg.tracking_uri)
-    (final,) = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] == "final"]
-    assert final.info.status == "FINISHED"
-    for key in ("train_loss", "val_loss", "fd_estimator", "epoch"):  # rank 0's report of every epoch, once
-        assert [m.step for m in client.get_metric_history(final.info.run_id, key)] == [1, 2], key
-    assert "final_fd_estimator" in final.data.metrics  # evaluated on the pipeline rank 0 saved
-    assert final.data.tags["condface.registered_model"].startswith("models:/condface-ddpm/")
-    fam = out["families"]["ddpm"]["final"]
-    assert "final-train" in fam["pipeline_dir"]  # Ray Train's checkpoint, passed on through the trial
+    cfg = smoke(Path("/tmp"), data, final_workers=2)
+    cpu = plan_resources(cfg, nodes=({"cpu": 2.0, "gpu": 0.0},))
+    assert final_worker_resources(cfg, cpu) == {"CPU": 1.0}  # the lone work's 2 CPUs shared out
+    two_nodes = plan_resources(cfg, nodes=({"cpu": 1.0, "gpu": 0.0}, {"cpu": 1.0, "gpu": 0.0}))
+    assert final_worker_resources(cfg, two_nodes) == {"CPU": 1.0}  # one worker on each node
+    gpus = plan_resources(cfg, nodes=({"cpu": 8.0, "gpu": 1.0}, {"cpu": 8.0, "gpu": 1.0}))
+    assert final_worker_resources(cfg, gpus) == {"CPU": 1.0, "GPU": 1.0}
+    with pytest.raises(SweepError, match="do not fit"):
+        final_worker_resources(dataclasses.replace(cfg, final_workers=4), cpu)
+    with pytest.raises(SweepError, match="needs 4 GPUs"):
+        final_worker_resources(dataclasses.replace(cfg, final_workers=4), gpus)
+    with pytest.raises(SweepError, match="does not divide"):
+        smoke(Path("/tmp"), data, final_workers=3)  # batch 16
 
 
 def test_a_killed_data_parallel_final_run_resumes_from_ray_trains_checkpoint(tmp_path, data, home):
@@ -66,7 +60,6 @@ def test_a_killed_data_parallel_final_run_resumes_from_ray_trains_checkpoint(tmp
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from tests.test_orchestration_sweep import _kill_tree
 
@@ -93,4 +86,10 @@ def test_a_killed_data_parallel_final_run_resumes_from_ray_trains_checkpoint(tmp
     exp = client.get_experiment_by_name("condface-ddpm-smoke")
     (final,) = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'final'")
     assert final.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(final.info.run_id, "train_loss")] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "fd_estimator", "epoch"):  # rank 0's report of every epoch, once
+        assert [m.step for m in client.get_metric_history(final.info.run_id, key)] == [1, 2, 3], key
+    assert "final_fd_estimator" in final.data.metrics  # evaluated on the pipeline rank 0 saved
+    assert final.data.tags["condface.registered_model"].startswith("models:/condface-ddpm/")
+    first = (tmp_path / "1.log").read_text()
+    assert "on 2 data-parallel workers (gloo, {'CPU': 1.0} each)" in first
+    assert list((tmp_path / "results").glob("*/ddpm/final-train/final-*/checkpoint_*"))  # Ray Train's checkpoints
