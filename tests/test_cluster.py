@@ -190,33 +190,17 @@ def test_the_servers_refuse_requests_without_credentials(cluster):
     assert without.returncode != 0 and "401" in without.stderr, without.stderr[-2000:]
 
 
-def test_a_sweep_on_two_nodes_recorded_through_the_tracking_server(cluster, data, tmp_path):
-    rc, text = run(sweep_args(cluster, data, "cluster-sweep", "--epochs", "2"), client_env(cluster),
-                   tmp_path / "sweep.log")
-    assert rc == 0, text[-4000:]
-    assert "Ray: 2 node(s)" in text
-    runs = assert_complete(cluster, "cluster-sweep", epochs=2, final_epochs=1)
-    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
-    nodes = {n["node_id"] for n in cluster["ray"]["nodes"].values()}
-    assert {tags(r)["condface.node_id"] for r in grid} == nodes  # one trial on each node (1 CPU each)
-    assert all(json.loads(tags(r)["condface.resources"]) == {"CPU": 1.0} for r in grid)
-    # only the driver writes MLflow: the nodes (and so every trial) hold no MLflow credentials, and the server
-    # refuses anonymous writes (the test above), so the complete record came from the driver
-    for node in cluster["ray"]["nodes"].values():
-        environ = Path(f"/proc/{node['raylet_pid']}/environ").read_bytes().split(b"\0")
-        assert not any(e.startswith(b"MLFLOW_TRACKING_PASSWORD=") for e in environ)
-
-
-def test_the_sweep_as_a_ray_job(cluster, data, tmp_path):
-    """`ray job submit --working-dir .` reaches SUCCEEDED and its logs come back with `ray job logs`."""
+def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(cluster, data, tmp_path):
+    """`ray job submit --working-dir . -- python -m orchestration.sweep --address auto ...` reaches SUCCEEDED, its
+    logs come back with `ray job logs`, its trials ran on both nodes, and the record read back over REST is
+    complete. (The sweep run directly with --address is the fault tests' below.)"""
     ray = str(Path(sys.executable).parent / "ray")
     env = client_env(cluster)
     job = f"condface-job-{int(time.time())}"
     runtime_env = {"env_vars": {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                                     "CONDFACE_HOME")}}
-    # `python -m orchestration.sweep ...` on the head node; the grid only (the whole sweep is checked above)
-    entry = sweep_args(cluster, data, "cluster-job", "--final-epochs", "0")[1:]
-    entry[entry.index("--address") + 1] = "auto"
+    entry = sweep_args(cluster, data, "cluster-job", "--epochs", "2")[1:]  # `python -m orchestration.sweep ...`
+    entry[entry.index("--address") + 1] = "auto"  # the job's driver runs on the head node
     rc, text = run([ray, "job", "submit", "--address", cluster["ray"]["dashboard"], "--submission-id", job,
                     "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--", "python", *entry],
                    env, tmp_path / "submit.log")
@@ -232,10 +216,18 @@ def test_the_sweep_as_a_ray_job(cluster, data, tmp_path):
     logs = subprocess.run([ray, "job", "logs", "--address", cluster["ray"]["dashboard"], job], env=env,
                           capture_output=True, text=True, timeout=120)
     assert logs.returncode == 0 and re.search(r"total wall time: \d+ s", logs.stdout), logs.stdout[-3000:]
-    runs = record(cluster, "cluster-job")
-    assert sorted((tags(r)["condface.phase"], r["info"]["status"]) for r in trained_runs(runs)) == \
-        [("grid", "FINISHED"), ("grid", "FINISHED")]
-    assert all(history(cluster, r, "train_loss") == [1] for r in trained_runs(runs))
+    assert "Ray: 2 node(s)" in logs.stdout
+
+    runs = assert_complete(cluster, "cluster-job", epochs=2, final_epochs=1)
+    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
+    nodes = {n["node_id"] for n in cluster["ray"]["nodes"].values()}
+    assert {tags(r)["condface.node_id"] for r in grid} == nodes  # one trial on each node (1 CPU each)
+    assert all(json.loads(tags(r)["condface.resources"]) == {"CPU": 1.0} for r in grid)
+    # only the driver writes MLflow: the nodes hold no MLflow credentials (the job's env_vars reach its own
+    # workers only), and the server refuses anonymous writes (the test above), so the record came from the driver
+    for node in cluster["ray"]["nodes"].values():
+        environ = Path(f"/proc/{node['raylet_pid']}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"MLFLOW_TRACKING_PASSWORD=") for e in environ)
 
 
 def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(cluster, data, tmp_path):
