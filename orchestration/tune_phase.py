@@ -48,7 +48,10 @@ def run_phase(
     path = root / name
     if resume and Tuner.can_restore(str(path)):
         print(f"resuming the {name} phase from {path} (finished trials are kept)", flush=True)
-        tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune does not store the param_space: a driver killed after the Tuner was made but before it saved its
+        # first trial would otherwise be restored with an empty config.
+        tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True,
+                              param_space=param_space)
         return tuner.fit()
 
     cfg = ctx.sweep
