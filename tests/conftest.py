@@ -19,3 +19,25 @@ def one_torch_thread():
     from models.runtime import configure_torch
 
     configure_torch(1)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Caches (toy data, estimators) in a temporary CONDFACE_HOME for the module that asks for it."""
+    path = tmp_path_factory.mktemp("condface-home")
+    old = os.environ.get("CONDFACE_HOME")
+    os.environ["CONDFACE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CONDFACE_HOME", None)
+    else:
+        os.environ["CONDFACE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def data(home, tmp_path_factory):
+    """A small 16 px synthetic face cache (256 train / 64 val / 8 test), one per module."""
+    from data.synthetic import toy_cache
+
+    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
+                         progress=False))

@@ -38,26 +38,6 @@ pytestmark = pytest.mark.skipif(lc.pg_bin() is None, reason="PostgreSQL is not i
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def data(home, tmp_path_factory):
-    from data.synthetic import toy_cache
-
-    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
-                         progress=False))
-
-
-@pytest.fixture(scope="module")
 def cluster(home, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster")
     state = lc.up(directory)

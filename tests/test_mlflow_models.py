@@ -42,18 +42,6 @@ NO_CHECKOUT = ("import sys, importlib.util\n"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
 def store(home, tmp_path_factory):
     """A finished smoke sweep of both families (ddpm,sd-lora): the MLflow store and what the sweep returned."""
     import ray

@@ -13,26 +13,6 @@ from orchestration.errors import SweepError
 from tests.test_orchestration_sweep import client_for, smoke
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def data(home, tmp_path_factory):
-    from data.synthetic import toy_cache
-
-    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
-                         progress=False))
-
-
 def test_worker_resources_for_the_data_parallel_final_run(data):
     import dataclasses
 

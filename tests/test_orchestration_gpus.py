@@ -5,33 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 
 from orchestration.config import resolve
 from orchestration.errors import SweepError
 from tests.test_orchestration_sweep import children, client_for, smoke
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def data(home, tmp_path_factory):
-    from data.synthetic import toy_cache
-
-    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
-                         progress=False))
 
 
 def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, data):

@@ -13,31 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from tests.test_orchestration_sweep import _kill_tree, artifact_paths, children, client_for, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def data(home, tmp_path_factory):
-    from data.synthetic import toy_cache
-
-    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
-                         progress=False))
 
 
 def _run_until(args: list[str], env: dict, log: Path, pause_at: str | None, timeout: float = 300) -> str:

@@ -23,18 +23,6 @@ EXPERIMENT = "condface-ddpm+sd-lora-smoke"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("condface-home")
-    old = os.environ.get("CONDFACE_HOME")
-    os.environ["CONDFACE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CONDFACE_HOME", None)
-    else:
-        os.environ["CONDFACE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
 def sweep(home, tmp_path_factory):
     """One finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase."""
     import ray
