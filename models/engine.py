@@ -51,15 +51,17 @@ from models.objective import heldout_loss, training_loss
 from models.runtime import cpu_supports_bf16, resolve_device
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
-# CPU defaults of the "auto" settings, measured on the 2-core AVX512-BF16 machine (a shared one: load average
-# 9-15 during every measurement, so these are coarse; rerun `python -m models.bench_cpu` on an idle machine).
-# * bf16 off: the cpu-16 DDPM (16-64 channels at 16 px) trained at 27 img/s in bf16 vs 41 img/s in fp32 (1 thread,
-#   load 12.5-15, `python -m evaluation.precision_check`, consecutive runs), same held-out loss (0.0748 vs 0.0742);
-#   the bf16 matmul peak is 4-9x fp32's (2048^3 mm), but these convolutions are too small to use it.
-# * channels_last off: the first models.bench_cpu run (one pass per variant, load 9.9-10) gave engine eager fp32
-#   15.5 img/s, channels_last 6.7, bf16 6.8 (sampling 2.1 / 3.4 / 2.9 img/s): no gain shown; it stays on for cuda.
-# * compile (TrainConfig.compile, default False): its first warm-up took 320 s vs 66 s eager (load ~10) -- more
-#   than a whole 20-60 s grid trial, paid again in every trial process.
+# CPU defaults of the "auto" settings. `python -m models.bench_cpu [--threads 1]` on an idle 2-core AVX512-BF16 machine
+# (2026-11-26, load 0.9-1.4; cpu-16 DDPM, batch 32), engine training img/s at 2 threads / 1 thread:
+#   fp32 446 / 321, channels_last 446 / 311, compile 454 / 324, bf16 475 / 364, all three 503 / 388;
+#   sampling (DPM-Solver++ 20, CFG) 36.3 / 25.8 fp32, 43.1 / 30.6 bf16, 59.6 / 41.1 all three.
+# * bf16 off on CPUs (opt in: TrainConfig.mixed_precision="bf16", the sweep's --mixed-precision bf16): it pays only
+#   6-13 % in training, and `python -m evaluation.precision_check --seeds 0,1 --samples 300` found no quality cost
+#   (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 / 0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
+#   rounding blurs what the engine guarantees exactly in fp32 (grad_accum 4 x 8 = batch 32, two DDP workers = one
+#   process, resumed = uninterrupted) and adds noise to the held-out loss the CPU presets rank trials by.
+# * channels_last off: no gain at these sizes. compile off: 1-2 % in training for a 62-85 s first warm-up per
+#   process (7 s once inductor's on-disk cache holds the graph) -- more than it saves in a 20-60 s grid trial.
 CPU_AUTO_BF16 = False
 CPU_AUTO_CHANNELS_LAST = False
 

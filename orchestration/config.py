@@ -76,6 +76,7 @@ MODELS = ("ddpm", "sd-lora")
 AUGMENTS = ("none", "study", "study-no-color")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
+MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.TrainConfig.mixed_precision
 FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -173,6 +174,10 @@ class SweepConfig:
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else CPU trials
     cpus_per_trial: float = 1.0
     threads_per_trial: int = 0  # torch threads in a CPU trial (0: torch's default)
+    # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial):
+    # "auto" = bf16 autocast on GPUs, fp32 on CPUs (models.engine.CPU_AUTO_BF16 says why); "bf16"; "no" (fp32)
+    mixed_precision: str = "auto"
+    compile: bool = False  # torch.compile every trial's network: pays on GPUs; on this CPU a 60-85 s warm-up per trial
     max_concurrent: int | None = None  # None: as many as resources allow
     max_failures: int = 2  # a crashed trial is retried this often, from its last checkpoint
     final_workers: int = 1  # > 1: the final run is data-parallel over this many Ray Train workers (DDP)
@@ -260,6 +265,9 @@ class SweepConfig:
             bad = self.sampler if self.sampler not in SAMPLERS else \
                 next(s for s in self.sampler_phase_samplers if s not in SAMPLERS)
             raise SweepError(f"unknown sampler {bad!r}: use one of {', '.join(SAMPLERS)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise SweepError(f"unknown --mixed-precision {self.mixed_precision!r}: use one of "
+                             f"{', '.join(MIXED_PRECISIONS)}")
         if self.ddpm_variance not in DDPM_VARIANCES:
             raise SweepError(f"unknown --ddpm-variance {self.ddpm_variance!r}: use one of {', '.join(DDPM_VARIANCES)}")
         if self.sampling_steps < 0 or any(s < 0 for s in self.sampler_phase_steps) or not self.sampler_phase_steps:

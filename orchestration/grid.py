@@ -141,6 +141,9 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         f"noise schedule: {betas}",
         f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}; per trial epoch {per_epoch} "
         f"images = {nfe} network evaluations",
+        f"training: mixed precision {cfg.mixed_precision}"
+        f"{' (bf16 on GPUs, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
+        f"torch.compile {'on' if cfg.compile else 'off'}",
     ]
     if cfg.sampler_phase:
         lines.append(f"sampler phase: {', '.join(cfg.sampler_phase_samplers)} x steps "

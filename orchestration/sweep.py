@@ -20,6 +20,7 @@ from orchestration.config import (
     DEFAULT_PRESET,
     FULL_CHAIN,
     METRIC_MODES,
+    MIXED_PRECISIONS,
     MODELS,
     PRESETS,
     SAMPLERS,
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="which trial checkpoints MLflow keeps: none, each trial's best epoch, or all")
     a("--artifact-limit-mb", type=_float(0), help="stop logging checkpoints to MLflow past this many MB")
     a("--max-failures", type=_int(0), help="retries of a crashed trial, each from its last checkpoint")
+    a("--mixed-precision", choices=MIXED_PRECISIONS,
+      help="training precision: auto = bf16 autocast on GPUs, fp32 on CPUs (default); bf16; no = fp32")
+    a("--compile", action=argparse.BooleanOptionalAction, default=None,
+      help="torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial on a 2-core CPU)")
     a("--final-workers", type=_int(1), help="train the final run data-parallel on this many Ray Train workers "
                                             "(DDP: gloo on CPUs, nccl with one GPU each; the global batch is kept)")
     a("--pretrained", help="sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt instead of the "
@@ -198,7 +203,7 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors",
               "sampler", "sampling_steps", "ddpm_variance", "beta_rescale", "augment", "augment_axis", "sampler_phase",
               "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples", "epoch_images",
-              "final_epoch_images", "final_workers")
+              "final_epoch_images", "final_workers", "mixed_precision", "compile")
 
 
 def explicit_settings(args: argparse.Namespace) -> set[str]:

@@ -155,6 +155,25 @@ def test_flags_override_the_preset_and_only_what_they_name():
                                max_concurrent=CPU_DEMO.max_concurrent) == CPU_DEMO
 
 
+def test_the_engines_speed_options_reach_every_trial_and_its_params(tmp_path):
+    from orchestration.sweep import build_parser, config_from_args
+    from orchestration.trainable import TrialContext, train_config, trial_params
+
+    cfg = config_from_args(build_parser().parse_args(["--mixed-precision", "bf16", "--compile"]))
+    assert (cfg.mixed_precision, cfg.compile) == ("bf16", True)
+    assert (CPU_DEMO.mixed_precision, CPU_DEMO.compile) == ("auto", False)
+    spec = grid_trials(cfg)[0].resolved(cfg)
+    train = train_config(cfg, spec, epochs=1)
+    assert (train.mixed_precision, train.compile) == ("bf16", True)
+    ctx = TrialContext(sweep=cfg, phase="grid", data_root="", epochs=1, epoch_images=64)
+    _, params = trial_params(spec.params(), ctx)
+    assert (params["train.mixed_precision"], params["train.compile"]) == ("bf16", True)
+    with pytest.raises(SweepError, match="--mixed-precision"):
+        resolve("cpu-demo", mixed_precision="fp8")
+    out = sweep("--mixed-precision", "no", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0 and "training: mixed precision no, torch.compile off" in out.stdout, out.stderr
+
+
 def test_study_dry_run_states_the_protocol(tmp_path):
     out = sweep("--preset", "study", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
