@@ -51,15 +51,16 @@ from models.objective import heldout_loss, training_loss
 from models.runtime import cpu_supports_bf16, resolve_device
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
-# CPU defaults of the "auto" settings. `python -m models.bench_cpu [--threads 1]` on an idle 2-core AVX512-BF16 machine
-# (2026-11-26, load 0.9-1.4; cpu-16 DDPM, batch 32), engine training img/s at 2 threads / 1 thread:
-#   fp32 446 / 321, channels_last 446 / 311, compile 454 / 324, bf16 475 / 364, all three 503 / 388;
-#   sampling (DPM-Solver++ 20, CFG) 36.3 / 25.8 fp32, 43.1 / 30.6 bf16, 59.6 / 41.1 all three.
+# CPU defaults of the "auto" settings. `python -m models.bench_cpu [--threads 1]` on an idle 2-core AVX512-BF16 AMD EPYC
+# (2026-11-26, load 0.2-0.9; cpu-16 DDPM, batch 32), engine training img/s at 2 threads / 1 thread:
+#   fp32 505 / 334 (67 % / 75 % of the measured fp32 peak), channels_last 508 / 326, compile 511 / 333,
+#   bf16 543 / 384, all three 592 / 404; sampling (DPM-Solver++ 20, CFG) fp32 40.9 / 27.0, bf16 46.6 / 32.2,
+#   all three 64.7 / 42.9.
 # * bf16 off on CPUs (opt in: TrainConfig.mixed_precision="bf16", the sweep's --mixed-precision bf16): it pays only
-#   6-13 % in training, and `python -m evaluation.precision_check --seeds 0,1 --samples 300` found no quality cost
+#   8-15 % in training, and `python -m evaluation.precision_check --seeds 0,1 --samples 300` found no quality cost
 #   (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 / 0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
-#   rounding blurs what the engine guarantees exactly in fp32 (grad_accum 4 x 8 = batch 32, two DDP workers = one
-#   process, resumed = uninterrupted) and adds noise to the held-out loss the CPU presets rank trials by.
+#   rounding blurs what the engine guarantees in fp32 (on, it failed the tests that grad_accum 4 x 8 = batch 32 and
+#   two DDP workers = one process) and adds noise to the held-out loss the CPU presets rank trials by.
 # * channels_last off: no gain at these sizes. compile off: 1-2 % in training for a 62-85 s first warm-up per
 #   process (7 s once inductor's on-disk cache holds the graph) -- more than it saves in a 20-60 s grid trial.
 CPU_AUTO_BF16 = False
