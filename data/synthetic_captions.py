@@ -94,3 +94,9 @@ def caption(levels, male: bool, rng: np.random.Generator) -> str:
         options = _TEMPLATES[attr].get(level, _TEMPLATES[attr].get("any"))
         sentences.append(options[rng.integers(len(options))].format(x=LEVEL_PHRASES[attr][level], **words))
     return " ".join(sentences)
+
+
+def level_captions(levels, seed: int = 0) -> list[str]:
+    """Captions that state each row of `levels` (N, 5) in words, alternating he/she, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    return [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]

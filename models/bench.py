@@ -50,7 +50,7 @@ class BenchJob:
     threads: int | None
 
 
-def _random_faces(n: int, size: int):
+def random_faces(n: int, size: int):
     import torch
 
     from data.schema import levels_to_cond
@@ -96,7 +96,7 @@ def run_job(job: BenchJob) -> dict[str, Any]:
     cfg = family_config("ddpm", job.preset)
     family = build_family("ddpm", cfg, seed=0)
     device = job.device
-    data = _random_faces(job.batch_size * job.train_steps, cfg.image_size)
+    data = random_faces(job.batch_size * job.train_steps, cfg.image_size)
     train_cfg = TrainConfig(epochs=2, batch_size=job.batch_size, lr=1e-4, device=device, compile=job.compile,
                             max_steps_per_epoch=job.train_steps, val_samples=0, progress=False,
                             verbose=False)

@@ -38,6 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from models.bench import random_faces  # noqa: E402
+
 
 def _load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -75,16 +77,6 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> f
     return 2 * n**3 / best / 1e9
 
 
-def _faces(n: int, size: int) -> list[dict[str, Any]]:
-    from data.schema import levels_to_cond
-
-    g = torch.Generator().manual_seed(0)
-    levels = torch.randint(0, 6, (n, 5), generator=g)
-    images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
-    cond = levels_to_cond(levels).float()
-    return [{"image": images[i], "levels": levels[i], "cond": cond[i], "caption": ""} for i in range(n)]
-
-
 def _family(preset: str):
     from models.families import build_family, family_config
 
@@ -111,7 +103,7 @@ class BareLoop:
     def __init__(self, preset: str, batch: int):
         self.family = _family(preset)
         self.family.module.train()
-        data = _faces(batch, self.family.config.image_size)
+        data = random_faces(batch, self.family.config.image_size)
         self.x0 = torch.stack([d["image"] for d in data])
         self.cond = torch.stack([d["cond"] for d in data])
         self.optimizer = torch.optim.AdamW(self.family.module.parameters(), lr=1e-4)
@@ -136,7 +128,7 @@ class EngineVariant:
 
         self.family = _family(preset)
         self.bf16 = bf16
-        self.data = _faces(batch * steps, self.family.config.image_size)
+        self.data = random_faces(batch * steps, self.family.config.image_size)
         self.cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-4, device="cpu", compile=compile,
                                channels_last=channels_last, mixed_precision="bf16" if bf16 else "no",
                                max_steps_per_epoch=steps, val_samples=0, progress=False, verbose=False)
@@ -237,7 +229,7 @@ def _ddpm_study(preset: str, micro_batch: int) -> None:
     family = _family(preset)
     size = family.config.image_size
     params = family.parameter_counts()["total"] / 1e6
-    data = _faces(micro_batch, size)
+    data = random_faces(micro_batch, size)
     cfg = TrainConfig(epochs=1, batch_size=micro_batch, lr=1e-4, device="cpu", mixed_precision="no",
                       channels_last=False, max_steps_per_epoch=1, val_samples=0, progress=False, verbose=False)
     x = torch.randn(1, 3, size, size)
@@ -296,7 +288,7 @@ def _sd_study(micro_batch: int) -> None:
     family, note = build_sd_study_family(captions)
     counts = family.parameter_counts()
     size = family.config.image_size
-    data = _faces(micro_batch, size)
+    data = random_faces(micro_batch, size)
     for i, item in enumerate(data):
         item["caption"] = f"a face, smiling level {i % 6}"
     cfg = TrainConfig(epochs=1, batch_size=micro_batch, lr=1e-4, device="cpu", mixed_precision="no",

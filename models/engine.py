@@ -452,7 +452,8 @@ def use_channels_last(setting: bool | None, device: torch.device | str) -> bool:
     """Whether a run with `channels_last=setting` converts the module to channels_last on `device`."""
     if setting is not None:
         return setting
-    return torch.device(device).type == "cuda" or (torch.device(device).type == "cpu" and CPU_AUTO_CHANNELS_LAST)
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and CPU_AUTO_CHANNELS_LAST)
 
 
 def _seed_everything(seed: int) -> None:

@@ -33,9 +33,9 @@ import numpy as np
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from models.errors import ConfigError
+from models.schedulers import SAMPLERS
 
 MLFLOW_SCHEMES = ("models:", "runs:", "mlflow-artifacts:")
-SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", help="sd-lora only: the prompt for every image (instead of attribute levels)")
     p.add_argument("-n", "--num-images", type=int, default=16, help="how many faces (default 16)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's, else 3)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's, else dpm++")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's, else dpm++")
     p.add_argument("--steps", type=int, default=None, help="sampling steps, 0 = the whole chain (default: the "
                                                            "model's, else 25)")
     p.add_argument("--seed", type=int, default=0)
@@ -145,7 +145,8 @@ def labelled_grid(images: np.ndarray, labels: list[str], header: str, ncols: int
 
 
 def run(args: argparse.Namespace) -> Path:
-    from models.mlflow_model import draw_levels, level_captions, load_resolved, resolve_folder
+    from data.synthetic_captions import level_captions
+    from models.mlflow_model import draw_levels, load_resolved, resolve_folder
     from models.runtime import configure_torch
     from models.sampling import generate, save_png
 

@@ -54,14 +54,15 @@ import numpy as np
 import pandas as pd
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
+from data.synthetic_captions import level_captions
 from models.errors import ConfigError
+from models.schedulers import SAMPLERS
 
 INFO_ARTIFACT = "condface"
 INFO_FILE = "condface_model.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "numpy", "pandas",
                 "pillow", "mlflow")
-SAMPLER_NAMES = ("ddpm", "ddim", "dpm++")
 ANY = -1  # an input level meaning "any" (drawn from the data's level frequencies)
 # The pyfunc's code (MLflow's "models from code"): run when the model loads, with the shipped packages on sys.path.
 ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n\n"
@@ -181,14 +182,6 @@ def draw_levels(given: dict[str, Any], n: int, frequencies: dict[str, list[float
     return out
 
 
-def level_captions(levels: np.ndarray, seed: int = 0) -> list[str]:
-    """Captions that state the given levels in words (the synthetic faces' caption style), one per row."""
-    from data.synthetic_captions import caption
-
-    rng = np.random.default_rng(seed)
-    return [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]
-
-
 def png_base64(image: np.ndarray) -> str:
     from PIL import Image
 
@@ -223,9 +216,9 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         if n == 0:
             return pd.DataFrame({"image": pd.Series([], dtype=str)})
         sampler = str(params.get("sampler", "ddpm"))
-        if sampler not in SAMPLER_NAMES:
+        if sampler not in SAMPLERS:
             raise mlflow.MlflowException.invalid_parameter_value(
-                f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLER_NAMES)}")
+                f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
         prompts = None
         if self.model.family == "sd-lora" and "prompt" in frame.columns:
@@ -390,4 +383,4 @@ def _tiny_base_folder(lora_config: dict[str, Any]) -> Path | None:
 
 
 __all__ = ["CondfaceModel", "save_model", "choose_flavor", "resolve_folder", "load_resolved", "pipeline_folder",
-           "level_frequencies", "draw_levels", "level_captions", "family_of", "signature", "Resolved"]
+           "level_frequencies", "draw_levels", "family_of", "signature", "Resolved"]

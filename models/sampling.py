@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from data.io import atomic_write_bytes
 from data.schema import ATTRIBUTES, NUM_LEVELS, check_levels
-from data.synthetic_captions import caption
+from data.synthetic_captions import level_captions
 from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
@@ -168,8 +168,7 @@ def attribute_grid(
     levels = attribute_sweep()
     pipe = family_or_pipeline.pipeline() if isinstance(family_or_pipeline, DiffusionFamily) else family_or_pipeline
     if captions is None and not isinstance(pipe, AttributeDiffusionPipeline):
-        rng = np.random.default_rng(seed)
-        captions = [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]
+        captions = level_captions(levels, seed)
     images = generate(family_or_pipeline, levels, captions, guidance_scale, num_inference_steps, seed, scheduler,
                       ddpm_variance=ddpm_variance)
     return image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestration.config import METRIC_MODES
+from orchestration.tracking import CHAMPION_ALIAS
 
 # The study's metrics in its tables' order, with how to print them.
 ROWS = [
@@ -116,7 +117,7 @@ def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage:
         f"  Ray results:    {storage}",
     ]
     for model_uri in models.values():
-        alias = model_uri.rsplit("/", 1)[0] + "@champion"
+        alias = f"{model_uri.rsplit('/', 1)[0]}@{CHAMPION_ALIAS}"
         lines.append(f"  Registered:     {model_uri} (the newest final model is {alias}); draw faces: python -m "
                      f"models.generate --model {model_uri} --out faces.png; or mlflow.pyfunc.load_model(uri), "
                      "mlflow models serve -m URI --env-manager local")

@@ -273,22 +273,9 @@ def samples_png(images, path: Path) -> None:
 
 def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path) -> None:
     """The study's picture: one row per attribute, level 0..5 left to right (DDPM: levels; SD: captions)."""
-    from data.schema import ATTRIBUTES, NUM_LEVELS
-    from models.sampling import attribute_sweep, generate, image_grid, save_png
+    from data.synthetic_captions import level_captions
+    from models.sampling import attribute_grid, attribute_sweep, save_png
 
-    levels = attribute_sweep()
-    prompts = level_captions(levels) if cfg.model != "ddpm" else None
-    images = generate(pipe, levels, prompts, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler,
-                      ddpm_variance=cfg.ddpm_variance)
-    size = images.shape[1]
-    save_png(image_grid(images, NUM_LEVELS, row_labels=list(ATTRIBUTES), scale=max(1, 64 // size)), path)
-
-
-def level_captions(levels) -> list[str]:
-    """Captions that state the given levels in words (the synthetic faces' caption style)."""
-    import numpy as np
-
-    from data.synthetic_captions import caption
-
-    rng = np.random.default_rng(0)
-    return [caption(row, male=bool(i % 2), rng=rng) for i, row in enumerate(levels)]
+    captions = level_captions(attribute_sweep()) if cfg.model != "ddpm" else None
+    save_png(attribute_grid(pipe, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler, captions=captions,
+                            ddpm_variance=cfg.ddpm_variance), path)
