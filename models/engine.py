@@ -57,8 +57,8 @@ DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks
 #   bf16 543 / 384, all three 592 / 404; sampling (DPM-Solver++ 20, CFG) fp32 40.9 / 27.0, bf16 46.6 / 32.2,
 #   all three 64.7 / 42.9.
 # * bf16 off on CPUs (opt in: TrainConfig.mixed_precision="bf16", the sweep's --mixed-precision bf16): it pays only
-#   8-15 % in training, and `python -m evaluation.precision_check --seeds 0,1 --samples 300` found no quality cost
-#   (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 / 0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
+#   8-15 % in training, and `python -m evaluation.ablation --variant fp32 mixed_precision=no --variant bf16
+#   mixed_precision=bf16 --samples 300` found no quality cost (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 / 0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
 #   rounding blurs what the engine guarantees in fp32 (on, it failed the tests that grad_accum 4 x 8 = batch 32 and
 #   two DDP workers = one process) and adds noise to the held-out loss the CPU presets rank trials by.
 # * channels_last off: no gain at these sizes. compile off: 1-2 % in training for a 62-85 s first warm-up per
