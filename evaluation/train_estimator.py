@@ -41,7 +41,37 @@ from evaluation.estimator import (
 )
 from evaluation.metrics.accuracy import EstimatorAccuracy
 from evaluation.metrics.base import EvalBatch
+from models.engine import use_bf16, use_channels_last
 from models.runtime import configure_torch
+
+# What EstimatorConfig's speed options mean on a CPU when left on "auto" (measured by `python -m
+# evaluation.bench_estimator`; see the figures there and in issue 14's closing note).
+CPU_AUTO_BF16 = False
+CPU_AUTO_CHANNELS_LAST = False
+
+
+def speed_options(config: EstimatorConfig, device: torch.device) -> dict:
+    """The training speed options `config` resolves to on `device`: {"precision", "channels_last", "compile"}."""
+    bf16 = use_bf16(config.mixed_precision, device, cpu_auto=CPU_AUTO_BF16)
+    return {"precision": "bf16" if bf16 else "fp32",
+            "channels_last": use_channels_last(config.channels_last, device, cpu_auto=CPU_AUTO_CHANNELS_LAST),
+            "compile": config.compile}
+
+
+def training_step(forward, batch: dict, optimizer: torch.optim.Optimizer, device: torch.device,
+                  options: dict) -> float:
+    """One optimizer step on a batch of the face dataset; returns the loss (the mean of the five cross-entropies)."""
+    pixels = (batch["image"].to(device) + 1) / 2
+    if options["channels_last"]:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options["precision"] == "bf16"):
+        logits = forward(pixels)
+    # equal batch size per attribute, so the mean over B*5 entries is the mean of the 5 CEs
+    loss = F.cross_entropy(logits.float().reshape(-1, NUM_LEVELS), batch["levels"].to(device).reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 @torch.no_grad()
@@ -90,6 +120,8 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
 
     `device`: "auto" (the visible GPU, else the CPU), "cpu", "cuda[:N]", resolved by `eval_device`."""
     device = eval_device(device)
+    if config.mixed_precision not in ("auto", "bf16", "no"):
+        raise EvalError(f"estimator mixed_precision must be auto, bf16 or no, got {config.mixed_precision!r}")
     cache = cache if isinstance(cache, FaceCache) else FaceCache.open(cache)
     torch.manual_seed(config.seed)
     train = FaceDataset(cache, "train", augment=config.augment, limit=config.train_limit)
@@ -101,9 +133,15 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
                         generator=torch.Generator().manual_seed(config.seed))
     model, note = build_estimator(config, hub_download)
     model.to(device)
+    options = speed_options(config, device)
+    if options["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if options["compile"] else model
     pretrained = note.startswith("backbone initialised from")
     log(f"estimator {config.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"{len(train)} training images at {cache.size}px -> {config.input_size}px; {note}")
+        f"{len(train)} training images at {cache.size}px -> {config.input_size}px; {note}; training in "
+        f"{options['precision']}, channels_last {'on' if options['channels_last'] else 'off'}, "
+        f"torch.compile {'on' if options['compile'] else 'off'}")
 
     phases = [("full", config.full_epochs, config.full_lr)]
     if pretrained and config.heads_epochs > 0:
@@ -122,13 +160,7 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
                 model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
             t_epoch, losses = time.time(), []
             for batch in tqdm(loader, desc=f"{phase} {epoch + 1}/{epochs}", leave=False, disable=not progress):
-                logits = model((batch["image"].to(device) + 1) / 2)
-                # equal batch size per attribute, so the mean over B*5 entries is the mean of the 5 CEs
-                loss = F.cross_entropy(logits.reshape(-1, NUM_LEVELS), batch["levels"].to(device).reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+                losses.append(training_step(forward, batch, opt, device, options))
             val, _ = evaluate(model, cache, "val")
             plateau.step(val["est_acc"])
             row = {"phase": phase, "epoch": epoch + 1, "loss": float(np.mean(losses)), "val_acc": val["est_acc"],
@@ -143,8 +175,10 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
     model.load_state_dict(best_state)
     train_seconds = time.time() - t0
 
+    model.to(memory_format=torch.contiguous_format)
     report = {"preset": config.preset, "note": note, "data": str(cache.root), "image_size": cache.size,
-              "train_images": len(train), "train_seconds": train_seconds, "history": history}
+              "train_images": len(train), "train_seconds": train_seconds, "speed_options": options,
+              "history": history}
     with atomic_dir(out) as tmp:
         for split in ("val", "test"):
             if len(cache.indices(split)):
@@ -190,14 +224,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="training device: auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--mixed-precision", default=None, choices=("auto", "bf16", "no"),
+                   help="training autocast (default: the preset's, auto = bf16 on GPUs, see CPU_AUTO_BF16 on CPUs)")
+    p.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
+                   help="channels_last memory format while training (default: the preset's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     args = p.parse_args(argv)
     if not args.hub_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     overrides = {k: v for k, v in {
         "full_epochs": args.epochs, "heads_epochs": args.heads_epochs, "full_lr": args.lr,
         "batch_size": args.batch_size, "augment": args.augment, "train_limit": args.train_limit, "seed": args.seed,
-        "degrade": args.degrade, "patience": args.patience,
+        "degrade": args.degrade, "patience": args.patience, "mixed_precision": args.mixed_precision,
+        "compile": args.compile or None,
     }.items() if v is not None}
+    if args.channels_last is not None:
+        overrides["channels_last"] = {"auto": None, "on": True, "off": False}[args.channels_last]
     if args.pretrained is not None:
         overrides["pretrained"] = None if args.pretrained.lower() == "none" else args.pretrained
     try:

@@ -436,8 +436,9 @@ def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if use_bf16(mode, device) else None
 
 
-def use_bf16(mode: str, device: torch.device | str) -> bool:
-    """Whether a run with `mixed_precision=mode` autocasts to bf16 on `device` (see TrainConfig)."""
+def use_bf16(mode: str, device: torch.device | str, cpu_auto: bool | None = None) -> bool:
+    """Whether a run with `mixed_precision=mode` autocasts to bf16 on `device` (see TrainConfig). `cpu_auto`: what
+    "auto" means on a CPU with native bf16 (default: this engine's CPU_AUTO_BF16; other trainers pass their own)."""
     device = torch.device(device)
     if mode == "bf16":
         return True
@@ -445,15 +446,17 @@ def use_bf16(mode: str, device: torch.device | str) -> bool:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and CPU_AUTO_BF16 and cpu_supports_bf16()
+    cpu_auto = CPU_AUTO_BF16 if cpu_auto is None else cpu_auto
+    return device.type == "cpu" and cpu_auto and cpu_supports_bf16()
 
 
-def use_channels_last(setting: bool | None, device: torch.device | str) -> bool:
+def use_channels_last(setting: bool | None, device: torch.device | str, cpu_auto: bool | None = None) -> bool:
     """Whether a run with `channels_last=setting` converts the module to channels_last on `device`."""
     if setting is not None:
         return setting
     kind = torch.device(device).type
-    return kind == "cuda" or (kind == "cpu" and CPU_AUTO_CHANNELS_LAST)
+    cpu_auto = CPU_AUTO_CHANNELS_LAST if cpu_auto is None else cpu_auto
+    return kind == "cuda" or (kind == "cpu" and cpu_auto)
 
 
 def _seed_everything(seed: int) -> None:

@@ -182,6 +182,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
                               tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
                               params=cfg.params())
     tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
+    tracker.log_estimator(parent, estimator)
     state.parent_run_id = parent
     state.save()
     from orchestration.provenance import provenance_tags

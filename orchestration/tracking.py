@@ -250,6 +250,27 @@ class Tracker:
         if (entity.dataset.name, entity.dataset.digest) not in have:
             self.client.log_inputs(run_id, datasets=[entity])
 
+    def log_estimator(self, run_id: str, estimator_dir: str | Path) -> None:
+        """The attribute estimator that judges every run: its config (with the training speed options it resolved
+        to) as `estimator.*` params, its held-out accuracy as metrics, its weights, report and confusion matrices
+        under `estimator/`; once per run (a resumed sweep finds the params and logs nothing again)."""
+        estimator_dir = Path(estimator_dir)
+        if "estimator.preset" in self.client.get_run(run_id).data.params:
+            return
+        meta = json.loads((estimator_dir / "config.json").read_text())
+        report_path = estimator_dir / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        params = {f"estimator.{k}": v for k, v in meta.get("config", {}).items()}
+        params.update({f"estimator.trained_{k}": v for k, v in report.get("speed_options", {}).items()})
+        self.log_params(run_id, params)
+        val = report.get("val", {})
+        self.log_metrics(run_id, {"estimator_val_acc": val.get("est_acc"),
+                                  "estimator_val_acc_balanced": val.get("est_acc_balanced"),
+                                  "estimator_train_seconds": report.get("train_seconds")}, step_metric=None)
+        for path in sorted(estimator_dir.iterdir()):
+            if path.is_file() and path.suffix in (".json", ".png", ".safetensors"):
+                self.log_artifact(run_id, path, "estimator")
+
     def log_model(self, run_id: str, name: str, save, tags: dict[str, str] | None = None) -> tuple[str, str]:
         """An MLflow model (MLflow 3's LoggedModel) of the run: `save(local_dir, mlflow_model)` writes it (e.g.
         `mlflow.pyfunc.save_model`), then its files are uploaded and the model is marked READY. A READY model

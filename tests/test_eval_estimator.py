@@ -130,3 +130,32 @@ def test_degraded_training_images_keep_their_labels(faces):
     assert all(torch.equal(never[i]["image"], clean[i]["image"]) for i in range(len(clean)))
     assert all(torch.equal(always[i]["levels"], clean[i]["levels"]) and always[i]["caption"] == clean[i]["caption"]
                for i in range(len(clean)))
+
+
+def test_default_speed_options_on_this_cpu_are_recorded(trained):
+    out, report = trained
+    from evaluation.train_estimator import CPU_AUTO_BF16, CPU_AUTO_CHANNELS_LAST
+    from models.runtime import cpu_supports_bf16
+
+    assert report["speed_options"] == {"precision": "bf16" if CPU_AUTO_BF16 and cpu_supports_bf16() else "fp32",
+                                       "channels_last": CPU_AUTO_CHANNELS_LAST, "compile": False}
+    assert json.loads((out / "report.json").read_text())["speed_options"] == report["speed_options"]
+
+
+def test_bf16_channels_last_training_learns_and_saves_plain_fp32_weights(faces, tmp_path):
+    config = estimator_preset("small", full_epochs=3, batch_size=32, mixed_precision="bf16", channels_last=True)
+    lines = []
+    report = train_estimator(faces, config, tmp_path / "est", progress=False, log=lines.append)
+    assert report["speed_options"] == {"precision": "bf16", "channels_last": True, "compile": False}
+    assert "training in bf16, channels_last on, torch.compile off" in lines[0]
+    assert report["history"][-1]["loss"] < report["history"][0]["loss"]
+    assert report["val"]["est_acc"] > 1.5 * CHANCE
+    model = AttributeEstimator.load(tmp_path / "est")
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert model.config.mixed_precision == "bf16" and model.config.channels_last is True
+
+
+def test_a_bad_precision_is_a_one_line_error(faces, tmp_path):
+    with pytest.raises(EvalError, match="mixed_precision must be auto, bf16 or no, got 'fp8'"):
+        train_estimator(faces, estimator_preset("small", mixed_precision="fp8"), tmp_path / "est", progress=False)
+    assert not (tmp_path / "est").exists()

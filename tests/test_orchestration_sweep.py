@@ -65,8 +65,17 @@ def test_mini_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
     client = client_for(cfg.tracking_uri)
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    # every field of the resolved config is a param of the parent run: no hidden defaults
-    assert parent.data.params == cfg.params()
+    # every field of the resolved config is a param of the parent run: no hidden defaults; and the estimator that
+    # judged the sweep, with the speed options its training resolved to, its accuracy and its files
+    params = dict(parent.data.params)
+    estimator = {k: params.pop(k) for k in list(params) if k.startswith("estimator.")}
+    assert params == cfg.params()
+    assert estimator["estimator.preset"] == cfg.estimator_preset and estimator["estimator.mixed_precision"] == "auto"
+    assert estimator["estimator.trained_precision"] in ("fp32", "bf16")
+    assert 0 < parent.data.metrics["estimator_val_acc"] <= 1
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "estimator")}
+    assert {"estimator/estimator.safetensors", "estimator/config.json", "estimator/report.json",
+            "estimator/confusion_smiling.png"} <= logged
     assert parent.data.tags["condface.family"] == "ddpm" and parent.data.tags["condface.preset"] == "smoke"
 
     runs = children(client, parent.info.run_id)
