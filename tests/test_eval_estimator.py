@@ -159,3 +159,21 @@ def test_a_bad_precision_is_a_one_line_error(faces, tmp_path):
     with pytest.raises(EvalError, match="mixed_precision must be auto, bf16 or no, got 'fp8'"):
         train_estimator(faces, estimator_preset("small", mixed_precision="fp8"), tmp_path / "est", progress=False)
     assert not (tmp_path / "est").exists()
+
+
+def test_auto_follows_the_estimators_own_cpu_defaults_not_the_engines(monkeypatch):
+    import evaluation.train_estimator as trainer
+    import models.engine as engine
+
+    config = estimator_preset("small")
+    for estimator_flag, engine_flag, native in ((True, False, True), (False, True, True), (True, False, False)):
+        monkeypatch.setattr(trainer, "CPU_AUTO_BF16", estimator_flag)
+        monkeypatch.setattr(trainer, "CPU_AUTO_CHANNELS_LAST", estimator_flag)
+        monkeypatch.setattr(engine, "CPU_AUTO_BF16", engine_flag)
+        monkeypatch.setattr(engine, "cpu_supports_bf16", lambda n=native: n)
+        options = trainer.speed_options(config, torch.device("cpu"))
+        assert options["precision"] == ("bf16" if estimator_flag and native else "fp32")
+        assert options["channels_last"] is estimator_flag
+    assert trainer.speed_options(config.replace(mixed_precision="no"), torch.device("cuda"))["precision"] == "fp32"
+    assert trainer.speed_options(config, torch.device("cuda")) == {"precision": "bf16", "channels_last": True,
+                                                                   "compile": False}
