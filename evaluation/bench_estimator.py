@@ -31,6 +31,7 @@ VARIANTS = (
     ("channels_last", True, False, False),
     ("bf16 autocast", False, True, False),
     ("compile", False, False, True),
+    ("bf16 + channels_last", True, True, False),
     ("all three", True, True, True),
 )
 
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
             runner = Variant(args.preset, batch, channels_last, bf16, compile)
             start = time.perf_counter()
             runner.steps(3)
-            print(f"{name:15s} warm-up (compile included) {time.perf_counter() - start:.1f} s", flush=True)
+            print(f"{name:20s} warm-up (compile included) {time.perf_counter() - start:.1f} s", flush=True)
             runners[name] = (runner, bf16)
         except Exception as err:  # a failing option is a finding, not the end of the run
-            print(f"{name:15s} FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            print(f"{name:20s} FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, (runner, _) in runners.items():
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         gflops = median * per_image / 1e9
         peak = peak16 if bf16 else peak32
         gain = f"  {median / base:.2f}x eager fp32" if base else ""
-        print(f"{name:15s} train {median:7.1f} img/s ({min(rates[name]):.1f}-{max(rates[name]):.1f})  {gflops:6.1f} "
+        print(f"{name:20s} train {median:7.1f} img/s ({min(rates[name]):.1f}-{max(rates[name]):.1f})  {gflops:6.1f} "
               f"GFLOP/s = {100 * gflops / peak:5.1f}% of {'bf16' if bf16 else 'fp32'} peak{gain}", flush=True)
     print(f"{_load()} at end", flush=True)
 
