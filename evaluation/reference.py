@@ -55,10 +55,11 @@ def held_out_row(scorer: Scorer, paired: PairedSet, seed: int, batch_size: int =
 
 
 def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, steps: int,
-                  guidance_scale: float, seed: int, sampler: str = "ddpm", batch_size: int = 256) -> MetricResult:
-    """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler` on
-    the scorer's device: random weights for the DDPM; for sd-lora the base with zero-initialised adapters,
-    i.e. the base itself."""
+                  guidance_scale: float, seed: int, sampler: str = "ddpm", batch_size: int = 256,
+                  ddpm_variance: str = "fixed_small", precision: str = "no") -> MetricResult:
+    """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler`
+    (`ddpm_variance`, `precision`: as `models.sampling.generate`) on the scorer's device: random weights for the
+    DDPM; for sd-lora the base with zero-initialised adapters, i.e. the base itself."""
     from models.families import build_family
     from models.sampling import generate
 
@@ -68,7 +69,7 @@ def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, st
     family = build_family(model, config, seed=seed).to(scorer.device)  # sampled where the scorer runs
     images = (
         generate(family, levels, captions, guidance_scale=guidance_scale, num_inference_steps=steps,
-                 seed=seed + i, scheduler=sampler)
+                 seed=seed + i, scheduler=sampler, ddpm_variance=ddpm_variance, precision=precision)
         for i, (levels, captions, _) in enumerate(paired.batches(batch_size))
     )
     return score_set(scorer, images, paired, batch_size)

@@ -92,7 +92,8 @@ def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: 
                               tags={**tags, f"{TAG_PREFIX}phase": "cfg"},
                               params={"cfg_scales": cfg.cfg_scales, "cfg_samples": cfg.cfg_samples,
                                       "sampler": cfg.sampler, "sampling_steps": cfg.sampling_steps,
-                                      "ddpm_variance": cfg.ddpm_variance, "seed": cfg.seed + 2,
+                                      "ddpm_variance": cfg.ddpm_variance, "sampling_precision": cfg.sampling_precision,
+                                      "seed": cfg.seed + 2,
                                       "pipeline": final["pipeline_dir"], "model_uri": final["model_uri"]})
     try:
         print(f"\n== {cfg.model} CFG sweep: scales {', '.join(f'{s:g}' for s in cfg.cfg_scales)}, {cfg.cfg_samples} "
@@ -100,7 +101,7 @@ def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: 
         scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
                             data_root=sweep.data_root, n=cfg.cfg_samples, seed=cfg.seed + 2,
                             settings=[(cfg.sampler, cfg.sampling_steps, s) for s in cfg.cfg_scales], pool=sweep.pool,
-                            ddpm_variance=cfg.ddpm_variance)
+                            ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
         rows = [r.record() for r in scored]
         for i, row in enumerate(rows):
             tracker.log_metrics(run_id, {**row["values"], **row["counts"], "guidance_scale": row["guidance_scale"]},

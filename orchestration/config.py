@@ -78,7 +78,7 @@ MODELS = ("ddpm", "sd-lora")
 AUGMENTS = ("none", "study", "study-no-color")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
-MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.TrainConfig.mixed_precision
+MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.TrainConfig.mixed_precision, models.sampling.generate
 FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -158,6 +158,9 @@ class SweepConfig:
     sampler: str = "ddpm"  # models.schedulers name: "ddpm" | "ddim" | "dpm++"
     sampling_steps: int = FULL_CHAIN  # 0: the model's T (full-chain ancestral sampling, §2.1)
     ddpm_variance: str = "fixed_large"  # DDPM sampler: "fixed_large" sigma^2 = beta_t (§2.1) | "fixed_small"
+    # every sampling of the sweep (trial epochs, references, final evaluation, CFG and sampler phases): "auto" = bf16
+    # autocast on GPUs and on CPUs with native bf16 (models.sampling.CPU_AUTO_BF16 says why); "bf16"; "no" (fp32)
+    sampling_precision: str = "auto"
     select_metric: str = "est_acc"
     mtcnn: bool = True
     inception_weights: str | None = None  # torch-fidelity Inception file for real FID (None: look in torch's cache)
@@ -269,6 +272,9 @@ class SweepConfig:
             raise SweepError(f"unknown sampler {bad!r}: use one of {', '.join(SAMPLERS)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise SweepError(f"unknown --mixed-precision {self.mixed_precision!r}: use one of "
+                             f"{', '.join(MIXED_PRECISIONS)}")
+        if self.sampling_precision not in MIXED_PRECISIONS:
+            raise SweepError(f"unknown --sampling-precision {self.sampling_precision!r}: use one of "
                              f"{', '.join(MIXED_PRECISIONS)}")
         if self.ddpm_variance not in DDPM_VARIANCES:
             raise SweepError(f"unknown --ddpm-variance {self.ddpm_variance!r}: use one of {', '.join(DDPM_VARIANCES)}")

@@ -36,7 +36,7 @@ class Scored:
 
 def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed: int,
                      settings: list[tuple[str, int, float]], pool: Any, ddpm_variance: str = "fixed_small",
-                     threads: int = 0) -> list[Scored]:
+                     threads: int = 0, precision: str = "no") -> list[Scored]:
     """For each (sampler, steps, guidance scale): one image per condition of a seeded paired set, scored.
     The pipeline runs on the device this task was given (`models.runtime.resolve_device`)."""
     from evaluation.conditions import paired_conditions
@@ -53,7 +53,7 @@ def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed
     for sampler, steps, scale in settings:
         started = time.perf_counter()
         images = generate(pipe, conditions.levels, conditions.captions, scale, steps, seed, sampler,
-                          ddpm_variance=ddpm_variance)
+                          ddpm_variance=ddpm_variance, precision=precision)
         seconds = time.perf_counter() - started
         result = pool.score(images, conditions.levels, conditions.captions, real)
         out.append(Scored(float(scale), dict(result.values), dict(result.unavailable), dict(result.counts), images,

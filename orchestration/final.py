@@ -80,7 +80,7 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
     scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=sweep.data_root,
                         n=cfg.final_samples, seed=cfg.seed + 1,
                         settings=[(cfg.sampler, cfg.sampling_steps, spec.guidance_scale)], pool=sweep.pool,
-                        ddpm_variance=cfg.ddpm_variance)[0]
+                        ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)[0]
     tracker.log_metrics(run_id, {**{f"final_{k}": v for k, v in scored.values.items()},
                                  **{f"final_{k}": v for k, v in scored.counts.items()}},
                         step=0, step_metric=FINAL_EVAL_STEP)

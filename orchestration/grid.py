@@ -139,8 +139,9 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         f"selection: {cfg.select_metric} ({METRIC_MODES[cfg.select_metric]}) picks each family's configuration "
         f"for the {cfg.final_epochs}-epoch final run",
         f"noise schedule: {betas}",
-        f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}; per trial epoch {per_epoch} "
-        f"images = {nfe} network evaluations",
+        f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}, precision "
+        f"{cfg.sampling_precision}{' (bf16 where the device has it natively)' if cfg.sampling_precision == 'auto' else ''}"
+        f"; per trial epoch {per_epoch} images = {nfe} network evaluations",
         f"training: mixed precision {cfg.mixed_precision}"
         f"{' (bf16 on GPUs, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
         f"torch.compile {'on' if cfg.compile else 'off'}",

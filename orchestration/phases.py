@@ -106,6 +106,7 @@ def family_reference(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, 
     depends = {**_eval_key(sweep), "model": cfg.model,
                "model_config": dataclasses.asdict(model_config(cfg, grid_trials(cfg)[0])), "sampler": cfg.sampler,
                "sampling_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
+               "sampling_precision": cfg.sampling_precision,
                "guidance_scale": cfg.guidance_scale}
     label = "SD base without LoRA" if cfg.model == "sd-lora" else "untrained DDPM"
     rows = _cached_rows(

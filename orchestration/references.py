@@ -32,7 +32,8 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     config = model_config(cfg, grid_trials(cfg)[0])
     build = {
         "untrained": lambda: untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
-                                           cfg.seed, sampler=cfg.sampler),
+                                           cfg.seed, sampler=cfg.sampler, ddpm_variance=cfg.ddpm_variance,
+                                           precision=cfg.sampling_precision),
         "ground_truth": lambda: ground_truth_row(scorer, paired),
         "real_held_out": lambda: held_out_row(scorer, paired, cfg.seed),
     }

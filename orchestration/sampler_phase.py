@@ -66,13 +66,14 @@ def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, ta
                               tags={**tags, f"{TAG_PREFIX}phase": "samplers"},
                               params={"samplers": cfg.sampler_phase_samplers, "steps": cfg.sampler_phase_steps,
                                       "samples": cfg.sampler_samples, "guidance_scale": scale,
-                                      "ddpm_variance": cfg.ddpm_variance, "seed": cfg.seed + 3,
+                                      "ddpm_variance": cfg.ddpm_variance, "sampling_precision": cfg.sampling_precision,
+                                      "seed": cfg.seed + 3,
                                       "model_uri": final["model_uri"]})
     try:
         print(f"\n== {cfg.model} sampler phase: {described}; {cfg.sampler_samples} samples each ==", flush=True)
         scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
                             data_root=sweep.data_root, n=cfg.sampler_samples, seed=cfg.seed + 3, settings=settings,
-                            pool=sweep.pool, ddpm_variance=cfg.ddpm_variance)
+                            pool=sweep.pool, ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
         rows = [r.record() for r in scored]
         for i, r in enumerate(rows):
             tracker.log_metrics(run_id, {**r["values"], **r["counts"], "nfe": r["steps"], "seconds": r["seconds"]},

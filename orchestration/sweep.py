@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-failures", type=_int(0), help="retries of a crashed trial, each from its last checkpoint")
     a("--mixed-precision", choices=MIXED_PRECISIONS,
       help="training precision: auto = bf16 autocast on GPUs, fp32 on CPUs (default); bf16; no = fp32")
+    a("--sampling-precision", choices=MIXED_PRECISIONS,
+      help="sampling precision: auto = bf16 autocast on GPUs and on CPUs with native bf16 (default); bf16; no = fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None,
       help="torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial on a 2-core CPU)")
     a("--final-workers", type=_int(1), help="train the final run data-parallel on this many Ray Train workers "
@@ -203,7 +205,7 @@ _OVERRIDES = ("data", "search", "num_samples", "scheduler", "epochs", "final_epo
               "pretrained", "inception_weights", "clip_model", "mtcnn", "gpus_per_eval_actor", "eval_actors",
               "sampler", "sampling_steps", "ddpm_variance", "beta_rescale", "augment", "augment_axis", "sampler_phase",
               "sampler_phase_samplers", "sampler_phase_steps", "sampler_phase_samples", "epoch_images",
-              "final_epoch_images", "final_workers", "mixed_precision", "compile")
+              "final_epoch_images", "final_workers", "mixed_precision", "sampling_precision", "compile")
 
 
 def explicit_settings(args: argparse.Namespace) -> set[str]:

@@ -95,6 +95,7 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
         "image_size": ctx.sweep.image_size, "augment": spec.augment, "epoch_images": ctx.epoch_images,
         "eval_samples": ctx.sweep.eval_samples, "sampler": ctx.sweep.sampler,
         "sampling_steps": ctx.sweep.sampling_steps, "ddpm_variance": ctx.sweep.ddpm_variance,
+        "sampling_precision": ctx.sweep.sampling_precision,
         "beta_rescale": ctx.sweep.beta_rescale, "select_metric": ctx.sweep.select_metric,
     })
     return f"{ctx.phase}:{trial_label(spec, ctx.sweep)}", params
@@ -190,7 +191,8 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         stage.mkdir()
         with report.sampling() as pipe:
             images = generate(pipe, conditions.levels, conditions.captions, spec.guidance_scale,
-                              cfg.sampling_steps, cfg.seed, cfg.sampler, ddpm_variance=cfg.ddpm_variance)
+                              cfg.sampling_steps, cfg.seed, cfg.sampler, ddpm_variance=cfg.ddpm_variance,
+                              precision=cfg.sampling_precision)
             _attribute_png(pipe, cfg, spec, stage / "attributes.png")
             if ctx.phase == "final" and epoch == report.epochs:
                 family.save_pretrained(stage / "pipeline")  # EMA weights: what gets registered
@@ -278,4 +280,4 @@ def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path) -> None:
 
     captions = level_captions(attribute_sweep()) if cfg.model != "ddpm" else None
     save_png(attribute_grid(pipe, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler, captions=captions,
-                            ddpm_variance=cfg.ddpm_variance), path)
+                            ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision), path)

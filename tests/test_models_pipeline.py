@@ -317,3 +317,24 @@ def test_config_validation():
         dataclasses.replace(MICRO, block_out_channels=(12, 32))
     with pytest.raises(ConfigError, match="attention_head_dim"):
         dataclasses.replace(MICRO, attention_head_dim=64)
+
+
+def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_device(monkeypatch):
+    import models.engine as engine
+    import models.sampling as sampling
+    from models.sampling import generate
+    from tests.models_helpers import micro_family
+
+    family = micro_family()
+    levels = np.random.default_rng(0).integers(0, 6, (4, 5))
+    fp32 = generate(family, levels, None, 3.0, 4, seed=0, scheduler="dpm++", precision="no")
+    bf16 = generate(family, levels, None, 3.0, 4, seed=0, scheduler="dpm++", precision="bf16")
+    assert bf16.dtype == np.uint8 and bf16.shape == fp32.shape
+    # the denoiser in bf16, the scheduler in fp32: the same images up to bf16 rounding (not bit-identical)
+    assert 0 < np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 8
+    for native in (False, True):
+        monkeypatch.setattr(engine, "cpu_supports_bf16", lambda n=native: n)
+        auto = generate(family, levels, None, 3.0, 4, seed=0, scheduler="dpm++", precision="auto")
+        assert np.array_equal(auto, bf16 if native and sampling.CPU_AUTO_BF16 else fp32)
+    with pytest.raises(ConfigError, match="sampling precision must be one of auto, bf16, no"):
+        generate(family, levels, None, 3.0, 4, seed=0, precision="fp16")

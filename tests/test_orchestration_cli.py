@@ -174,6 +174,22 @@ def test_the_engines_speed_options_reach_every_trial_and_its_params(tmp_path):
     assert out.returncode == 0 and "training: mixed precision no, torch.compile off" in out.stdout, out.stderr
 
 
+def test_the_sampling_precision_reaches_trials_and_is_checked(tmp_path):
+    from orchestration.sweep import build_parser, config_from_args
+    from orchestration.trainable import TrialContext, trial_params
+
+    assert CPU_DEMO.sampling_precision == "auto"
+    cfg = config_from_args(build_parser().parse_args(["--sampling-precision", "no"]))
+    assert cfg.sampling_precision == "no" and cfg.params()["sampling_precision"] == "no"
+    ctx = TrialContext(sweep=cfg, phase="grid", data_root="", epochs=1, epoch_images=64)
+    _, params = trial_params(grid_trials(cfg)[0].resolved(cfg).params(), ctx)
+    assert params["sampling_precision"] == "no"
+    with pytest.raises(SweepError, match="--sampling-precision"):
+        resolve("cpu-demo", sampling_precision="fp16")
+    out = sweep("--dry-run", cwd=tmp_path)
+    assert out.returncode == 0 and "guidance 4, precision auto (bf16 where the device has it natively)" in out.stdout
+
+
 def test_study_dry_run_states_the_protocol(tmp_path):
     out = sweep("--preset", "study", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -217,3 +217,11 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         lora_config("cpu-16", image_size=32)
     with pytest.raises(ConfigError, match="unknown sd-lora preset"):
         lora_config("huge")
+
+
+def test_bf16_sampling_runs_the_whole_latent_pipeline(base):
+    fp32 = generate(family(base), None, ["a face", "a smiling face"], 3.0, 3, seed=0, scheduler="dpm++")
+    bf16 = generate(family(base), None, ["a face", "a smiling face"], 3.0, 3, seed=0, scheduler="dpm++",
+                    precision="bf16")
+    assert bf16.dtype == np.uint8 and bf16.shape == fp32.shape
+    assert np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 12  # bf16 rounding, not another image
