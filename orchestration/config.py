@@ -48,7 +48,8 @@
       both cores (~450 img/s: ~4 min). Measured: class-balanced estimator accuracy 0.51-0.58 on 100
       generated images at guidance 4 (untrained model 0.16, chance 0.17, real images 0.90); it grows with
       the final run's length (`python -m evaluation.ablation`: 0.44 / 0.55 / 0.64 after 49k / 98k / 196k
-      images), so `--final-epochs` is the knob that trades minutes for accuracy.
+      images, one thread); `--final-epochs 10` in the sweep ended at 0.545 (single runs vary by ~0.025,
+      and the constant lr leaves the end point noisy).
     * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
       100 final samples, 100 per CFG scale.
     * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`);
