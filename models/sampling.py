@@ -72,10 +72,10 @@ def inference_steps(model: Any, steps: int | None) -> int:
 
 
 # Sampling in bf16 on a CPU with native bf16 (idle 2-core AMD EPYC, 2026-11-26): `python -m models.bench_cpu` 1.14x
-# (DPM-Solver++ 20 steps, CFG, 16 images); on the sweep's 256-image evaluation batches 35.6 -> 55.4 img/s at 2 threads
-# and 21.1 -> 35.1 at 1 thread, and the demo's final model scored 0.504 vs 0.502 in fp32 (balanced estimator accuracy,
-# the same 300 conditions and seeds). "no" enters no autocast context (a caller's own stays in force). Unlike training (models.engine),
-# nothing here promises bit-level equivalences, so "auto" uses it.
+# (DPM-Solver++ 20 steps, CFG, 16 images); in 64-image batches (generate's default, what the sweep's evaluation uses)
+# 35.6 -> 55.4 img/s at 2 threads and 21.1 -> 35.1 at 1 thread, and the demo's final model scored 0.504 vs 0.502 in
+# fp32 (balanced estimator accuracy, the same 300 conditions and seeds). Unlike training (models.engine), nothing here
+# promises bit-level equivalences, so "auto" uses it. "no" enters no autocast context (a caller's own stays in force).
 CPU_AUTO_BF16 = True
 PRECISIONS = ("auto", "bf16", "no")
 
