@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from evaluation.estimator import ESTIMATOR_PRESETS, build_estimator, estimator_preset  # noqa: E402
 from evaluation.train_estimator import speed_options, training_step  # noqa: E402
 from models.bench import random_faces  # noqa: E402
-from models.bench_cpu import conv_peak_gflops, matmul_peak_gflops  # noqa: E402
+from models.bench_cpu import _load, _median, conv_peak_gflops, matmul_peak_gflops  # noqa: E402
 
 # (name, channels_last, bf16, compile)
 VARIANTS = (
@@ -34,10 +34,6 @@ VARIANTS = (
     ("bf16 + channels_last", True, True, False),
     ("all three", True, True, True),
 )
-
-
-def _load() -> str:
-    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def _batch(batch_size: int, size: int) -> dict:
@@ -116,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for name, (runner, _) in runners.items():
             rates[name].append(runner.steps(args.steps))
-    base = sorted(rates["eager fp32"])[len(rates["eager fp32"]) // 2] if "eager fp32" in rates else None
+    base = _median(rates["eager fp32"]) if "eager fp32" in rates else None
     for name, (_, bf16) in runners.items():
-        median = sorted(rates[name])[len(rates[name]) // 2]
+        median = _median(rates[name])
         gflops = median * per_image / 1e9
         peak = peak16 if bf16 else peak32
         gain = f"  {median / base:.2f}x eager fp32" if base else ""

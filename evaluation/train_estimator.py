@@ -41,7 +41,7 @@ from evaluation.estimator import (
 )
 from evaluation.metrics.accuracy import EstimatorAccuracy
 from evaluation.metrics.base import EvalBatch
-from models.engine import use_bf16, use_channels_last
+from models.engine import MIXED_PRECISIONS, use_bf16, use_channels_last
 from models.runtime import configure_torch
 
 # What EstimatorConfig's speed options mean on a CPU when left on "auto". Measured by `python -m
@@ -125,7 +125,7 @@ def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out:
 
     `device`: "auto" (the visible GPU, else the CPU), "cpu", "cuda[:N]", resolved by `eval_device`."""
     device = eval_device(device)
-    if config.mixed_precision not in ("auto", "bf16", "no"):
+    if config.mixed_precision not in MIXED_PRECISIONS:
         raise EvalError(f"estimator mixed_precision must be auto, bf16 or no, got {config.mixed_precision!r}")
     cache = cache if isinstance(cache, FaceCache) else FaceCache.open(cache)
     torch.manual_seed(config.seed)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="training device: auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--mixed-precision", default=None, choices=("auto", "bf16", "no"),
+    p.add_argument("--mixed-precision", default=None, choices=MIXED_PRECISIONS,
                    help="training autocast (default: the preset's, auto = bf16 on GPUs, see CPU_AUTO_BF16 on CPUs)")
     p.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
                    help="channels_last memory format while training (default: the preset's)")

@@ -58,12 +58,14 @@ DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks
 #   all three 64.7 / 42.9.
 # * bf16 off on CPUs (opt in: TrainConfig.mixed_precision="bf16", the sweep's --mixed-precision bf16): it pays only
 #   8-15 % in training, and `python -m evaluation.ablation --variant fp32 mixed_precision=no --variant bf16
-#   mixed_precision=bf16 --samples 300` found no quality cost (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 / 0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
+#   mixed_precision=bf16 --samples 300` found no quality cost (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 /
+#   0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
 #   rounding blurs what the engine guarantees in fp32 (on, it failed the tests that grad_accum 4 x 8 = batch 32 and
 #   two DDP workers = one process) and adds noise to the held-out loss the CPU presets rank trials by.
 # * channels_last off: no gain at these sizes. compile off: 1-2 % in training for a 62-85 s first warm-up per
 #   process (7 s once inductor's on-disk cache holds the graph) -- more than it saves in a 20-60 s grid trial.
 CPU_AUTO_BF16 = False
+MIXED_PRECISIONS = ("auto", "bf16", "no")  # TrainConfig.mixed_precision; also sampling's and the estimator's
 CPU_AUTO_CHANNELS_LAST = False
 
 
@@ -424,7 +426,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
          f"max_steps_per_epoch must be >= 1, got {cfg.max_steps_per_epoch}"),
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 (None: the process's setting), got {cfg.threads}"),
-        (cfg.mixed_precision in ("auto", "bf16", "no"),
+        (cfg.mixed_precision in MIXED_PRECISIONS,
          f"mixed_precision must be auto, bf16 or no, got {cfg.mixed_precision!r}"),
     ]
     for ok, message in checks:

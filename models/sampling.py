@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 from data.io import atomic_write_bytes
 from data.schema import ATTRIBUTES, NUM_LEVELS, check_levels
 from data.synthetic_captions import level_captions
-from models.engine import use_bf16
+from models.engine import MIXED_PRECISIONS, use_bf16
 from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
@@ -77,13 +77,12 @@ def inference_steps(model: Any, steps: int | None) -> int:
 # fp32 (balanced estimator accuracy, the same 300 conditions and seeds). Unlike training (models.engine), nothing here
 # promises bit-level equivalences, so "auto" uses it. "no" enters no autocast context (a caller's own stays in force).
 CPU_AUTO_BF16 = True
-PRECISIONS = ("auto", "bf16", "no")
 
 
 def sampling_bf16(precision: str, device: torch.device | str) -> bool:
     """Whether sampling with `precision` runs the denoiser under bf16 autocast on `device`."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"sampling precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in MIXED_PRECISIONS:
+        raise ConfigError(f"sampling precision must be one of {', '.join(MIXED_PRECISIONS)}, got {precision!r}")
     return use_bf16(precision, device, cpu_auto=CPU_AUTO_BF16)
 
 

@@ -56,7 +56,8 @@
       the evaluation actor reserves no CPU, so it never blocks a trial; the lone final run and the
       evaluation tasks take both cores.
     * The attribute estimator is evaluation's `small` preset, trained once on the toy data (40-60 s
-      on an idle machine; bf16 + channels_last where the CPU has native bf16) and cached under $CONDFACE_HOME; FID needs Inception weights that are not
+      on an idle machine; bf16 + channels_last where the CPU has native bf16) and cached under
+      $CONDFACE_HOME; FID needs Inception weights that are not
       here, so `fd_estimator` stands in and says so; CLIP score and MTCNN are off (no CLIP weights
       offline; MTCNN on 16 px faces is meaningless).
 
@@ -79,7 +80,7 @@ MODELS = ("ddpm", "sd-lora")
 AUGMENTS = ("none", "study", "study-no-color")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
-MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.TrainConfig.mixed_precision, models.sampling.generate
+MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.MIXED_PRECISIONS (config imports no model code)
 FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
