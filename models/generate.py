@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
+from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
 from models.schedulers import SAMPLERS
 
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps, 0 = the whole chain (default: the "
                                                            "model's, else 25)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=list(MIXED_PRECISIONS), default=None,
+                   help="the denoiser in bf16 autocast or fp32 (default: the model's, else no = fp32)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ and runs:/ URIs (default: "
                                                         "$MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
@@ -167,9 +170,11 @@ def run(args: argparse.Namespace) -> Path:
     sampler = args.sampler or defaults.get("sampler", "dpm++")
     steps = args.steps if args.steps is not None else int(defaults.get("num_inference_steps", 25))
     ddpm_variance = model.info.get("ddpm_variance", "fixed_small")
+    precision = args.precision or defaults.get("precision", "no")
     configure_torch(0)
     print(f"{model.family} model from {args.model} ({model.flavor}); {args.num_images} images, guidance "
-          f"{guidance:g}, {sampler}, {'the whole chain' if steps == 0 else f'{steps} steps'}, seed {args.seed}",
+          f"{guidance:g}, {sampler}, {'the whole chain' if steps == 0 else f'{steps} steps'}, seed {args.seed}, "
+          f"precision {precision}",
           file=sys.stderr, flush=True)
     pipe = load_resolved(model, sampler=sampler, ddpm_variance=ddpm_variance)
     n = args.num_images
@@ -182,7 +187,7 @@ def run(args: argparse.Namespace) -> Path:
         captions = level_captions(levels, args.seed) if model.family == "sd-lora" else None
         labels = [level_label(row) for row in levels]
     images = generate(pipe, levels, captions, guidance, steps, args.seed, sampler, progress=True,
-                      ddpm_variance=ddpm_variance)
+                      ddpm_variance=ddpm_variance, precision=precision)
     set_part = ", ".join(f"{a}={v}" for a, v in given.items()) or "none (all 'any')"
     any_part = [a for a in ATTRIBUTES if a not in given]
     header = (f"{args.model} ({model.family}) | guidance {guidance:g}, {sampler}, "

@@ -22,8 +22,9 @@ image from the training data's level frequencies saved with the model (uniform w
 record must name the same attributes.) sd-lora: the
 same columns (turned into captions in the training captions' style) or a string column `prompt`.
 Params (`ParamSchema`, all optional): `guidance_scale` (double), `num_inference_steps` (long; 0 = the
-model's whole chain), `sampler` ("ddpm" | "ddim" | "dpm++"), `seed` (long); their defaults are what the
-sweep evaluated the model with. Output: a DataFrame with `image` -- the image as a base64-encoded PNG
+model's whole chain), `sampler` ("ddpm" | "ddim" | "dpm++"), `seed` (long), `precision` ("auto" | "bf16" |
+"no": the denoiser under bf16 autocast or in fp32, as `models.sampling.generate`); their defaults are what
+the sweep evaluated the model with. Output: a DataFrame with `image` -- the image as a base64-encoded PNG
 string -- and, per row, the levels it was drawn for (DDPM, and sd-lora without prompts) or its `prompt`.
 
 **The LoRA and MLflow's diffusers flavor.** MLflow 3.x has `mlflow.diffusers`: LoRA adapter weights
@@ -55,6 +56,7 @@ import pandas as pd
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
+from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
 from models.schedulers import SAMPLERS
 
@@ -220,6 +222,10 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
             raise mlflow.MlflowException.invalid_parameter_value(
                 f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
+        precision = str(params.get("precision", "no"))
+        if precision not in MIXED_PRECISIONS:
+            raise mlflow.MlflowException.invalid_parameter_value(
+                f"unknown precision {precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
         prompts = None
         if self.model.family == "sd-lora" and "prompt" in frame.columns:
             prompts = [str(p) for p in frame["prompt"]]
@@ -236,7 +242,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         try:
             images = generate(self.pipe, levels, prompts, float(params.get("guidance_scale", 3.0)),
                               int(params.get("num_inference_steps", 0)), seed, sampler,
-                              ddpm_variance=self.info.get("ddpm_variance", "fixed_small"))
+                              ddpm_variance=self.info.get("ddpm_variance", "fixed_small"), precision=precision)
         except (ConfigError, ValueError) as err:
             raise mlflow.MlflowException.invalid_parameter_value(str(err).splitlines()[0]) from None
         out = pd.DataFrame({"image": [png_base64(im) for im in images]})
@@ -266,6 +272,7 @@ def signature(family: str, defaults: dict[str, Any]):
         ParamSpec("num_inference_steps", DataType.long, int(defaults["num_inference_steps"])),
         ParamSpec("sampler", DataType.string, str(defaults["sampler"])),
         ParamSpec("seed", DataType.long, int(defaults.get("seed", 0))),
+        ParamSpec("precision", DataType.string, str(defaults.get("precision", "no"))),
     ])
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs), params=params)
 
@@ -318,15 +325,18 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
 
 
 def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: float, sampler: str,
-               num_inference_steps: int, ddpm_variance: str = "fixed_small",
+               num_inference_steps: int, ddpm_variance: str = "fixed_small", precision: str = "no",
                frequencies: dict[str, list[float]] | None = None, mlflow_model=None,
                flavor: str | None = None) -> str:
     """Save the model at `pipeline_dir` (a family's save_pretrained folder) as an MLflow model at `path`:
-    the pyfunc, or MLflow's diffusers flavor where it can express the model. Returns the flavor used."""
+    the pyfunc, or MLflow's diffusers flavor where it can express the model. Returns the flavor used.
+    `precision` is the pyfunc's default sampling precision (the diffusers flavor's pyfunc has no such param)."""
+    if precision not in MIXED_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
     family = family_of(pipeline_dir)
     flavor = flavor or choose_flavor(pipeline_dir)[0]
     defaults = {"guidance_scale": float(guidance_scale), "num_inference_steps": int(num_inference_steps),
-                "sampler": sampler, "seed": 0}
+                "sampler": sampler, "seed": 0, "precision": precision}
     info: dict[str, Any] = {"family": family, "defaults": defaults, "ddpm_variance": ddpm_variance,
                             "level_frequencies": frequencies, "attributes": list(ATTRIBUTES)}
     if flavor == "diffusers":

@@ -89,7 +89,8 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
                               f"{TAG_PREFIX}final_samples": cfg.final_samples})
     _log_samples(tracker, run_id, scored, root / "final_samples.png")
     sampling = {"guidance_scale": spec.guidance_scale, "sampler": cfg.sampler,
-                "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance}
+                "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
+                "precision": cfg.sampling_precision}
     model_uri = register(tracker, run_id, pipeline_dir, cfg.registered_model_name,
                          {"family": cfg.model, "preset": cfg.preset, "config": label}, sampling=sampling,
                          data_root=sweep.data_root)

@@ -145,7 +145,8 @@ def test_each_family_is_a_registered_mlflow_model_with_the_champion_alias(store)
         assert "python_function" in model.flavors
         sig = model.signature
         assert [c.name for c in sig.inputs.inputs][:5] == ["bangs", "eyeglasses", "beard", "smiling", "age"]
-        assert {p.name for p in sig.params.params} == {"guidance_scale", "num_inference_steps", "sampler", "seed"}
+        assert {p.name for p in sig.params.params} == {"guidance_scale", "num_inference_steps", "sampler", "seed",
+                                                      "precision"}
         assert "image" in sig.outputs.input_names()
         assert (Path(local) / "code" / "models" / "mlflow_model.py").is_file()
         artifacts = set(model.flavors["python_function"]["artifacts"])  # sd-lora on the tiny base ships the base
@@ -209,6 +210,14 @@ def test_pyfunc_predicts_images_in_a_fresh_process(store, tmp_path):
         "    ddpm.predict(pd.DataFrame({'bangs': [6]}))\n"
         "except Exception as err:\n"
         "    out['bad'] = str(err)\n"
+        "out['precision_default'] = {p.name: p.default for p in ddpm.metadata.get_params_schema().params}['precision']\n"
+        "for prec in ('no', 'bf16'):\n"
+        "    out[prec] = ddpm.predict(pd.DataFrame({'bangs': [5, 0, 3]}), params={'num_inference_steps': 4, 'seed': 2,\n"
+        "                             'sampler': 'dpm++', 'precision': prec})['image'].tolist()\n"
+        "try:\n"
+        "    ddpm.predict(pd.DataFrame({'bangs': [1]}), params={'precision': 'fp8'})\n"
+        "except Exception as err:\n"
+        "    out['bad_precision'] = str(err)\n"
         "lora = mlflow.pyfunc.load_model('models:/condface-sd-lora@champion')\n"
         "out['lora'] = lora.predict(pd.DataFrame({'prompt': ['A person with big bangs.']}),\n"
         "                           params={'num_inference_steps': 2}).to_dict('list')\n"
@@ -228,6 +237,11 @@ def test_pyfunc_predicts_images_in_a_fresh_process(store, tmp_path):
     assert ddpm["bangs"] == [5, 0, 3] and ddpm["smiling"] == [0, 5, 2]
     assert all(0 <= v <= 5 for v in ddpm["age"])  # left out: drawn from the data's level frequencies
     assert "bangs must be an integer level 0..5" in out["bad"]
+    # the sampling precision the sweep evaluated with is the served model's default; the param reaches the sampler
+    assert out["precision_default"] == store["cfg"].sampling_precision == "auto"
+    fp32, bf16 = (np.stack([decode(b).astype(int) for b in out[p]]) for p in ("no", "bf16"))
+    assert 0 < np.abs(fp32 - bf16).mean() < 16
+    assert "unknown precision 'fp8'" in out["bad_precision"]
     assert decode(out["lora"]["image"][0]).shape == (16, 16, 3) and out["lora"]["prompt"] == ["A person with big bangs."]
     assert "elderly" in out["lora_levels"]["prompt"][0] or "old" in out["lora_levels"]["prompt"][0]
 
@@ -282,6 +296,7 @@ def test_generate_draws_labelled_grids_from_every_kind_of_model_reference(store,
     (["--model", "models:/condface-ddpm@nobody"], "cannot get models:/condface-ddpm@nobody"),
     (["--model", "models:/no-such-model/1"], "cannot get models:/no-such-model/1"),
     (["--model", "/no/such/folder"], "no model at /no/such/folder"),
+    (["--model", "models:/condface-ddpm@champion", "--precision", "fp8"], "invalid choice: 'fp8'"),
 ])
 def test_generate_bad_input_is_a_one_line_error(store, tmp_path, args, message):
     res = generate(store, tmp_path, *args, "--out", str(tmp_path / "x.png"))
