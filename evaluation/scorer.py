@@ -2,7 +2,7 @@
 
     scorer = Scorer(config)
     state = scorer.update(images, levels, captions, real_images)      # any number of times, any process
-    result = scorer.compute(Scorer.merge([state, ...]))              # MetricResult(values, unavailable, counts)
+    result = scorer.compute(Scorer.merge([state, ...]))   # MetricResult(values, unavailable, counts, tables)
 
 Metric names (stable; used as MLflow keys): fid, fd_estimator, mtcnn, clip_score, est_acc,
 est_acc_balanced, est_acc_<attribute>. A metric that cannot be computed here is listed in
@@ -29,9 +29,10 @@ class MetricResult:
     values: dict[str, float] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # metric name -> reason
     counts: dict[str, int] = field(default_factory=dict)  # samples behind each value, e.g. fid_n
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # est_confusion: attribute -> 6x6 counts
 
     def to_json(self) -> dict:
-        return {"values": self.values, "unavailable": self.unavailable, "counts": self.counts}
+        return {"values": self.values, "unavailable": self.unavailable, "counts": self.counts, "tables": self.tables}
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Scorer:
             result.values.update(outcome.values)
             result.counts.update(outcome.counts)
             result.unavailable.update(outcome.unavailable)
+            result.tables.update(outcome.tables)
         return result
 
     def score(self, images, levels, captions=None, real_images=None) -> MetricResult:

@@ -30,6 +30,7 @@ from data.errors import DataError
 from data.io import atomic_dir
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.config import eval_device
+from evaluation.confusion import plot_confusion
 from evaluation.degrade import Degraded
 from evaluation.errors import EvalError
 from evaluation.estimator import (
@@ -94,28 +95,6 @@ def evaluate(model: AttributeEstimator, cache: FaceCache, split: str, batch_size
     outcome = metric.compute(metric.state())
     confmats = np.stack([m.confmat.cpu().numpy() for m in metric.confmats])
     return outcome.values, confmats
-
-
-def plot_confusion(confmat: np.ndarray, attribute: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = confmat / np.maximum(confmat.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    im = ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
-    for r in range(NUM_LEVELS):
-        for c in range(NUM_LEVELS):
-            ax.text(c, r, int(confmat[r, c]), ha="center", va="center", fontsize=7,
-                    color="white" if rows[r, c] > 0.5 else "black")
-    ax.set(xlabel="estimated level", ylabel="true level", xticks=range(NUM_LEVELS), yticks=range(NUM_LEVELS))
-    acc = confmat.trace() / max(confmat.sum(), 1)
-    ax.set_title(f"{attribute}: accuracy {acc:.3f}")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true level")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train_estimator(cache: FaceCache | str | Path, config: EstimatorConfig, out: str | Path,

@@ -27,6 +27,7 @@ class Scored:
     sampler: str = ""
     steps: int = 0  # the steps actually taken (the model's T for a full-chain request)
     seconds: float = 0.0  # sampling wall time
+    tables: dict[str, dict[str, list]] = field(default_factory=dict, repr=False)  # est_confusion: attribute -> 6x6
 
     def record(self) -> dict[str, Any]:
         """JSON-able (no images): what sweep.json and the summary keep."""
@@ -57,7 +58,8 @@ def sample_and_score(model: str, pipeline_dir: str, data_root: str, n: int, seed
         seconds = time.perf_counter() - started
         result = pool.score(images, conditions.levels, conditions.captions, real)
         out.append(Scored(float(scale), dict(result.values), dict(result.unavailable), dict(result.counts), images,
-                          conditions.levels, sampler, int(inference_steps(pipe, steps)), seconds))
+                          conditions.levels, sampler, int(inference_steps(pipe, steps)), seconds,
+                          dict(result.tables)))
     return out
 
 

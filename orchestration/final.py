@@ -101,7 +101,8 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
                for row in history]
     return {"run_id": run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
             "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
-            "unavailable": scored.unavailable, "counts": scored.counts, "history": history}
+            "unavailable": scored.unavailable, "counts": scored.counts, "history": history,
+            "confusion": scored.tables.get("est_confusion")}
 
 
 def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags: dict[str, str],
@@ -156,3 +157,12 @@ def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags:
 def _log_samples(tracker: Tracker, run_id: str, scored: Scored, path: Path) -> None:
     samples_png(scored.images[:64], path)
     tracker.log_artifact(run_id, path, "final_samples")
+    confusion = scored.tables.get("est_confusion")
+    if confusion:  # none when the estimator is unavailable
+        from evaluation.confusion import plot_confusions
+
+        title = (f"the final model's {len(scored.images)} samples at guidance {scored.guidance_scale:g}: "
+                 "the level asked for (rows) against the level the estimator read")
+        tracker.log_artifact(run_id, plot_confusions(confusion, title, path.with_name("final_confusion.png")),
+                             "final_samples")
+        tracker.log_json(run_id, confusion, "final_samples/final_confusion.json")

@@ -667,6 +667,7 @@ def sample_figures(rec: Record, report: Report) -> list[Figure]:
                         f"fig{number}_{f}_final_samples.png", "no final evaluation logged yet"),
                   Panel("real images of the same conditions", real_final, "real_final_samples.png", no_real)]
         figs.append(Figure(number, f"{FAMILY_NAMES[f]}: the final model's samples", panels))
+    figs.append(confusion_figure(rec))
     panels = []
     for f in rec.families:
         run = rec.one("final", f)
@@ -678,6 +679,36 @@ def sample_figures(rec: Record, report: Report) -> list[Figure]:
                        "The study's Figure 4.5 shows one attribute at maximum intensity: the right-most column."
                        + real_tiles))
     return figs
+
+
+def confusion_figure(rec: Record) -> Figure:
+    """Where the class-balanced accuracy is lost: per family, the estimator's reading of the final samples (rows:
+    the level asked for), beside its reading of real validation images (the judge's own errors, from its report)."""
+    from evaluation.confusion import plot_confusions
+
+    panels = []
+    for f in rec.families:
+        run = rec.one("final", f)
+        png = rec.artifact(run, "final_samples/final_confusion.png") if run else None
+        missing = "the estimator is unavailable" if "est_acc" in rec.unavailable(run) else \
+            "no final evaluation logged yet"
+        panels.append(Panel(f"{f} final model", png, f"figC_{f}_final_confusion.png", "" if png else missing))
+    real, missing = None, "no estimator report on the parent run"
+    report = rec.artifact(rec.parent, "estimator/report.json")
+    if report is not None:
+        confusion = json.loads(report).get("val_confusion")
+        if confusion:
+            with tempfile.TemporaryDirectory() as tmp:
+                real = plot_confusions(confusion, "the estimator on real validation images", Path(tmp) / "real.png",
+                                       ylabel="true level").read_bytes()
+        else:
+            missing = "the estimator's report has no confusion matrices"
+    panels.append(Panel("the estimator on real validation images", real, "real_confusion.png", missing))
+    return Figure("C", "where the attribute accuracy is lost: the level asked for against the level the estimator "
+                       "read", panels,
+                  "Each row is normalised to the samples asked for that level; the diagonal is that level's recall, "
+                  "and the class-balanced accuracy is the mean of the diagonals. Level 0 is the most frequent level "
+                  "of every attribute, so the rarer levels decide the balanced figure.")
 
 
 def loss_figure(rec: Record, report: Report) -> Figure:

@@ -44,6 +44,13 @@ def test_estimator_accuracy_matches_its_predictions(setup):
         assert result.values[f"est_acc_{attr}"] == pytest.approx(float(np.mean(predicted[:, i] == levels[:, i])))
     assert result.values["est_acc"] == pytest.approx(float(np.mean(predicted == levels)))
     assert result.counts["est_acc_n"] == len(images)
+    # the confusion matrices behind the figures (rows: level asked for, columns: level read), cell by cell
+    confusion = result.tables["est_confusion"]
+    assert list(confusion) == list(ATTRIBUTES)
+    for i, attr in enumerate(ATTRIBUTES):
+        expected = np.zeros((6, 6), dtype=int)
+        np.add.at(expected, (levels[:, i], predicted[:, i]), 1)
+        assert np.array_equal(np.array(confusion[attr]), expected), attr
 
 
 def test_every_metric_merges_over_uneven_parts(setup):
@@ -59,6 +66,7 @@ def test_every_metric_merges_over_uneven_parts(setup):
     for k, v in whole.values.items():
         assert merged.values[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
     assert merged.counts == whole.counts
+    assert merged.tables == whole.tables and whole.tables["est_confusion"]
     assert merged.unavailable == whole.unavailable
     assert set(whole.unavailable) == {"fid", "clip_score"}
 

@@ -6,14 +6,17 @@ HTML references nothing outside itself; the sweep logged its own report; bad inp
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_orchestration_sweep import artifact_paths, children, client_for
@@ -209,6 +212,18 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
         assert row[1].startswith(f"{int(params['built.params_total']):,} ")
         assert row[3].startswith(f"{int(params['built.params_trainable']):,} ")
         checked += 2
+    # Figure C's data: the final evaluation's confusion matrices, whose diagonals give the logged balanced accuracy
+    for family, run in finals.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run.info.run_id, "final_samples/final_confusion.json", tmp)
+            confusion = json.loads(Path(local).read_text())
+        assert list(confusion) == ["bangs", "eyeglasses", "beard", "smiling", "age"], family
+        cms = np.array([confusion[a] for a in confusion], dtype=float)
+        assert cms.shape == (5, 6, 6) and (cms.sum(axis=(1, 2)) == run.data.metrics["final_est_acc_n"]).all()
+        support = cms.sum(2)
+        recall = np.diagonal(cms, axis1=1, axis2=2) / np.where(support > 0, support, np.nan)
+        assert np.nanmean(recall, axis=1).mean() == pytest.approx(run.data.metrics["final_est_acc_balanced"])
+        checked += 1
     # the provenance appendix: the parent run's tags
     tags = client.get_run(parent_id).data.tags
     prov = dict((r[0], r[1]) for r in tables["P"][1])
@@ -230,7 +245,8 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
                 "fig4.4_sd-lora_final_samples.png", "fig4.5_ddpm_attributes.png", "fig4.5_sd-lora_attributes.png",
                 "fig4.6_loss_per_step.png", "fig4.7_metrics_per_epoch.png", "fig4.8_cfg_pareto.png",
                 "fig4.9_parameters.png", "figS_ddpm_samplers.png", "figS_sd-lora_samplers.png",
-                "real_epoch_samples.png", "real_final_samples.png", "real_attributes.png"}
+                "real_epoch_samples.png", "real_final_samples.png", "real_attributes.png",
+                "figC_ddpm_final_confusion.png", "figC_sd-lora_final_confusion.png", "real_confusion.png"}
     assert expected <= set(files), expected - set(files)
     for name in set(files):
         data = (out / name).read_bytes()

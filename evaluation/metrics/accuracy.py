@@ -6,7 +6,8 @@ From it: `est_acc_<attribute>` (plain accuracy), `est_acc` (their mean, the stud
 over attributes). The balanced figure matters because level 0 dominates real data: the study's
 estimator scored 70% on pure noise by always answering level 0. Levels that were never requested are
 left out of the balanced mean (as sklearn's balanced_accuracy_score does); torchmetrics' macro
-accuracy would count a level that was only predicted as a zero.
+accuracy would count a level that was only predicted as a zero. The matrices themselves come back as the
+table `est_confusion` (attribute -> 6x6 counts; `evaluation.confusion` draws them).
 """
 
 from __future__ import annotations
@@ -63,4 +64,5 @@ class EstimatorAccuracy:
         out.values.update({f"est_acc_{attr}": a for attr, a in zip(ATTRIBUTES, plain)})
         out.values["est_acc"] = sum(plain) / len(plain)
         out.values["est_acc_balanced"] = sum(balanced) / len(balanced)
+        out.tables["est_confusion"] = {attr: m.confmat.long().cpu().tolist() for attr, m in zip(ATTRIBUTES, self.confmats)}
         return out

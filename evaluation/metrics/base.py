@@ -32,6 +32,7 @@ class Outcome:
     values: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # e.g. est_confusion: attribute -> 6x6 counts
 
 
 def snapshot(metric: Metric, prefix: str = "") -> State:
