@@ -53,7 +53,7 @@
       (base 0.434 / 0.440, two seeds) lr 3e-3 read 0.410 / 0.410, lr 4e-3 0.415 / 0.359, Adam beta2 0.99
       0.426 / 0.452, EMA power 3/4 or no EMA 0.42-0.44, a wider, deeper or wider-at-4-px U-Net 0.428-0.439
       at 56-72 % of the speed; only Min-SNR 5 (+0.03, which the held-out-loss ranking does not pick, as the
-      study's ranking did not) and batch 16 (+0.02, at 80 % of the speed) gained. What is lost is the
+      study's ranking did not) and batch 16 (+0.02, at 80 % of the speed) gained. What is lost is mostly the
       intermediate levels (1-4) of each attribute: report Figure C.
     * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
       100 final samples, 100 per CFG scale.
