@@ -222,10 +222,6 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
             raise mlflow.MlflowException.invalid_parameter_value(
                 f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
-        precision = str(params.get("precision", "no"))
-        if precision not in MIXED_PRECISIONS:
-            raise mlflow.MlflowException.invalid_parameter_value(
-                f"unknown precision {precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
         prompts = None
         if self.model.family == "sd-lora" and "prompt" in frame.columns:
             prompts = [str(p) for p in frame["prompt"]]
@@ -242,7 +238,8 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         try:
             images = generate(self.pipe, levels, prompts, float(params.get("guidance_scale", 3.0)),
                               int(params.get("num_inference_steps", 0)), seed, sampler,
-                              ddpm_variance=self.info.get("ddpm_variance", "fixed_small"), precision=precision)
+                              ddpm_variance=self.info.get("ddpm_variance", "fixed_small"),
+                              precision=check_precision(str(params.get("precision", "no"))))
         except (ConfigError, ValueError) as err:
             raise mlflow.MlflowException.invalid_parameter_value(str(err).splitlines()[0]) from None
         out = pd.DataFrame({"image": [png_base64(im) for im in images]})
@@ -252,6 +249,13 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         else:
             out["prompt"] = prompts
         return out
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is a sampling precision the model takes, else ConfigError."""
+    if precision not in MIXED_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
+    return precision
 
 
 def signature(family: str, defaults: dict[str, Any]):
@@ -331,8 +335,7 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     """Save the model at `pipeline_dir` (a family's save_pretrained folder) as an MLflow model at `path`:
     the pyfunc, or MLflow's diffusers flavor where it can express the model. Returns the flavor used.
     `precision` is the pyfunc's default sampling precision (the diffusers flavor's pyfunc has no such param)."""
-    if precision not in MIXED_PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
+    check_precision(precision)
     family = family_of(pipeline_dir)
     flavor = flavor or choose_flavor(pipeline_dir)[0]
     defaults = {"guidance_scale": float(guidance_scale), "num_inference_steps": int(num_inference_steps),
