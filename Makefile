@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel (on disk on the project's machines). On a GPU machine: make TORCH="torch==2.13.0 --index-url <your CUDA index>"
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,9 +18,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m orchestration.sweep --model ddpm
 
+# the whole suite (what CI runs, via .ci/run)
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# the edit loop: everything but the sweeps, Ray, the cluster and the browser (tests marked slow)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

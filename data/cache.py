@@ -13,6 +13,7 @@ so a directory that exists at `path` is always complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +82,14 @@ class FaceCache:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         return np.flatnonzero(self.split == SPLITS[split])
+
+
+def manifest_key(root: str | Path) -> str:
+    """sha256 of a cache's manifest without its `created` time: what caches derived from the data key on, so the
+    same data drawn twice (e.g. by two test sessions, or two machines) shares them."""
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    manifest.pop("created", None)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 class CacheWriter:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.cache import SPLITS, CacheWriter, FaceCache
+from data.catalogue import condface_home
 from data.errors import DataError
 from data.io import atomic_write_bytes, file_lock
 from data.schema import ATTRIBUTES, NUM_ATTRIBUTES, NUM_LEVELS, check_levels
@@ -145,8 +146,7 @@ def write_synthetic_cache(out: str | Path, size: int = 64, n_train: int = 20000,
 
 
 def toy_root() -> Path:
-    home = os.environ.get("CONDFACE_HOME")
-    return Path(home) / "toy" if home else Path.home() / ".cache" / "condface" / "toy"
+    return condface_home() / "toy"
 
 
 def toy_cache_path(size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: int = 2000, seed: int = 0,

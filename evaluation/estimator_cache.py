@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from data.cache import FaceCache
+from data.cache import FaceCache, manifest_key
+from data.catalogue import condface_home
 from data.dataset import resolve_data
 from data.io import file_lock
-from evaluation.config import condface_home
 from evaluation.estimator import WEIGHTS_NAME, EstimatorConfig, estimator_preset
 from evaluation.train_estimator import train_estimator
 
 
 def estimator_cache_dir(cache_root: Path, config: EstimatorConfig) -> Path:
     """Where `ensure_estimator` keeps the estimator for this data cache and config (content-addressed)."""
-    manifest = (Path(cache_root) / "manifest.json").read_bytes()
-    key = hashlib.sha256(manifest + json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+    blob = manifest_key(cache_root) + json.dumps(config.to_json(), sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
     return condface_home() / "estimators" / f"{config.preset}-{key}"
 
 
@@ -35,8 +35,8 @@ def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small"
     """Return the directory of an estimator trained on `data` (a cache or its dir, or "toy" at `size` px).
 
     Trained on first use (on `device`, see `evaluation.config.eval_device`) and cached under
-    $CONDFACE_HOME/estimators/ (keyed by the data cache's manifest and the estimator config, not the
-    device); a file lock makes concurrent callers wait for one training run.
+    $CONDFACE_HOME/estimators/ (keyed by the data cache's manifest, less its write time, and the estimator config,
+    not the device); a file lock makes concurrent callers wait for one training run.
     """
     cache_root = data.root if isinstance(data, FaceCache) else resolve_data(str(data), size)
     config = estimator_preset(preset, **overrides)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data.catalogue import condface_home
 from data.io import atomic_dir, file_lock
 from models.sd_family import StableDiffusionFamily
 
@@ -89,10 +89,6 @@ PRESETS: dict[str, TinyBaseConfig] = {
         batch_size=8, train_images=16,
     ),
 }
-
-
-def condface_home() -> Path:
-    return Path(os.environ.get("CONDFACE_HOME", Path.home() / ".cache" / "condface"))
 
 
 def tiny_base_dir(config: TinyBaseConfig, root: str | Path | None = None) -> Path:

@@ -1,4 +1,10 @@
-"""Shared fixtures. Every test runs offline, on the CPU, with small data the tests build."""
+"""Shared fixtures. Every test runs offline, on the CPU, with small data the tests build.
+
+One cache home per test session: the toy data, the estimator trained on it and the tiny SD base are built once
+and shared by every module (their caches key on content, not on when they were written). The one two-family smoke
+sweep (`two_family_sweep`) is shared by the report, model, UI and sweep tests. Tests that run a sweep, a cluster or
+a browser are marked `slow`; `make test-fast` leaves them out.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# A Ray runtime a test starts (in-process or in a sweep it runs as a command) is its own, never one that someone
+# started on this machine with `ray start`; tests that mean a cluster pass its address.
+os.environ["RAY_ADDRESS"] = "local"
+
+
+SLOW_FIXTURES = {"two_family_sweep"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the shared sweep is slow like the sweep; so are cluster and browser tests."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("cluster") \
+                or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,9 +41,10 @@ def one_torch_thread():
     configure_torch(1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def home(tmp_path_factory):
-    """Caches (toy data, estimators) in a temporary CONDFACE_HOME for the module that asks for it."""
+    """The session's CONDFACE_HOME (toy data, estimators, tiny bases), set for every test and every process the
+    tests start. A test that needs an empty home sets its own with monkeypatch."""
     path = tmp_path_factory.mktemp("condface-home")
     old = os.environ.get("CONDFACE_HOME")
     os.environ["CONDFACE_HOME"] = str(path)
@@ -34,10 +55,39 @@ def home(tmp_path_factory):
         os.environ["CONDFACE_HOME"] = old
 
 
-@pytest.fixture(scope="module")
-def data(home, tmp_path_factory):
-    """A small 16 px synthetic face cache (256 train / 64 val / 8 test), one per module."""
+@pytest.fixture(scope="session")
+def data(home) -> str:
+    """A small 16 px synthetic face cache (256 train / 64 val / 8 test) in the session's home."""
     from data.synthetic import toy_cache
 
-    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp_path_factory.mktemp("data"),
-                         progress=False))
+    return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, progress=False))
+
+
+@pytest.fixture(scope="session")
+def two_family_sweep(home, data, tmp_path_factory) -> dict:
+    """One finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase, on a local Ray runtime
+    and a real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
+
+    cfg, uri: the resolved config and its tracking URI; out: what run_sweep returned; parent: the sweep's run id;
+    client: an MlflowClient on the store; tmp: a folder of its own (the store, Ray storage); data, home.
+    """
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.config import resolve
+    from orchestration.driver import run_sweep
+
+    tmp = tmp_path_factory.mktemp("two-family-sweep")
+    cfg = resolve("smoke", model="ddpm,sd-lora", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+                  storage_path=str(tmp / "results"), sampler_phase=True)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = run_sweep(cfg, dashboard=False)
+    finally:
+        if started:
+            ray.shutdown()
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    return {"cfg": cfg, "uri": cfg.tracking_uri, "out": out, "parent": out["parent_run_id"], "client": client,
+            "tmp": tmp, "data": data, "home": home}

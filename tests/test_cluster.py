@@ -2,7 +2,7 @@
 with `ray start`, PostgreSQL, an MLflow server on it with basic-auth, a shared storage path.
 
 The record is read back the way any client would: through the tracking server's REST API. Skipped only where
-PostgreSQL is not installed (.ci/run installs it: apt-get install -y postgresql).
+PostgreSQL is not installed, and failed instead in CI (.ci/run installs it: apt-get install -y postgresql).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import require
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,12 +35,13 @@ def _cluster_module():
 
 
 lc = _cluster_module()
-pytestmark = pytest.mark.skipif(lc.pg_bin() is None, reason="PostgreSQL is not installed here (no /usr/lib/postgresql/"
-                                                            "*/bin/initdb) and could not be: apt-get install -y postgresql")
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
 def cluster(home, tmp_path_factory):
+    require(lc.pg_bin() is not None, "PostgreSQL is not installed here (no /usr/lib/postgresql/*/bin/initdb): "
+                                     "apt-get install -y postgresql")
     directory = tmp_path_factory.mktemp("cluster")
     state = lc.up(directory)
     try:

@@ -12,12 +12,14 @@ from evaluation.config import EvalConfig
 from evaluation.scorer import Scorer
 from tests.eval_helpers import face_cache, random_estimator  # noqa: F401
 
+pytestmark = pytest.mark.slow  # a Ray runtime
+
 
 @pytest.fixture(scope="module")
 def local_ray():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tools import require
+
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "mlflow-ui"
 CHROMIUM = "/usr/bin/chromium"
@@ -42,24 +45,10 @@ NO_CHECKOUT = ("import sys, importlib.util\n"
 
 
 @pytest.fixture(scope="module")
-def store(home, tmp_path_factory):
-    """A finished smoke sweep of both families (ddpm,sd-lora): the MLflow store and what the sweep returned."""
-    import ray
-
-    from data.synthetic import toy_cache
-    from orchestration.config import resolve
-    from orchestration.driver import run_sweep
-
-    tmp = tmp_path_factory.mktemp("sweep")
-    data = str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp / "data", progress=False))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        cfg = resolve("smoke", model="ddpm,sd-lora", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
-                      storage_path=str(tmp / "results"))
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        ray.shutdown()
-    return {"uri": cfg.tracking_uri, "cfg": cfg, "out": out, "tmp": tmp, "data": data, "home": home}
+def store(two_family_sweep):
+    """The session's finished smoke sweep of both families (ddpm,sd-lora): the MLflow store and what the sweep
+    returned."""
+    return two_family_sweep
 
 
 def client_for(uri: str):
@@ -309,10 +298,12 @@ def test_generate_bad_input_is_a_one_line_error(store, tmp_path, args, message):
 # --------------------------------------------------------------------------------------------------
 # The MLflow UI in a browser
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.browser
 def test_the_mlflow_ui_shows_trials_metrics_images_and_the_champion(store, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
+    require(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)")
+    require(importlib.util.find_spec("playwright") is not None, "no playwright: pip install -e '.[dev]' installs it")
+    from playwright import sync_api as playwright
+
     from orchestration.tracking import artifact_root
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import os
 import re
 import subprocess
 import sys
@@ -18,8 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m orchestration.sweep ARGS` run in `cwd`, in-process (as the interpreter would report it)."""
+    from orchestration.sweep import main
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)  # not contextlib.chdir: Python 3.10 is supported
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    finally:
+        os.chdir(before)
+    if isinstance(code, str):  # sys.exit("error: ..."): printed to stderr, status 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess(["orchestration.sweep", *args], code or 0, out.getvalue(), err.getvalue())
+
+
+def sweep_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real `python -m orchestration.sweep ARGS`, a process of its own."""
     return subprocess.run([sys.executable, "-m", "orchestration.sweep", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -58,7 +82,7 @@ def test_dry_run_optuna_describes_the_space(tmp_path):
 
 
 def test_bad_model_from_the_real_command_line(tmp_path):
-    out = sweep("--model", "gan", cwd=tmp_path)
+    out = sweep_command("--model", "gan", cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
         "error: argument --model: expected a comma-separated list of ddpm, sd-lora, got 'gan' (see --help)"
@@ -273,12 +297,10 @@ def test_resource_plan_fits_one_node():
         plan_resources(dataclasses.replace(CPU_DEMO, gpus_per_eval_actor=0.5), two_cpu_nodes)
 
 
-def test_an_error_inside_a_ray_task_reaches_the_user_as_one_line(tmp_path):
+@pytest.mark.slow
+def test_an_error_inside_a_ray_task_reaches_the_user_as_one_line(tmp_path, data):
     """A bad --pretrained is found where the base is first loaded: inside a Ray task (the reference row)."""
-    from data.synthetic import toy_cache
-
-    data = toy_cache(size=16, n_train=32, n_val=16, n_test=8, root=tmp_path / "data", progress=False)
-    out = sweep("--preset", "smoke", "--model", "sd-lora", "--data", str(data), "--pretrained",
+    out = sweep_command("--preset", "smoke", "--model", "sd-lora", "--data", str(data), "--pretrained",
                 str(tmp_path / "no-such-base"), "--no-dashboard", "--storage-path", str(tmp_path / "results"),
                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
     assert out.returncode != 0

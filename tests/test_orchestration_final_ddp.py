@@ -33,6 +33,7 @@ def test_worker_resources_for_the_data_parallel_final_run(data):
         smoke(Path("/tmp"), data, final_workers=3)  # batch 16
 
 
+@pytest.mark.slow
 def test_a_killed_data_parallel_final_run_resumes_from_ray_trains_checkpoint(tmp_path, data, home):
     """The driver (and its Ray runtime) dies after the data-parallel final run's first epoch: `--resume` starts the
     trainer again under the same name, Ray Train restores that epoch's checkpoint, and epoch 1 is not trained again."""

@@ -12,6 +12,8 @@ from orchestration.config import resolve
 from orchestration.errors import SweepError
 from tests.test_orchestration_sweep import children, client_for, smoke
 
+pytestmark = pytest.mark.slow  # a sweep on Ray; a two-node Ray cluster
+
 
 def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, data):
     import ray
@@ -19,7 +21,7 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
     from orchestration.driver import run_sweep
     from orchestration.resources import plan_resources
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         cfg = smoke(tmp_path, data)
         plan = plan_resources(cfg)

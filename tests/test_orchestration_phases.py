@@ -13,7 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.test_orchestration_sweep import _kill_tree, artifact_paths, children, client_for, smoke
+
+pytestmark = pytest.mark.slow  # sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +106,7 @@ def test_sampler_phase_augmentation_axis_and_a_diverged_trial(tmp_path, data, ho
     cfg = smoke(tmp_path, data, augment_axis=("none", "study-no-color"), sampler_phase=True,
                 diverge_trial="ga1-T1000-snroff-small-aug:none")
     cfg = __import__("dataclasses").replace(cfg, channel_sets=(("small", (16, 64)),))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = run_sweep(cfg, dashboard=False)
     finally:

@@ -19,31 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_orchestration_sweep import artifact_paths, children, client_for
+from tests.test_orchestration_sweep import artifact_paths, children
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "condface-ddpm+sd-lora-smoke"
 
 
 @pytest.fixture(scope="module")
-def sweep(home, tmp_path_factory):
-    """One finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase."""
-    import ray
-
-    from data.synthetic import toy_cache
-    from orchestration.config import resolve
-    from orchestration.driver import run_sweep
-
-    tmp = tmp_path_factory.mktemp("sweep")
-    data = str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, root=tmp / "data", progress=False))
-    cfg = resolve("smoke", model="ddpm,sd-lora", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
-                  storage_path=str(tmp / "results"), sampler_phase=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        ray.shutdown()
-    return {"cfg": cfg, "tmp": tmp, "parent": out["parent_run_id"], "client": client_for(cfg.tracking_uri)}
+def sweep(two_family_sweep):
+    """The session's finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase."""
+    return two_family_sweep
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # sweeps
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def ray_runtime(home):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -57,12 +59,8 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
     return out
 
 
-def test_mini_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
-    from orchestration.driver import run_sweep
-
-    cfg = smoke(tmp_path, data)
-    out = run_sweep(cfg, dashboard=False)
-    client = client_for(cfg.tracking_uri)
+def test_mini_sweep_lands_in_mlflow(two_family_sweep, tmp_path):
+    cfg, out, client = two_family_sweep["cfg"], two_family_sweep["out"], two_family_sweep["client"]
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
     # every field of the resolved config is a param of the parent run: no hidden defaults; and the estimator that
@@ -76,14 +74,15 @@ def test_mini_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "estimator")}
     assert {"estimator/estimator.safetensors", "estimator/config.json", "estimator/report.json",
             "estimator/confusion_smiling.png"} <= logged
-    assert parent.data.tags["condface.family"] == "ddpm" and parent.data.tags["condface.preset"] == "smoke"
+    assert parent.data.tags["condface.family"] == "ddpm,sd-lora" and parent.data.tags["condface.preset"] == "smoke"
 
     runs = children(client, parent.info.run_id)
     by_phase: dict[str, list] = {}
     for r in runs:
-        by_phase.setdefault(r.data.tags["condface.phase"], []).append(r)
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
-    assert sorted(by_phase) == ["cfg", "final", "grid", "reference"]
+        if r.data.tags["condface.family"] in ("ddpm", "real"):  # the DDPM's runs and the real-image references
+            by_phase.setdefault(r.data.tags["condface.phase"], []).append(r)
+    assert sorted(by_phase) == ["cfg", "final", "grid", "reference", "samplers"]
     assert len(by_phase["grid"]) == 2 and len(by_phase["final"]) == 1
     assert len(by_phase["reference"]) == 2  # real images (shared by families) + the untrained DDPM
 
@@ -236,17 +235,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
     assert phases["sweep"]["status"] == "done" and phases["ddpm/grid"]["status"] == "done"
 
 
-def test_mini_lora_sweep_lands_in_mlflow(tmp_path, data, ray_runtime):
-    from orchestration.driver import run_sweep
-
-    cfg = smoke(tmp_path, data, model="sd-lora", final_epochs=0)
-    out = run_sweep(cfg, dashboard=False)
-    client = client_for(cfg.tracking_uri)
-    parent = client.get_run(out["parent_run_id"])
+def test_mini_lora_sweep_lands_in_mlflow(two_family_sweep):
+    client = two_family_sweep["client"]
+    parent = client.get_run(two_family_sweep["parent"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["condface.base"].startswith("tiny offline SD base 'test'")  # no --pretrained given
-    runs = children(client, out["parent_run_id"])
-    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    runs = children(client, two_family_sweep["parent"])
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid" and r.data.tags["condface.family"] == "sd-lora"]
     assert sorted(r.data.params["trial.lora_rank"] for r in grid) == ["2", "4"]
     for run in grid:
         assert run.info.status == "FINISHED"

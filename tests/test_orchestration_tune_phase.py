@@ -9,6 +9,8 @@ from ray.tune import RunConfig, Tuner
 
 from orchestration.tune_phase import run_phase
 
+pytestmark = pytest.mark.slow  # a Ray runtime
+
 
 def report_grad_accum(config, ctx):
     tune.report({"grad_accum": config["grad_accum"], "ctx": ctx})
@@ -18,7 +20,7 @@ def report_grad_accum(config, ctx):
 def ray_runtime():
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -26,8 +26,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "img_name Bangs Eyeglasses No_Beard Smiling Young"
 
-pytestmark = pytest.mark.skipif(os.environ.get("CONDFACE_STUDY_MINIATURE") != "1",
-                                reason="minutes on a CPU: set CONDFACE_STUDY_MINIATURE=1 to run it")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("CONDFACE_STUDY_MINIATURE") != "1",
+                                reason="minutes on a CPU: set CONDFACE_STUDY_MINIATURE=1 to run it")]
 
 
 def celeba_files(root: Path, n: tuple[int, int, int] = (64, 16, 8)) -> tuple[Path, Path]:
