@@ -16,6 +16,7 @@ from data.cache import FaceCache
 from data.celeba import find_captions, read_annotation_file, read_captions, read_dialog_annotations, read_partition
 from data.errors import DataError
 from data.prepare import PrepareConfig, prepare
+from tests.tools import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,23 +66,9 @@ def celeba(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def run_prepare(celeba_root: Path, dialog_root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "data.prepare",
-        "--celeba-root",
-        str(celeba_root),
-        "--dialog-root",
-        str(dialog_root),
-        "--out",
-        str(out),
-        "--size",
-        "16",
-        "--workers",
-        "1",
-        *extra,
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """`python -m data.prepare` on the fixture files, in-process."""
+    return run_module("data.prepare", "--celeba-root", str(celeba_root), "--dialog-root", str(dialog_root), "--out",
+                    str(out), "--size", "16", "--workers", "1", *extra, cwd=ROOT)
 
 
 def test_readers_parse_exact_records(celeba):
@@ -137,7 +124,10 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_cli_writes_cache_and_summary(celeba, tmp_path):
-    result = run_prepare(*celeba, tmp_path / "out")
+    celeba_root, dialog_root = celeba  # the real command, a process of its own
+    result = subprocess.run([sys.executable, "-m", "data.prepare", "--celeba-root", str(celeba_root), "--dialog-root",
+                             str(dialog_root), "--out", str(tmp_path / "out"), "--size", "16", "--workers", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train 3, val 2, test 1" in result.stdout
     assert "1 captions for unknown images" in result.stdout

@@ -72,6 +72,19 @@ def test_ensure_estimator_trains_once_and_reuses(faces, tmp_path, monkeypatch):
     assert other != first  # a different config is a different cached estimator
 
 
+def test_the_cached_estimator_keys_on_the_data_not_on_when_it_was_drawn(tmp_path):
+    """The same faces drawn twice (another test session, another machine) share one estimator; other faces do not."""
+    from evaluation.estimator_cache import estimator_cache_dir
+
+    config = estimator_preset("small")
+    first, again = (face_cache(tmp_path / name, n_train=8, n_val=2, n_test=2) for name in ("a", "b"))
+    manifest = json.loads((again / "manifest.json").read_text())
+    (again / "manifest.json").write_text(json.dumps({**manifest, "created": "2000-01-01T00:00:00Z"}))
+    assert estimator_cache_dir(first, config) == estimator_cache_dir(again, config)
+    other = face_cache(tmp_path / "c", n_train=8, n_val=2, n_test=2, seed=1)
+    assert estimator_cache_dir(other, config) != estimator_cache_dir(first, config)
+
+
 def test_missing_estimator_names_the_command_to_train_one(tmp_path):
     with pytest.raises(EvalError, match="python -m evaluation.train_estimator"):
         AttributeEstimator.load(tmp_path)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tools import require
+from tests.tools import require, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "mlflow-ui"
@@ -288,7 +288,8 @@ def test_generate_draws_labelled_grids_from_every_kind_of_model_reference(store,
     (["--model", "models:/condface-ddpm@champion", "--precision", "fp8"], "invalid choice: 'fp8'"),
 ])
 def test_generate_bad_input_is_a_one_line_error(store, tmp_path, args, message):
-    res = generate(store, tmp_path, *args, "--out", str(tmp_path / "x.png"))
+    res = run_module("models.generate", *args, "--out", str(tmp_path / "x.png"), cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": store["uri"]})
     assert res.returncode != 0
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1], res.stderr[-2000:]

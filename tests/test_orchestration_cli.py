@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import re
 import subprocess
@@ -16,28 +14,14 @@ import pytest
 from orchestration.config import CPU_DEMO, STUDY, resolve
 from orchestration.errors import SweepError
 from orchestration.grid import TrialSpec, grid_trials, param_space
+from tests.tools import run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m orchestration.sweep ARGS` run in `cwd`, in-process (as the interpreter would report it)."""
-    from orchestration.sweep import main
-
-    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(cwd)  # not contextlib.chdir: Python 3.10 is supported
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main(list(args))
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    finally:
-        os.chdir(before)
-    if isinstance(code, str):  # sys.exit("error: ..."): printed to stderr, status 1
-        err.write(code + "\n")
-        code = 1
-    return subprocess.CompletedProcess(["orchestration.sweep", *args], code or 0, out.getvalue(), err.getvalue())
+    """`python -m orchestration.sweep ARGS` run in `cwd`, in-process."""
+    return run_module("orchestration.sweep", *args, cwd=cwd)
 
 
 def sweep_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:

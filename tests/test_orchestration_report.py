@@ -8,11 +8,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.test_orchestration_sweep import artifact_paths, children
+from tests.tools import run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "condface-ddpm+sd-lora-smoke"
@@ -281,9 +280,7 @@ def test_a_partial_record_says_what_is_missing(sweep):
 
 
 def _report_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "orchestration.report", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_module("orchestration.report", *args, cwd=cwd)
 
 
 def test_cli_defaults_and_bad_input(sweep, tmp_path):
