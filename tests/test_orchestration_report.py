@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -283,10 +285,16 @@ def _report_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return run_module("orchestration.report", *args, cwd=cwd)
 
 
+def _report_command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The real `python -m orchestration.report`, a process of its own."""
+    return subprocess.run([sys.executable, "-m", "orchestration.report", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_cli_defaults_and_bad_input(sweep, tmp_path):
     tmp, uri = sweep["tmp"], sweep["cfg"].tracking_uri
     # defaults: the store in the working directory, the latest sweep, ./reports/<its run name>
-    ok = _report_cli(["--experiment", EXPERIMENT], cwd=tmp)
+    ok = _report_command(["--experiment", EXPERIMENT], cwd=tmp)
     assert ok.returncode == 0, ok.stderr[-2000:]
     name = sweep["client"].get_run(sweep["parent"]).info.run_name.replace("/", "_")
     assert (tmp / "reports" / name / "report.html").is_file() and (tmp / "reports" / name / "report.md").is_file()
