@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# the edit loop: everything but the sweeps, Ray, the cluster and the browser (tests marked slow)
+# the edit loop, under 3 minutes: no sweep, Ray, worker process, cluster or browser (the tests marked slow)
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

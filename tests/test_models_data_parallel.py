@@ -14,6 +14,8 @@ from models.engine import TrainConfig, distributed, fit
 from models.errors import ConfigError
 from tests.models_helpers import RandomFaces, flat_params, micro_family
 
+pytestmark = pytest.mark.slow  # worker processes
+
 CFG = TrainConfig(epochs=2, batch_size=16, grad_accum=2, lr=1e-3, seed=0, val_samples=0, ema_decay=0.99,
                   progress=False, verbose=False)
 

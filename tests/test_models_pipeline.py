@@ -251,6 +251,7 @@ def test_a_pipeline_given_a_plain_T_10000_scheduler_samples_finite_images(pipe):
     assert np.isfinite(images).all()
 
 
+@pytest.mark.slow  # a new interpreter
 def test_from_pretrained_in_a_fresh_process_that_imports_only_the_pipeline_module(pipe, tmp_path):
     """A folder carrying its own code (diffusers' custom-code layout) loads with the project's classes; so do
     folders saved before it (model_index.json naming models.unet_attribute) and when the U-Net class lived in

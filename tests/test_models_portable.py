@@ -43,6 +43,7 @@ def test_the_saved_code_agrees_with_the_data_schema_and_schedulers():
     assert s.alphas_cumprod.dtype == torch.float64 and float(s.alphas_cumprod[-1]) > 0
 
 
+@pytest.mark.slow  # a new interpreter
 def test_plain_diffusers_loads_a_saved_folder_in_a_process_that_never_saw_the_project(tmp_path):
     family = micro_family(seed=5)
     family.save_pretrained(tmp_path / "ddpm")
