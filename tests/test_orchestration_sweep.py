@@ -74,7 +74,7 @@ def test_mini_sweep_lands_in_mlflow(two_family_sweep, tmp_path):
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "estimator")}
     assert {"estimator/estimator.safetensors", "estimator/config.json", "estimator/report.json",
             "estimator/confusion_smiling.png"} <= logged
-    assert parent.data.tags["condface.family"] == "ddpm,sd-lora" and parent.data.tags["condface.preset"] == "smoke"
+    assert parent.data.tags["condface.family"] == cfg.model == "ddpm,sd-lora" and parent.data.tags["condface.preset"] == "smoke"
 
     runs = children(client, parent.info.run_id)
     by_phase: dict[str, list] = {}
