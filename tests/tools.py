@@ -32,11 +32,11 @@ def require(available: bool, missing: str) -> None:
 
 def run_module(module: str, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None
                ) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` run in this process, in `cwd` with `env` added to the environment: its exit status (a message given to sys.exit goes to
-    stderr with status 1), stdout and stderr. The working directory, sys.argv and the environment are restored
-    afterwards. Seconds faster than a new interpreter; keep one real process per command where the process itself
+    """`python -m MODULE ARGS` run in this process, in `cwd`, with `env` added to the environment: its exit status
+    (a message given to sys.exit goes to stderr with status 1), stdout and stderr. The working directory, sys.argv
+    and the environment are restored afterwards. Seconds faster than a new interpreter; keep one real process per command where the process itself
     is what is tested."""
-    out, err, before, env, argv = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ), sys.argv
+    out, err, before, saved, argv = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ), sys.argv
     if cwd is not None:
         os.chdir(cwd)
     sys.argv = [module, *args]
@@ -52,7 +52,7 @@ def run_module(module: str, *args: str, cwd: str | Path | None = None, env: dict
         sys.argv = argv
         os.chdir(before)
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update(saved)
     if isinstance(code, str):
         err.write(code + "\n")
         code = 1
