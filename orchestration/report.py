@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.catalogue import FID_STAND_IN
+from data.catalogue import METRICS as CATALOGUE
 from orchestration import study_numbers as study
-from orchestration.config import FID_STAND_IN, METRIC_MODES
 from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
 
@@ -430,7 +431,7 @@ def _axes(run, family: str, with_augment: bool) -> list[Cell]:
 
 def best_of(rec: Record, runs: list, key: str) -> tuple[float, Any, int, float | None] | None:
     """(best value at any epoch, its run, its epoch, its sample count) over `runs`; ties keep the first."""
-    mode = METRIC_MODES.get(key, "min")
+    mode = CATALOGUE[key].better if key in CATALOGUE else "min"
     best = None
     for run in runs:
         for m in rec.history(run, key):
@@ -795,7 +796,7 @@ def cfg_rows(rec: Record, run) -> list[dict]:
 
 
 def cfg_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
-    from orchestration.cfg_sweep import plot_pareto, quality_metric
+    from orchestration.phases.guidance import plot_pareto, quality_metric
 
     out: list[tuple[str, Any]] = []
     curves = {}
@@ -883,8 +884,8 @@ def params_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
 
 
 def sampler_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
-    from orchestration.cfg_sweep import quality_metric
-    from orchestration.sampler_phase import plot_samplers
+    from orchestration.phases.guidance import quality_metric
+    from orchestration.phases.samplers import plot_samplers
 
     out: list[tuple[str, Any]] = []
     for f in rec.families:
@@ -1023,7 +1024,7 @@ def build(rec: Record) -> Report:
     else:
         report.add("p", "This sweep recorded no provenance (condface.provenance.* tags: sweeps before they existed).")
         report.missing.append("provenance: not recorded by this sweep")
-    from orchestration.tracking import mlflow_ui_command
+    from orchestration.tracking.checks import mlflow_ui_command
 
     report.add("p", f"Open the record: {mlflow_ui_command(rec.uri)} -> experiment {exp}, run {run.info.run_id}.")
 

@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.config import METRIC_MODES
-from orchestration.tracking import CHAMPION_ALIAS
+from data.catalogue import CHAMPION_ALIAS, METRICS
 
 # The study's metrics in its tables' order, with how to print them.
 ROWS = [
@@ -49,7 +48,7 @@ def best_of_grid(trials: list[TrialRecord]) -> dict[str, tuple[float, str, int]]
                 v = row.get(key)
                 if not isinstance(v, (int, float)) or math.isnan(v):
                     continue
-                mode = METRIC_MODES.get(key, "max")
+                mode = METRICS[key].better if key in METRICS else "max"
                 cur = best.get(key)
                 if cur is None or (v < cur[0] if mode == "min" else v > cur[0]):
                     best[key] = (float(v), t.label, int(row.get("epoch", 0)))

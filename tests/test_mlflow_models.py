@@ -158,8 +158,8 @@ def test_each_family_is_a_registered_mlflow_model_with_the_champion_alias(store)
 
 
 def test_registration_is_idempotent(store):
-    from orchestration.final import register
-    from orchestration.tracking import Tracker
+    from orchestration.phases.final import register
+    from orchestration.tracking.client import Tracker
 
     cfg, fin = store["cfg"], store["out"]["families"]["ddpm"]["final"]
     tracker = Tracker(store["uri"], cfg.experiment_name)
@@ -313,7 +313,7 @@ def test_the_mlflow_ui_shows_trials_metrics_images_and_the_champion(store, tmp_p
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
-    from orchestration.tracking import artifact_root
+    from orchestration.tracking.checks import artifact_root
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     client = client_for(store["uri"])

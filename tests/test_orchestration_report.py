@@ -85,13 +85,13 @@ def metric_key(row: list[str]) -> str:
 
 
 def best(client, runs, key: str):
-    from orchestration.config import METRIC_MODES
+    from data.catalogue import METRICS
 
     values = [(m.value, r, m.step) for r in runs for m in client.get_metric_history(r.info.run_id, key)
               if math.isfinite(m.value)]
     if not values:
         return None
-    pick = min if METRIC_MODES.get(key, "min") == "min" else max
+    pick = min if (METRICS[key].better if key in METRICS else "min") == "min" else max
     return pick(values, key=lambda v: v[0])
 
 
@@ -333,7 +333,8 @@ def test_cli_defaults_and_bad_input(sweep, tmp_path):
 
 def test_report_uses_the_trackers_names():
     """The report keeps copies of orchestration.tracking's names (so its input checks load neither MLflow nor Ray)."""
-    from orchestration import report, tracking
+    from data import catalogue as tracking
+    from orchestration import report
 
     assert (report.TAG_PREFIX, report.PARENT_TAG, report.STEP_LOSS_METRIC) == (
         tracking.TAG_PREFIX, tracking.PARENT_TAG, tracking.STEP_LOSS_METRIC)
@@ -343,7 +344,8 @@ def test_report_uses_the_trackers_names():
 def test_loss_per_step_is_logged_once_per_step(tmp_path):
     """A trial resumed from an older checkpoint reports an epoch's step losses again: each step is logged once,
     also by a new driver (a fresh Tracker reads what the run already has)."""
-    from orchestration.tracking import STEP_LOSS_METRIC, Tracker
+    from data.catalogue import STEP_LOSS_METRIC
+    from orchestration.tracking.client import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     tracker = Tracker(uri, "steps")
