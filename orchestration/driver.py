@@ -209,6 +209,28 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
     return "\n\n".join(blocks)
 
 
+def _open_parent(cfg: SweepConfig, state: SweepState, data_root: str, estimator, family_tags: dict[str, dict[str, str]]
+                 ) -> tuple[Tracker, str]:
+    """The sweep's parent run (reopened when resumed), with its params, dataset, estimator and provenance."""
+    from orchestration.provenance import provenance_tags
+
+    tracker = Tracker(state.tracking_uri, cfg.experiment_name)
+    tags = {f"{TAG_PREFIX}family": cfg.model, f"{TAG_PREFIX}preset": cfg.preset, f"{TAG_PREFIX}data": cfg.data}
+    for extra in family_tags.values():
+        tags.update({k: v for k, v in extra.items() if k == f"{TAG_PREFIX}base"})
+    parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
+                              tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
+                              params=cfg.params())
+    tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
+    tracker.log_estimator(parent, estimator)
+    state.parent_run_id = parent
+    state.save()
+    print(f"MLflow: {mlflow_ui_command(state.tracking_uri)}, then {mlflow_ui_link(tracker.experiment_id)}",
+          flush=True)
+    tracker.set_tags(parent, provenance_tags(data_root, cfg.seed, tracker.client.get_run(parent).data.tags))
+    return tracker, parent
+
+
 def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None = None,
               explicit: set[str] | None = None) -> dict[str, Any]:
     """Run (or resume) a whole sweep, one family or the whole study. Returns what the summary shows."""
@@ -242,22 +264,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     pool = EvaluatorPool(eval_config, num_actors=cfg.eval_actors, gpus_per_actor=cfg.gpus_per_eval_actor,
                          cpus_per_actor=0)
 
-    tracker = Tracker(state.tracking_uri, cfg.experiment_name)
-    tags = {f"{TAG_PREFIX}family": cfg.model, f"{TAG_PREFIX}preset": cfg.preset, f"{TAG_PREFIX}data": cfg.data}
-    for extra in family_tags.values():
-        tags.update({k: v for k, v in extra.items() if k == f"{TAG_PREFIX}base"})
-    parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
-                              tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
-                              params=cfg.params())
-    tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
-    tracker.log_estimator(parent, estimator)
-    state.parent_run_id = parent
-    state.save()
-    print(f"MLflow: {mlflow_ui_command(state.tracking_uri)}, then {mlflow_ui_link(tracker.experiment_id)}",
-          flush=True)
-    from orchestration.provenance import provenance_tags
-
-    tracker.set_tags(parent, provenance_tags(data_root, cfg.seed, tracker.client.get_run(parent).data.tags))
+    tracker, parent = _open_parent(cfg, state, data_root, estimator, family_tags)
     sweep = Sweep(cfg, state, tracker, parent, data_root, eval_config, pool, plan)
     out: dict[str, Any] = {"state": state, "parent_run_id": parent, "tracking_uri": state.tracking_uri,
                            "families": {}}

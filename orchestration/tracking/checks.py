@@ -26,16 +26,22 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         path = Path(uri[len("sqlite:///"):])
         check_writable_dir(path.parent, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
     elif parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-        except OSError as err:
-            raise SweepError(f"cannot reach the MLflow server at {uri} ({err.strerror or err}): start it "
-                             f"(`mlflow server ...`) or drop --tracking-uri to use the embedded store") from None
+        check_server(uri, "start it (`mlflow server ...`) or drop --tracking-uri to use the embedded store", timeout_s)
     elif parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
         check_writable_dir(path, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
     # other schemes (databricks, ...) are checked by MLflow itself on first use
+
+
+def check_server(uri: str, fix: str, timeout_s: float = 5.0) -> None:
+    """An http(s) MLflow server must accept a TCP connection, or SweepError("cannot reach ...: <fix>"). Light: the
+    report's read-only checks can use it too (this package's __init__ imports nothing)."""
+    parsed = urllib.parse.urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise SweepError(f"cannot reach the MLflow server at {uri} ({err.strerror or err}): {fix}") from None
 
 
 def check_writable_dir(path: Path, what: str, fix: str) -> None:
