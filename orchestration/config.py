@@ -79,7 +79,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.catalogue import FAMILIES, SELECTABLE, better
+from data.catalogue import FAMILIES, SELECTABLE
 from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
@@ -243,10 +243,6 @@ class SweepConfig:
     dry_run: bool = False
 
     # ---------------------------------------------------------------------------------------------
-    @property
-    def select_mode(self) -> str:
-        return better(self.select_metric)
-
     @property
     def channels(self) -> dict[str, tuple[int, ...]]:
         return dict(self.channel_sets)
