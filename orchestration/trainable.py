@@ -79,7 +79,7 @@ def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
 
 def trial_spec(config: dict[str, Any], ctx: TrialContext) -> TrialSpec:
     spec = TrialSpec.from_params(config).resolved(ctx.sweep)
-    if ctx.phase == "grid" and diverges(trial_label(spec, ctx.sweep)):
+    if ctx.phase == "grid" and diverges(trial_label(spec, ctx.sweep)):  # a test's fault (orchestration.faults)
         spec = dataclasses.replace(spec, lr=float("inf"))
     return dataclasses.replace(spec, lr=ctx.lr) if ctx.lr is not None else spec
 
