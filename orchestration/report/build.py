@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,50 +205,49 @@ def finals_section(rec: Record, report: Report, columns: list[Column]) -> Blocks
                   ("figure", figures.loss_figure(rec, report)), ("figure", figures.epochs_figure(rec))]
 
 
+def _phase_rows(rec: Record, report: Report, phase: str, rows_of: Callable[[Any], list[dict[str, Any]]],
+                missing: str, empty: str) -> Iterator[tuple[str, Any, list[dict[str, Any]]]]:
+    """(family, run, rows) of each family's run of a phase after the final run; what is not there yet is listed."""
+    for f in rec.families:
+        run = rec.one(phase, f)
+        rows = rows_of(run) if run is not None else []
+        if run is None and rec.expects(phase):
+            report.missing.append(f"{f}: {missing}")
+        elif run is not None and not rows:
+            report.missing.append(f"{f}: {empty} (status {run.info.status})")
+        elif rows:
+            yield f, run, rows
+
+
 def guidance_section(rec: Record, report: Report) -> Blocks:
     """Figure 4.8 (every family's CFG curve), then each family's table of scales."""
     from orchestration.cfg_sweep import quality_metric
 
     tables: Blocks = []
     curves = {}
-    for f in rec.families:
-        run = rec.one("cfg", f)
-        if run is None:
-            if rec.expects("cfg"):
-                report.missing.append(f"{f}: no CFG sweep yet (Figure 4.8)")
-            continue
-        rows = rec.scale_rows(run)
-        if not rows:
-            report.missing.append(f"{f}: the CFG sweep logged no scale yet (status {run.info.status})")
-            continue
+    for f, run, rows in _phase_rows(rec, report, "cfg", rec.scale_rows, "no CFG sweep yet (Figure 4.8)",
+                                    "the CFG sweep logged no scale yet"):
         curves[f] = rows
         front = {float(s) for s in run.data.tags.get(f"{TAG_PREFIX}pareto_scales", "").split(",") if s}
-        tables.append(("table", cfg_table(f"4.8-{f}", f"{f} guidance-scale sweep ({run.data.params.get('cfg_samples', '?')}"
-                                          " samples per scale; * = on the Pareto front by plain estimator accuracy)",
-                                          rows, quality_metric(rows), front, Record.unavailable(run))))
+        title = (f"{f} guidance-scale sweep ({run.data.params.get('cfg_samples', '?')} samples per scale; * = on the "
+                 "Pareto front by plain estimator accuracy)")
+        tables.append(("table", cfg_table(f"4.8-{f}", title, rows, quality_metric(rows), front,
+                                          Record.unavailable(run))))
     return ([("figure", figures.pareto_figure(curves))] if curves else []) + tables
 
 
 def samplers_section(rec: Record, report: Report) -> Blocks:
+    """Each family's table and plot of the sampler phase."""
     from orchestration.cfg_sweep import quality_metric
 
     out: Blocks = []
-    for f in rec.families:
-        run = rec.one("samplers", f)
-        if run is None:
-            if rec.expects("samplers"):
-                report.missing.append(f"{f}: no sampler phase yet")
-            continue
-        rows = rec.sampler_rows(run)
-        if not rows:
-            report.missing.append(f"{f}: the sampler phase logged no setting yet (status {run.info.status})")
-            continue
+    for f, run, rows in _phase_rows(rec, report, "samplers", rec.sampler_rows, "no sampler phase yet",
+                                    "the sampler phase logged no setting yet"):
         quality = quality_metric(rows)
         p = run.data.params
-        out += [("table", sampler_table(f"S-{f}", f"{f}: the final model under each sampler and step count "
-                                                  f"({p.get('samples', '?')} samples each, guidance "
-                                                  f"{p.get('guidance_scale', '?')}; the study's future work, §5)",
-                                        rows, quality, Record.unavailable(run))),
+        title = (f"{f}: the final model under each sampler and step count ({p.get('samples', '?')} samples each, "
+                 f"guidance {p.get('guidance_scale', '?')}; the study's future work, §5)")
+        out += [("table", sampler_table(f"S-{f}", title, rows, quality, Record.unavailable(run))),
                 ("figure", figures.sampler_figure(f, rows, quality))]
     return out
 
