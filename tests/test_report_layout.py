@@ -129,3 +129,28 @@ def test_every_figure_sits_under_its_section(store, tmp_path, experiment, famili
             kind = "grid" if number == "4.1" else "final"
             assert f"fig{key}_{family}_{kind}_samples.png" in md, (key, family)
             assert (out / f"fig{key}_{family}_{kind}_samples.png").is_file()
+
+
+def test_summary_prints_the_reports_tables():
+    """The terminal summary's tables are the report's (orchestration.report.tables): the catalogue's labels, formats
+    and better direction, no default direction for a metric the catalogue does not name."""
+    from data.catalogue import metric
+    from orchestration.report.tables import Trial, best_of
+    from orchestration.summary import cfg_table, final_table, grid_table
+
+    records = [{"label": "a", "history": [{"epoch": 1, "fid": 30.0, "est_acc": 0.5}, {"epoch": 2, "fid": 20.0,
+                                                                                     "est_acc": 0.4}], "error": None},
+               {"label": "b", "history": [{"epoch": 1, "fid": 25.0, "est_acc": 0.625}], "error": "boom"}]
+    text = grid_table(records, {"mtcnn": "no weights"}, "ddpm grid")
+    rows = {line.split("  ")[0]: line.split() for line in text.splitlines()}
+    assert rows[metric("fid").label][-3:] == ["20.00", "a", "2"]  # lower is better: trial a, epoch 2
+    assert rows[metric("est_acc").label][-3:] == ["62.50%", "b", "1"]  # higher is better: trial b
+    assert "mtcnn unavailable: no weights" in text and "failed: b: boom" in text
+
+    text = final_table({"ddpm (final)": {"fid": 12.0}}, {"mtcnn": "no weights"}, {"untrained DDPM": {"fid": 300.0}},
+                       "final")
+    assert "12.00" in text and "300.00" in text and "mtcnn unavailable: no weights" in text
+    text = cfg_table([{"guidance_scale": 3.0, "values": {"fd_estimator": 4.0, "est_acc": 0.6}}], "fd_estimator", [3.0])
+    assert text.splitlines()[-1].split() == ["3", "4.000", "60.00%", "-", "*"]
+    with pytest.raises(KeyError):
+        best_of([Trial.from_history("a", [{"epoch": 1, "made_up": 1.0}])], "made_up")
