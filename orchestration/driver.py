@@ -171,7 +171,8 @@ def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any
 
 def summary(sweep, families: dict[str, dict], real: dict) -> str:
     """Table 3.1 (every reference row) and Table 4.4 (the final models beside the reference rows)."""
-    from orchestration.summary import cfg_table, final_table, reference_label
+    from orchestration.report.tables import reference_label
+    from orchestration.summary import cfg_table, final_table
 
     cfg = sweep.cfg
     blocks = []
@@ -289,7 +290,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
         pool.shutdown()
     tracker.log_metrics(parent, {"wall_seconds": time.time() - started})
     try:  # the study's tables and figures from the MLflow record; a finished sweep never fails here
-        from orchestration.report import report_sweep
+        from orchestration.report.build import report_sweep
 
         report = report_sweep(tracker, parent, state.root / "report")
         print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)

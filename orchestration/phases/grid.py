@@ -11,7 +11,6 @@ from orchestration.errors import SweepError
 from orchestration.grid import TrialSpec, num_trials, param_space, trial_label
 from orchestration.phases.tune import make_callback, run_phase, trial_history
 from orchestration.resources import plan_resources
-from orchestration.summary import TrialRecord
 from orchestration.trainable import TrialContext
 
 
@@ -78,9 +77,9 @@ def grid_phase(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, str]) 
             break
     title = "Grid" if cfg.search == "grid" else f"Optuna search ({cfg.scheduler})"
     table_no = "4.1" if cfg.model == "ddpm" else "4.3"
-    print("\n" + grid_table([TrialRecord(**{k: r[k] for k in ("label", "history", "error")}) for r in records],
-                            unavailable, f"{cfg.model} {title}: {len(records)} trials x {cfg.epochs} epochs, best of "
-                                         f"each metric (the study's Table {table_no} layout)"), flush=True)
+    print("\n" + grid_table(records, unavailable, f"{cfg.model} {title}: {len(records)} trials x {cfg.epochs} "
+                                                  f"epochs, best of each metric (the study's Table {table_no} layout)"),
+          flush=True)
     return {"best": best_spec.params(), "best_label": label, "metric": metric, "records": records,
             "unavailable": unavailable}
 
