@@ -69,9 +69,8 @@ class EstimatorConfig:
     degrade: float = 0.0  # probability of one blur / resize / noise degradation per training image (degrade.py)
     train_limit: int | None = None  # use only the first N training images (None: all)
     seed: int = 0
-    # Training speed (scoring always runs in fp32). "auto": bf16 autocast on cuda; on the CPU per CPU_AUTO_BF16 below
-    # and only where the CPU has native bf16; "bf16": always; "no": fp32. channels_last None: auto (cuda yes, CPU per
-    # CPU_AUTO_CHANNELS_LAST). compile: torch.compile the training forward.
+    # Training speed (scoring always runs in fp32). "auto": per models.runtime's policy for the estimator; "bf16":
+    # always; "no": fp32. channels_last None: auto (the same policy). compile: torch.compile the training forward.
     mixed_precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False

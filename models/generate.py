@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
-from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
+from models.runtime import MIXED_PRECISIONS
 from models.schedulers import SAMPLERS
 
 MLFLOW_SCHEMES = ("models:", "runs:", "mlflow-artifacts:")

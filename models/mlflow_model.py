@@ -56,8 +56,8 @@ import pandas as pd
 
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
-from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
+from models.runtime import MIXED_PRECISIONS
 from models.schedulers import SAMPLERS
 
 INFO_ARTIFACT = "condface"
