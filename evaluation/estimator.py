@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ResNetConfig, ResNetModel
 
+from data.cli import first_line
 from data.io import atomic_dir
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.errors import EvalError
@@ -189,7 +190,7 @@ def build_estimator(config: EstimatorConfig, hub_download: bool = False) -> tupl
     try:
         backbone = ResNetModel.from_pretrained(config.pretrained, local_files_only=not hub_download)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         return AttributeEstimator(config), (
             f"ImageNet weights {config.pretrained!r} could not be loaded ({reason[:160]}); "
             "backbone trained FROM SCRATCH"
