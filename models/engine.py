@@ -206,7 +206,7 @@ class _Run:
     amp: torch.dtype | None  # the autocast dtype (None: fp32)
     train: TrainingState
     params: list[torch.nn.Parameter]
-    done: Progress
+    done: Progress  # advanced by every optimizer step and epoch
     steps_per_epoch: int
     rank: int
     world: int
@@ -406,10 +406,10 @@ def _end_of_epoch(run: _Run, stats: _EpochStats, epoch: int, val_batches: list[d
     if val_batches:
         with ema_weights(run.family, run.train.ema):
             val_loss = heldout_loss(run.family, val_batches, run.amp)
+    run.done.epoch = epoch + 1
     checkpoint = None
     if checkpoint_dir is not None and run.rank == 0:
-        done = Progress(epoch + 1, run.done.step, run.done.sample_index)
-        checkpoint = save_training(checkpoint_dir, run.train, done, asdict(cfg))
+        checkpoint = save_training(checkpoint_dir, run.train, run.done, asdict(cfg))
     if checkpoint_dir is not None and run.world > 1:
         torch.distributed.barrier()  # rank 0's checkpoint is on disk before any rank reports (or resumes from) it
     report = EpochReport(

@@ -6,7 +6,7 @@ eager fp32, then each option of EstimatorConfig alone (channels_last, bf16 autoc
 them -- img/s and achieved GFLOP/s against the machine's measured peak (the larger of a big torch.mm and a big
 3x3 convolution, in fp32 and bf16: `models.bench.cpu`). FLOPs: one fp32 step counted by FlopCounterMode (forward +
 backward). Rounds are interleaved and the median is printed; compare only rows of one run (the load is printed).
-The defaults this chose are `CPU_AUTO_BF16` / `CPU_AUTO_CHANNELS_LAST` in evaluation.train_estimator.
+The defaults this chose are `models.runtime.CPU_AUTO["estimator"]`.
 """
 
 from __future__ import annotations
