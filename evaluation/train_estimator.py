@@ -7,6 +7,11 @@ random backbone is not worth freezing). The weights of the epoch with the best v
 are kept. Output directory: estimator.safetensors + config.json (loadable by AttributeEstimator.load),
 report.json (per-attribute, mean and class-balanced accuracy on val and test, per-epoch history) and
 one confusion-matrix PNG per attribute.
+
+Speed options (EstimatorConfig's `mixed_precision`, `channels_last`, `compile`): "auto" trains in bf16 with
+channels_last where the CPU has native bf16 -- unlike the diffusion engine, nothing here promises bit-level
+equivalences, and the estimator came out as accurate -- and leaves compile off (its warm-up eats what it saves
+in a training this short). The measurements: docs/measurements.md.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ batch, and per image the network sees 2 x steps image-rows with guidance, steps 
 convention of `models.bench`).
 
 Precision: `precision` "no" (fp32, the default of a plain `generate` call), "bf16" (autocast, always) or "auto"
-(bf16 on GPUs; on a CPU per CPU_AUTO_BF16 below, only where it has native bf16). The sweep samples with its
-`sampling_precision` ("auto"); the scheduler arithmetic stays in fp32, only the denoiser runs in bf16.
+(bf16 on GPUs, and on CPUs with native bf16: sampling promises no bit-level equivalences, and bf16 was faster at no
+measured cost in quality, see docs/measurements.md). The sweep samples with its `sampling_precision` ("auto");
+the scheduler arithmetic stays in fp32, only the denoiser runs in bf16.
 """
 
 from __future__ import annotations

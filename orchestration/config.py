@@ -1,6 +1,7 @@
 """The sweep's configuration: one frozen dataclass, three named presets, command-line overrides.
 
-`study` -- the study's protocol, for a GPU cluster (source: shared/seeds/000_..., section numbers below)
+`study` -- the study's protocol, for a GPU cluster (section numbers are the study's text; its published values are
+in orchestration/report/study_numbers.py)
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
     5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1 (§3.6, §4).
     * Selection (§4.1, §4.2): the study retrained, for each family, the configuration with the best
@@ -23,48 +24,36 @@
 
 `smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch on a small --data cache); the tests run it.
 
-`cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in about 15 minutes
-    The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks:
-    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a
-      U-Net runs ~3x faster than at 32 px (prototype: 0.56 balanced estimator accuracy after 3 min at
-      16 px, 0.44 after 8 min at 32 px).
-    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small
-      (16, 32, 64) = 0.72M parameters, large (32, 64, 64) = 1.20M (models' `cpu-16` preset), one
-      residual block per level, attention at the lowest level only. Measured with one thread each,
-      two trials at once: small ~400-600 img/s, large ~250-350 img/s.
-    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid
-      trials run 2 epochs (~10-40 s of training each; the 16 trials take ~3 min). Gradient
-      accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
-    * Ranking signal: trials this short still draw near-chance attributes (balanced estimator
-      accuracy 0.15-0.25 on 32 samples, noise), so sample metrics cannot rank them; the grid is
-      ranked by the engine's held-out denoising loss on fixed noise and noise levels (`val_loss`, 256
-      validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon MSE: it is
-      what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR spends
-      capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
-      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are
-      still computed and logged every epoch.
+`cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in minutes, no downloads
+    The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks.
+    Timings, accuracies and the ablations behind each choice: docs/measurements.md.
+    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a U-Net
+      learns more per minute there than at 32 px.
+    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small (16, 32, 64),
+      large (32, 64, 64) (models' `cpu-16` preset), one residual block per level, attention at the lowest
+      level only.
+    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid trials run
+      2 epochs. Gradient accumulation keeps the study's meaning: the same images per epoch, a quarter of
+      the steps.
+    * Ranking signal: trials this short still draw near-chance attributes, so sample metrics cannot rank
+      them; the grid is ranked by the engine's held-out denoising loss on fixed noise and noise levels
+      (`val_loss`, 256 validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon
+      MSE: it is what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR
+      spends capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
+      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are still
+      computed and logged every epoch.
     * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
-    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on
-      both cores (~450 img/s: ~4 min). Measured: class-balanced estimator accuracy 0.51-0.58 on 100
-      generated images at guidance 4 (untrained model 0.16, chance 0.17, real images 0.90); it grows with
-      the final run's length (`python -m evaluation.ablation`: 0.44 / 0.55 / 0.64 after 49k / 98k / 196k
-      images, one thread); `--final-epochs 10` in the sweep ended at 0.545 (single runs vary by ~0.025,
-      and the constant lr leaves the end point noisy). Per image, the length is what counts: at 49k images
-      (base 0.434 / 0.440, two seeds) lr 3e-3 read 0.410 / 0.410, lr 4e-3 0.415 / 0.359, Adam beta2 0.99
-      0.426 / 0.452, EMA power 3/4 or no EMA 0.42-0.44, a wider, deeper or wider-at-4-px U-Net 0.428-0.439
-      at 56-72 % of the speed; only Min-SNR 5 (+0.03, which the held-out-loss ranking does not pick, as the
-      study's ranking did not) and batch 16 (+0.02, at 80 % of the speed) gained. What is lost is mostly the
-      intermediate levels (1-4) of each attribute: report Figure C.
+    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on both
+      cores. Accuracy grows with this length and with little else tried (lr, Adam betas, EMA, wider or
+      deeper U-Nets); the budget is a choice of wall time over accuracy.
     * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
       100 final samples, 100 per CFG scale.
     * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`);
       the evaluation actor reserves no CPU, so it never blocks a trial; the lone final run and the
       evaluation tasks take both cores.
-    * The attribute estimator is evaluation's `small` preset, trained once on the toy data (40-60 s
-      on an idle machine; bf16 + channels_last where the CPU has native bf16) and cached under
-      $CONDFACE_HOME; FID needs Inception weights that are not
-      here, so `fd_estimator` stands in and says so; CLIP score and MTCNN are off (no CLIP weights
-      offline; MTCNN on 16 px faces is meaningless).
+    * The attribute estimator is evaluation's `small` preset, trained once on the toy data and cached under
+      $CONDFACE_HOME; FID needs Inception weights that are not here, so `fd_estimator` stands in and says
+      so; CLIP score and MTCNN are off (no CLIP weights offline; MTCNN on 16 px faces is meaningless).
 
 Searches: the grid is the study's protocol. Optuna (TPE) pays off when continuous settings matter
 (lr, p_uncond, guidance scale) and the budget allows more trials than the grid has points; ASHA

@@ -212,7 +212,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
         pool.shutdown()
     tracker.log_metrics(parent, {"wall_seconds": time.time() - started})
     try:  # the study's tables and figures from the MLflow record; a finished sweep never fails here
-        from orchestration.report import report_sweep
+        from orchestration.report.build import report_sweep
 
         report = report_sweep(tracker, parent, state.root / "report")
         print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)

@@ -17,7 +17,6 @@ from orchestration.config import FID_STAND_IN, METRIC_MODES, SweepConfig
 from orchestration.errors import SweepError
 from orchestration.grid import TrialSpec, num_trials, param_space, trial_label
 from orchestration.resources import plan_resources
-from orchestration.summary import TrialRecord
 from orchestration.tracking import TAG_PREFIX
 from orchestration.trainable import TrialContext
 from orchestration.tune_phase import make_callback, run_phase
@@ -193,9 +192,9 @@ def grid_phase(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, str]) 
             break
     title = "Grid" if cfg.search == "grid" else f"Optuna search ({cfg.scheduler})"
     table_no = "4.1" if cfg.model == "ddpm" else "4.3"
-    print("\n" + grid_table([TrialRecord(**{k: r[k] for k in ("label", "history", "error")}) for r in records],
-                            unavailable, f"{cfg.model} {title}: {len(records)} trials x {cfg.epochs} epochs, best of "
-                                         f"each metric (the study's Table {table_no} layout)"), flush=True)
+    print("\n" + grid_table(records, unavailable, f"{cfg.model} {title}: {len(records)} trials x {cfg.epochs} "
+                                                  f"epochs, best of each metric (the study's Table {table_no} layout)"),
+          flush=True)
     return {"best": best_spec.params(), "best_label": label, "metric": metric, "records": records,
             "unavailable": unavailable}
 
@@ -224,7 +223,8 @@ def joint_pareto(sweep, families: dict[str, dict]) -> str | None:
 
 def summary(sweep, families: dict[str, dict], real: dict) -> str:
     """Table 3.1 (every reference row) and Table 4.4 (the final models beside the reference rows)."""
-    from orchestration.summary import cfg_table, final_table, reference_label
+    from orchestration.report.tables import reference_label
+    from orchestration.summary import cfg_table, final_table
 
     cfg = sweep.cfg
     blocks = []

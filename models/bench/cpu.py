@@ -13,7 +13,7 @@ FLOPs: one training step's FLOPs counted by torch.utils.flop_counter.FlopCounter
 measured step time. The gap to the limit is then achieved / peak, both measured here.
 
 Every figure depends on the load: the run prints `os.getloadavg()` at its start and end; compare only rows
-of one run. The defaults it chose are models.runtime.CPU_AUTO (the measurements: docs/).
+of one run. Measured figures are in docs/measurements.md; the defaults they chose are models.runtime.CPU_AUTO.
 
 `--study-scale`: the study's models at real size with random weights, each path once at 64x64 on this
 machine (not a test: minutes and >10 GB): one training step and one sampling step of `study-large` and
