@@ -13,16 +13,12 @@ over the whole run) and at the end of each epoch, so each epoch's report covers 
 On an accelerator the window means stay on the device until the end of the epoch (one transfer).
 
 Data parallel: when torch.distributed is initialised (e.g. by Ray Train's TorchTrainer: gloo on the CPU, nccl on
-GPUs) with W processes, `fit` trains one model on all of them with the same GLOBAL batch as one process:
-parameters are broadcast from rank 0 at the start, every micro-batch of `batch_size` items is split into W equal
-contiguous shares (rank r takes the r-th; `batch_size` must divide by W), each sample keeps the noise, timestep
-and condition drop it gets in a single process (they are drawn from its index in the epoch), and the gradients
-are averaged over the ranks (one all-reduce per optimizer step, what DistributedDataParallel does) before
-clipping and the AdamW step, so every rank takes the same step. The reported losses are the means over all
-ranks. Only rank 0 writes checkpoints (`EpochReport.checkpoint` is None elsewhere); every rank calls `on_epoch`
-(see `distributed()` for the rank). The module itself is not wrapped in DistributedDataParallel: the families
-call their module with its attributes (config, dtype), which a wrapper hides. The loss is checked for NaN/inf
-at the end of each epoch, on all ranks at once; `epoch_time_budget_s` is refused (ranks would stop apart).
+GPUs) with W processes, the module is wrapped in torch's DistributedDataParallel and a DistributedSampler gives
+each rank an interleaved share of every global micro-batch of `batch_size` items (`batch_size` must divide by W),
+so the GLOBAL batch is the one a single process uses. Each sample keeps the noise, timestep and condition drop it
+gets in one process (drawn from its index in the epoch); gradient accumulation runs under `no_sync` until the last
+micro-step. The reported losses are the means over all ranks. Only rank 0 writes checkpoints (the others wait for
+it); every rank calls `on_epoch`. `epoch_time_budget_s` is refused with W > 1 (ranks would stop apart).
 """
 
 from __future__ import annotations
