@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from data.cache import FaceCache
+from data.catalogue import condface_home
 from data.dataset import resolve_data
 from data.io import file_lock
-from evaluation.config import condface_home
 from evaluation.estimator import WEIGHTS_NAME, EstimatorConfig, estimator_preset
 from evaluation.train_estimator import train_estimator
 
