@@ -1,20 +1,11 @@
 """Models: the attribute DDPM and SD + LoRA families, schedulers, pipelines, and the one training engine.
 
-Importing the package sets the process's offline defaults, once for every layer above it (evaluation imports this
-package first): Hugging Face libraries read HF_HUB_OFFLINE when they are imported, so it must be set before any
-module here imports diffusers or transformers. A value the user set wins (setdefault).
+Importing it imports `data` first, whose __init__ sets the offline defaults (HF_HUB_OFFLINE, ...).
 """
 
 import logging
-import os
 
-OFFLINE_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",  # weights come from local folders and caches; a missing one fails fast, not after retries
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations would check PyPI for a newer version on import
-}
-for _name, _value in OFFLINE_DEFAULTS.items():
-    os.environ.setdefault(_name, _value)
+import data  # noqa: F401  (sets the offline defaults before any module here imports diffusers or transformers)
 
 
 class _NoTorchvisionFallbackNotice(logging.Filter):

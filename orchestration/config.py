@@ -68,14 +68,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.catalogue import FAMILIES, SELECTABLE
+from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE
 from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
 AUGMENTS = ("none", "study", "study-no-color")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
-MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.MIXED_PRECISIONS (config imports no model code)
 FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -170,7 +169,7 @@ class SweepConfig:
                                                 "fixed_small = beta-tilde (diffusers' default)", choices=DDPM_VARIANCES)
     # every sampling of the sweep (trial epochs, references, final evaluation, CFG and sampler phases)
     sampling_precision: str = setting("auto", "sampling precision: auto = bf16 autocast on GPUs and on CPUs with "
-                                              "native bf16 (models.sampling.CPU_AUTO_BF16 says why); bf16; no = fp32",
+                                              "native bf16 (models.runtime.CPU_AUTO says why); bf16; no = fp32",
                                       choices=MIXED_PRECISIONS)
     select_metric: str = setting("est_acc", "metric that picks the best trial (study: est_acc; fid, or fd_estimator "
                                             "when Inception is missing)", choices=SELECTABLE)
@@ -204,7 +203,7 @@ class SweepConfig:
     threads_per_trial: int = setting(0, minimum=0)  # torch threads in a CPU trial (0: torch's default)
     # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial)
     mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs, fp32 on CPUs "
-                                           "(models.engine.CPU_AUTO_BF16 says why); bf16; no = fp32",
+                                           "(models.runtime.CPU_AUTO says why); bf16; no = fp32",
                                    choices=MIXED_PRECISIONS)
     compile: bool = setting(False, "torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial "
                                    "on a 2-core CPU)")

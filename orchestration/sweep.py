@@ -20,8 +20,6 @@ from data.cli import Parser, add_fields, first_line
 from orchestration.config import DEFAULT_PRESET, PRESETS, SweepConfig, resolve
 from orchestration.errors import SweepError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # MLflow's own HTTP retries back off silently for ~4 min per call; the Tracker's retries (orchestration.tracking.retry)

@@ -24,9 +24,6 @@ from orchestration.config import SweepConfig
 from orchestration.faults import diverges, fail_once
 from orchestration.grid import TrialSpec, trial_label
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
 STEP_LOSSES = "step_losses"  # result key: [[global optimizer step, window mean loss], ...] of the epoch
 
 
