@@ -158,6 +158,7 @@ def _check_inputs(cfg: PrepareConfig) -> Path:
 
 
 def _read_inputs(cfg: PrepareConfig, log) -> _Inputs:
+    """Check the inputs, then read the partition, the labels and the captions (saying which captions are used)."""
     image_dir = _check_inputs(cfg)
     partition_path = cfg.celeba_root / PARTITION_FILE
     partition = read_partition(partition_path)
@@ -188,7 +189,7 @@ def _read_inputs(cfg: PrepareConfig, log) -> _Inputs:
 def _select(cfg: PrepareConfig, inp: _Inputs) -> _Selection:
     """The labelled images of the partition that are present (up to --limit), and what is odd about the sources."""
     partition, labels, captions, caption_path = inp.partition, inp.labels, inp.captions, inp.caption_path
-    unlabelled = sorted(n for n in partition if n not in labels)
+    unlabelled = sum(n not in labels for n in partition)
     names = sorted(n for n in partition if n in labels)
     if cfg.limit is not None:
         names = names[: cfg.limit]
@@ -215,7 +216,7 @@ def _select(cfg: PrepareConfig, inp: _Inputs) -> _Selection:
     ):
         if items:
             warnings.append(f"{len(items)} {msg}, e.g. {items[0]}")
-    return _Selection(names, skipped, len(unlabelled), warnings)
+    return _Selection(names, skipped, unlabelled, warnings)
 
 
 def _write_images(cfg: PrepareConfig, inp: _Inputs, sel: _Selection, writer: CacheWriter, log) -> int:
