@@ -10,12 +10,8 @@ because the DDPM learned to reproduce it.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
+import albumentations as A
+import cv2
 
 AUGMENTATIONS = ("none", "study", "study-no-color")
 

@@ -29,6 +29,10 @@ NOTE_LIMIT = 8000  # MLflow's tag value limit (mlflow.utils.validation.MAX_TAG_V
 CHAMPION_ALIAS = "champion"  # the registry alias of each family's newest final model
 STEP_LOSS_METRIC = "train_loss_step"  # training loss per optimizer step (step = global optimizer step)
 
+# --- settings ------------------------------------------------------------------------------------
+# mixed precision of training, sampling and the estimator: bf16 autocast per models.runtime's policy, always, or fp32
+MIXED_PRECISIONS = ("auto", "bf16", "no")
+
 
 # --- metrics ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -113,8 +113,34 @@ def resolve_captions(cfg: PrepareConfig) -> tuple[Path | None, str | None]:
     return found[0], "search"
 
 
-def prepare(cfg: PrepareConfig, log=print) -> dict:
-    """Build the cache; returns the summary (also written into the manifest)."""
+@dataclass(frozen=True)
+class _Inputs:
+    """What the sources say: the partition, the labels, the captions (empty when waived) and where each came from."""
+
+    image_dir: Path
+    partition_path: Path
+    partition: dict[str, int]
+    labels: dict[str, tuple[int, ...]]
+    label_files: list[Path]
+    caption_path: Path | None
+    chosen_by: str | None
+    captions: dict[str, str]
+    missing_captions: list[str]
+    captions_md5: str | None
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The images to write, those skipped (name -> reason; corrupt ones are added while writing), the warnings."""
+
+    names: list[str]
+    skipped: dict[str, str]
+    unlabelled: int
+    warnings: list[str]
+
+
+def _check_inputs(cfg: PrepareConfig) -> Path:
+    """The image folder, once the roots, the size and the output are known to be usable."""
     if not cfg.celeba_root.is_dir():
         raise DataError(
             f"CelebA root {cfg.celeba_root} does not exist: pass --celeba-root DIR (the folder with {IMAGE_DIR}/)"
@@ -128,11 +154,16 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         raise DataError(f"--size {cfg.size} is too small: use 8 or more (the study used 64)")
     if cfg.out.exists():
         raise DataError(f"output {cfg.out} already exists: choose another --out or delete it")
+    return image_dir
+
+
+def _read_inputs(cfg: PrepareConfig, log) -> _Inputs:
+    """Check the inputs, then read the partition, the labels and the captions (saying which captions are used)."""
+    image_dir = _check_inputs(cfg)
     partition_path = cfg.celeba_root / PARTITION_FILE
     partition = read_partition(partition_path)
     labels, label_files = read_dialog_annotations(cfg.dialog_root)
     caption_path, chosen_by = resolve_captions(cfg)
-    warnings: list[str] = []
     if caption_path is None:
         captions, missing_captions, captions_md5 = {}, [], None
         log("captions: none (--no-captions): every caption will be empty")
@@ -141,17 +172,31 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             log(f"captions: using {caption_path} (the one {CAPTIONS_FILE} under {cfg.dialog_root})")
         report = read_captions(caption_path)
         captions, missing_captions, captions_md5 = report.captions, report.missing, _md5(caption_path)
+    return _Inputs(
+        image_dir,
+        partition_path,
+        partition,
+        labels,
+        label_files,
+        caption_path,
+        chosen_by,
+        captions,
+        missing_captions,
+        captions_md5,
+    )
 
-    unlabelled = sorted(n for n in partition if n not in labels)
-    not_in_partition = sorted(n for n in labels if n not in partition)
-    unknown_captions = sorted(n for n in captions if n not in partition)
+
+def _select(cfg: PrepareConfig, inp: _Inputs) -> _Selection:
+    """The labelled images of the partition that are present (up to --limit), and what is odd about the sources."""
+    partition, labels, captions, caption_path = inp.partition, inp.labels, inp.captions, inp.caption_path
+    unlabelled = sum(n not in labels for n in partition)
     names = sorted(n for n in partition if n in labels)
     if cfg.limit is not None:
         names = names[: cfg.limit]
-    absent = [n for n in names if not (image_dir / n).is_file()]
+    absent = [n for n in names if not (inp.image_dir / n).is_file()]
     if absent and not cfg.skip_bad:
         raise DataError(
-            f"{image_dir / absent[0]} is listed in {PARTITION_FILE} but absent ({len(absent)} missing in all): "
+            f"{inp.image_dir / absent[0]} is listed in {PARTITION_FILE} but absent ({len(absent)} missing in all): "
             "restore the images or pass --skip-bad"
         )
     skipped = {n: "absent" for n in absent}
@@ -162,36 +207,47 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             f"({len(captions)} entries, {sum(n in captions for n in names)} naming these images): "
             "pass --captions PATH to CelebA-Dialog's captions.json, or --no-captions to build without captions"
         )
+    warnings: list[str] = []
     for msg, items in (
-        ("labelled images not in the partition (ignored)", not_in_partition),
-        ("captions for unknown images (ignored)", unknown_captions),
-        ("images with null/empty captions", [n for n in missing_captions if n in partition]),
+        ("labelled images not in the partition (ignored)", sorted(n for n in labels if n not in partition)),
+        ("captions for unknown images (ignored)", sorted(n for n in captions if n not in partition)),
+        ("images with null/empty captions", [n for n in inp.missing_captions if n in partition]),
         (f"images with no entry in {caption_path}", [n for n in names if caption_path and n not in captions]),
     ):
         if items:
             warnings.append(f"{len(items)} {msg}, e.g. {items[0]}")
-    for w in warnings:
-        log(f"warning: {w}")
+    return _Selection(names, skipped, unlabelled, warnings)
 
-    tasks = [(i, str(image_dir / n), cfg.size, cfg.resample) for i, n in enumerate(names)]
-    with CacheWriter(cfg.out, len(names), cfg.size) as writer:
-        kept = 0
-        with Pool(cfg.workers) as pool:
-            results = pool.imap(_load_task, tasks, chunksize=64)
-            for i, image, error in tqdm(results, total=len(tasks), desc="prepare", unit="img", disable=not tasks):
-                name = names[i]
-                if error is not None:
-                    if not cfg.skip_bad:
-                        raise DataError(
-                            f"{image_dir / name} is not a readable image ({error}): replace it or pass --skip-bad"
-                        )
-                    skipped[name] = f"corrupt ({error})"
-                    log(f"skipped {image_dir / name}: {error}")
-                    continue
-                writer.put(kept, image, labels[name], partition[name], name, captions.get(name, ""))
-                kept += 1
+
+def _write_images(cfg: PrepareConfig, inp: _Inputs, sel: _Selection, writer: CacheWriter, log) -> int:
+    """Decode and resize the selected images on all workers into the writer; returns how many were kept."""
+    names = sel.names
+    tasks = [(i, str(inp.image_dir / n), cfg.size, cfg.resample) for i, n in enumerate(names)]
+    kept = 0
+    with Pool(cfg.workers) as pool:
+        results = pool.imap(_load_task, tasks, chunksize=64)
+        for i, image, error in tqdm(results, total=len(tasks), desc="prepare", unit="img", disable=not tasks):
+            name = names[i]
+            if error is not None:
+                if not cfg.skip_bad:
+                    raise DataError(
+                        f"{inp.image_dir / name} is not a readable image ({error}): replace it or pass --skip-bad"
+                    )
+                sel.skipped[name] = f"corrupt ({error})"
+                log(f"skipped {inp.image_dir / name}: {error}")
+                continue
+            writer.put(kept, image, inp.labels[name], inp.partition[name], name, inp.captions.get(name, ""))
+            kept += 1
+    return kept
+
+
+def _write_cache(cfg: PrepareConfig, inp: _Inputs, sel: _Selection, log) -> tuple[int, dict, dict]:
+    """Write the cache and its manifest; returns the images kept, the summary and the captions' record."""
+    caption_path = inp.caption_path
+    with CacheWriter(cfg.out, len(sel.names), cfg.size) as writer:
+        kept = _write_images(cfg, inp, sel, writer, log)
         if kept == 0:
-            raise DataError(f"no usable images under {image_dir}: check --celeba-root and --dialog-root")
+            raise DataError(f"no usable images under {inp.image_dir}: check --celeba-root and --dialog-root")
         writer.truncate(kept)
         counts = {s: int((writer.split == code).sum()) for s, code in SPLITS.items()}
         captioned = np.array([bool(c) for c in writer.captions])
@@ -202,18 +258,19 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             )
         captions_info = {
             "source": None if caption_path is None else str(caption_path.resolve()),
-            "md5": captions_md5,
-            "chosen_by": chosen_by,
+            "md5": inp.captions_md5,
+            "chosen_by": inp.chosen_by,
             "waived": cfg.no_captions,
             "images": kept,
             "non_empty": int(captioned.sum()),
             "non_empty_per_split": {s: int((captioned & (writer.split == code)).sum()) for s, code in SPLITS.items()},
         }
+        skipped = sel.skipped
         summary = {
             "counts": counts,
-            "unlabelled": len(unlabelled),
+            "unlabelled": sel.unlabelled,
             "skipped": {"count": len(skipped), "reasons": dict(Counter(r.split(" ")[0] for r in skipped.values()))},
-            "warnings": warnings,
+            "warnings": sel.warnings,
         }
         source = {
             "kind": "celeba-dialog",
@@ -221,14 +278,21 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             "dialog_root": str(cfg.dialog_root.resolve()),
             "resample": cfg.resample,
             "checksums_md5": {
-                **{str(p.name): _md5(p) for p in [partition_path, *label_files]},
-                **({caption_path.name: captions_md5} if caption_path else {}),
+                **{str(p.name): _md5(p) for p in [inp.partition_path, *inp.label_files]},
+                **({caption_path.name: inp.captions_md5} if caption_path else {}),
             },
         }
         writer.finish(source, {"prepare_summary": summary, "captions": captions_info, "skipped_images": skipped})
+    return kept, summary, captions_info
+
+
+def _log_summary(
+    cfg: PrepareConfig, caption_path: Path | None, kept: int, summary: dict, captions_info: dict, log
+) -> None:
+    counts = summary["counts"]
     log(
         f"wrote {cfg.out}: {kept} images at {cfg.size}x{cfg.size} — train {counts['train']}, val {counts['val']}, "
-        f"test {counts['test']}; unlabelled (not used) {len(unlabelled)}; skipped {len(skipped)}"
+        f"test {counts['test']}; unlabelled (not used) {summary['unlabelled']}; skipped {summary['skipped']['count']}"
     )
     if caption_path is None:
         log(f"captions: none — waived with --no-captions, all {kept:,} captions are empty")
@@ -237,6 +301,16 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             f"captions: {captions_info['non_empty']:,} of {kept:,} images have a non-empty caption "
             f"(from {caption_path})"
         )
+
+
+def prepare(cfg: PrepareConfig, log=print) -> dict:
+    """Build the cache; returns the summary (also written into the manifest)."""
+    inputs = _read_inputs(cfg, log)
+    selection = _select(cfg, inputs)
+    for w in selection.warnings:
+        log(f"warning: {w}")
+    kept, summary, captions_info = _write_cache(cfg, inputs, selection, log)
+    _log_summary(cfg, inputs.caption_path, kept, summary, captions_info, log)
     return {**summary, "captions": captions_info}
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+import models  # noqa: F401  (its __init__ sets the offline defaults before any module here imports transformers)
+
 _EXPORTS = {
     "EvalConfig": "evaluation.config",
     "eval_preset": "evaluation.config",

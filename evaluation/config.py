@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluation.errors import EvalError
@@ -17,11 +15,6 @@ FID_PROTOCOLS = ("paired", "unpaired")
 # Sample counts. The study computed FID on 100 (final comparison) and 250 (CFG sweep) samples, which
 # biases FID strongly upward; `large` is the usual protocol for numbers comparable with the literature.
 FID_SAMPLES = {"study-final": 100, "study-cfg": 250, "large": 10_000}
-
-
-def condface_home() -> Path:
-    """Root of the project's caches: $CONDFACE_HOME, default ~/.cache/condface."""
-    return Path(os.environ.get("CONDFACE_HOME") or Path.home() / ".cache" / "condface")
 
 
 def eval_device(name: str | torch.device | None = "auto") -> torch.device:

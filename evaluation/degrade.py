@@ -9,14 +9,10 @@ augmentation; evaluation images are never degraded.
 
 from __future__ import annotations
 
-import os
+import albumentations as A
+from torch.utils.data import Dataset
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
-
-from data.dataset import FaceDataset, to_model_range, to_uint8  # noqa: E402
+from data.dataset import FaceDataset, to_model_range, to_uint8
 
 
 def degradations(p: float, seed: int) -> A.Compose:

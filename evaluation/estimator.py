@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ResNetConfig, ResNetModel
 
+from data.cli import first_line
 from data.io import atomic_dir
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from evaluation.errors import EvalError
@@ -69,9 +70,8 @@ class EstimatorConfig:
     degrade: float = 0.0  # probability of one blur / resize / noise degradation per training image (degrade.py)
     train_limit: int | None = None  # use only the first N training images (None: all)
     seed: int = 0
-    # Training speed (scoring always runs in fp32). "auto": bf16 autocast on cuda; on the CPU per CPU_AUTO_BF16 below
-    # and only where the CPU has native bf16; "bf16": always; "no": fp32. channels_last None: auto (cuda yes, CPU per
-    # CPU_AUTO_CHANNELS_LAST). compile: torch.compile the training forward.
+    # Training speed (scoring always runs in fp32). "auto": per models.runtime's policy for the estimator; "bf16":
+    # always; "no": fp32. channels_last None: auto (the same policy). compile: torch.compile the training forward.
     mixed_precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
@@ -190,7 +190,7 @@ def build_estimator(config: EstimatorConfig, hub_download: bool = False) -> tupl
     try:
         backbone = ResNetModel.from_pretrained(config.pretrained, local_files_only=not hub_download)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         return AttributeEstimator(config), (
             f"ImageNet weights {config.pretrained!r} could not be loaded ({reason[:160]}); "
             "backbone trained FROM SCRATCH"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -117,7 +116,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="also write the rows as JSON to this file")
     args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         rows_asked = [r.strip() for r in args.rows.split(",") if r.strip()]
         unknown = sorted(set(rows_asked) - set(ROWS))

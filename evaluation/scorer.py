@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from data.cli import first_line
 from data.schema import ATTRIBUTES, check_levels
 from evaluation.config import EvalConfig, eval_device
 from evaluation.errors import EvalError
@@ -110,7 +111,7 @@ class Scorer:
         try:
             self.metrics.append(CaptionAgreement(self.config.clip_model, self.device, self.config.hub_download))
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             hint = "" if self.config.hub_download else " (Hub downloads are off: give a local directory)"
             self.unavailable["clip_score"] = f"CLIP model {self.config.clip_model!r} could not be loaded{hint}: {first}"
 

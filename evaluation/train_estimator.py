@@ -7,13 +7,17 @@ random backbone is not worth freezing). The weights of the epoch with the best v
 are kept. Output directory: estimator.safetensors + config.json (loadable by AttributeEstimator.load),
 report.json (per-attribute, mean and class-balanced accuracy on val and test, per-epoch history) and
 one confusion-matrix PNG per attribute.
+
+Speed options (EstimatorConfig's `mixed_precision`, `channels_last`, `compile`): "auto" trains in bf16 with
+channels_last where the CPU has native bf16 -- unlike the diffusion engine, nothing here promises bit-level
+equivalences, and the estimator came out as accurate -- and leaves compile off (its warm-up eats what it saves
+in a training this short). The measurements: docs/measurements.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,25 +46,14 @@ from evaluation.estimator import (
 )
 from evaluation.metrics.accuracy import EstimatorAccuracy
 from evaluation.metrics.base import EvalBatch
-from models.engine import MIXED_PRECISIONS, use_bf16, use_channels_last
-from models.runtime import configure_torch
-
-# What EstimatorConfig's speed options mean on a CPU when left on "auto". Measured by `python -m
-# evaluation.bench_estimator` (idle 2-core AMD EPYC with AVX512-BF16, 2026-11-26; `small`, batch 64): training steps
-# eager fp32 2780 img/s (75 % of the measured fp32 peak), channels_last 1.13x, bf16 1.28-1.32x, both 1.39x, compile
-# 1.14x (13 s warm-up), all three 1.59x. The whole `small` training on the 20k toy faces: 53 s fp32 -> 40 s with
-# bf16 + channels_last; held-out balanced accuracy within its own run-to-run spread (test 0.899-0.904 fp32 over two
-# runs, 0.905-0.907 bf16). Unlike the diffusion engine (models.engine), nothing here promises bit-level equivalences,
-# so bf16 is on where the CPU has it natively; compile stays off (its warm-up eats what it saves in a 40 s training).
-CPU_AUTO_BF16 = True
-CPU_AUTO_CHANNELS_LAST = True
+from models.runtime import MIXED_PRECISIONS, allow_hub_downloads, configure_torch, use_bf16, use_channels_last
 
 
 def speed_options(config: EstimatorConfig, device: torch.device) -> dict:
     """The training speed options `config` resolves to on `device`: {"precision", "channels_last", "compile"}."""
-    bf16 = use_bf16(config.mixed_precision, device, cpu_auto=CPU_AUTO_BF16)
+    bf16 = use_bf16(config.mixed_precision, device, "estimator")
     return {"precision": "bf16" if bf16 else "fp32",
-            "channels_last": use_channels_last(config.channels_last, device, cpu_auto=CPU_AUTO_CHANNELS_LAST),
+            "channels_last": use_channels_last(config.channels_last, device, "estimator"),
             "compile": config.compile}
 
 
@@ -209,13 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--mixed-precision", default=None, choices=MIXED_PRECISIONS,
-                   help="training autocast (default: the preset's, auto = bf16 on GPUs, see CPU_AUTO_BF16 on CPUs)")
+                   help="training autocast (default: the preset's, auto = bf16 on GPUs, on CPUs per models.runtime.CPU_AUTO)")
     p.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
                    help="channels_last memory format while training (default: the preset's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     args = p.parse_args(argv)
-    if not args.hub_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.hub_download:
+        allow_hub_downloads()
     overrides = {k: v for k, v in {
         "full_epochs": args.epochs, "heads_epochs": args.heads_epochs, "full_lr": args.lr,
         "batch_size": args.batch_size, "augment": args.augment, "train_limit": args.train_limit, "seed": args.seed,

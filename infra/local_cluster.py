@@ -44,11 +44,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil  # a dependency of peft, so always here
+
 STATE = "state.json"
 DEFAULT_DIR = Path(".local-cluster")
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment (every node runs the same Python)
 OBJECT_STORE_BYTES = 200 * 2**20  # small: two nodes share one machine's memory
 APT_HINT = "install it: apt-get install -y postgresql (Debian/Ubuntu)"
+# the `ray start` options of the ports each node listens on (besides its workers' range)
+RAY_NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                  "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
 
 
 class ClusterError(RuntimeError):
@@ -58,9 +63,13 @@ class ClusterError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-def free_port() -> int:
+def free_port(port: int = 0) -> int:
+    """`port` if it is free on 127.0.0.1, else 0; with 0, a free port the OS picks."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
         return s.getsockname()[1]
 
 
@@ -94,12 +103,21 @@ def _alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        import psutil
-
-        p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except Exception:
         return False
+
+
+def _up(pid: int | None) -> str:
+    """How `status` shows whether a process runs."""
+    return "up" if _alive(pid) else "DOWN"
+
+
+def _spawn(cmd: list[str], log: str | Path, env: dict[str, str], cwd: str, mode: str = "w") -> int:
+    """Start a server in its own session, its output into `log`; returns its pid."""
+    with open(log, mode) as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=cwd).pid
 
 
 def _wait(check, what: str, timeout: float, log: Path | None = None, pid: int | None = None) -> None:
@@ -133,23 +151,14 @@ def basic_auth_header(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except Exception:
-        return []
-
-
 def stop_pid(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
     """Signal one process we started (and then the processes it started) and wait for them to end."""
     if not _alive(pid):
         return
-    family = [pid, *_children(pid)]
     try:
+        family = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
         os.kill(pid, sig)
-    except ProcessLookupError:
+    except (psutil.Error, ProcessLookupError):
         return
     deadline = time.time() + timeout
     while time.time() < deadline and any(_alive(p) for p in family):
@@ -180,21 +189,20 @@ def _save(state: dict[str, Any]) -> None:
 
 def client_env(state: dict[str, Any]) -> dict[str, str]:
     """What a client of this cluster needs in its environment: Ray's token, MLflow's credentials."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state["ray"]["token_path"],
-           "RAY_API_SERVER_ADDRESS": state["ray"]["dashboard"]}
-    if state["mlflow"].get("username"):
-        env["MLFLOW_TRACKING_USERNAME"] = state["mlflow"]["username"]
-        env["MLFLOW_TRACKING_PASSWORD"] = state["mlflow"]["password"]
-    env["CONDFACE_RAY_ADDRESS"] = state["ray"]["address"]
-    env["CONDFACE_TRACKING_URI"] = state["mlflow"]["uri"]
-    env["CONDFACE_STORAGE_PATH"] = state["storage_path"]
+    ray, ml = state["ray"], state["mlflow"]
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": ray["token_path"],
+           "RAY_API_SERVER_ADDRESS": ray["dashboard"]}
+    if ml.get("username"):
+        env.update(MLFLOW_TRACKING_USERNAME=ml["username"], MLFLOW_TRACKING_PASSWORD=ml["password"])
+    env.update(CONDFACE_RAY_ADDRESS=ray["address"], CONDFACE_TRACKING_URI=ml["uri"],
+               CONDFACE_STORAGE_PATH=state["storage_path"])
     return env
 
 
 # --------------------------------------------------------------------------------------------------
 # The pieces
 # --------------------------------------------------------------------------------------------------
-def _start_postgres(state: dict[str, Any], port: int, log_dir: Path) -> None:
+def _start_postgres(state: dict[str, Any], port: int) -> None:
     bin_dir = pg_bin()
     if bin_dir is None:
         raise ClusterError(f"PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): {APT_HINT}")
@@ -234,15 +242,12 @@ def _ray_env(state: dict[str, Any]) -> dict[str, str]:
 
 
 def _start_ray_node(state: dict[str, Any], role: str, ports: dict[str, int], log_dir: Path) -> None:
+    """Start one node with `ray start --block`; `ports` maps `ray start` port options (without --) to ports."""
     ray = state["ray"]
     log = log_dir / f"ray-{role}.log"
     cmd = [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
            "--resources", json.dumps({role: 1}), "--object-store-memory", str(OBJECT_STORE_BYTES),
-           "--node-manager-port", str(ports["node_manager"]), "--object-manager-port", str(ports["object_manager"]),
-           "--dashboard-agent-listen-port", str(ports["agent_listen"]),
-           "--dashboard-agent-grpc-port", str(ports["agent_grpc"]), "--metrics-export-port", str(ports["metrics"]),
-           "--runtime-env-agent-port", str(ports["runtime_env"]), "--min-worker-port", str(ports["min_worker"]),
-           "--max-worker-port", str(ports["min_worker"] + 99)]
+           *(arg for option, port in ports.items() for arg in (f"--{option}", str(port)))]
     if role == "head":
         cmd += ["--head", "--port", str(ray["port"]), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                 str(ray["dashboard_port"]), "--ray-client-server-port", str(ray["client_port"]),
@@ -252,22 +257,16 @@ def _start_ray_node(state: dict[str, Any], role: str, ports: dict[str, int], log
         cmd += ["--address", ray["address"], "--temp-dir", node_temp]
         ray.setdefault("node_temp_dirs", []).append(node_temp)
         _save(state)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(state),
-                                start_new_session=True, cwd=state["dir"])
-    ray["nodes"][role] = {"pid": proc.pid, "log": str(log), "node_manager_port": ports["node_manager"]}
+    pid = _spawn(cmd, log, _ray_env(state), state["dir"])
+    ray["nodes"][role] = {"pid": pid, "log": str(log), "node_manager_port": ports["node-manager-port"]}
     _save(state)
-    _wait(lambda: "will now block forever" in log.read_text(errors="replace"), f"the Ray {role} node", 120, log,
-          proc.pid)
-    raylet = _raylet_of(proc.pid)
-    ray["nodes"][role]["raylet_pid"] = raylet
-    ray["nodes"][role]["node_id"] = _node_id(state, ports["node_manager"])
+    _wait(lambda: "will now block forever" in log.read_text(errors="replace"), f"the Ray {role} node", 120, log, pid)
+    ray["nodes"][role]["raylet_pid"] = _raylet_of(pid)
+    ray["nodes"][role]["node_id"] = _node_id(state, ports["node-manager-port"])
     _save(state)
 
 
 def _raylet_of(block_pid: int) -> int | None:
-    import psutil
-
     for child in psutil.Process(block_pid).children(recursive=True):
         try:
             if child.name() == "raylet":
@@ -297,11 +296,10 @@ def _start_mlflow(state: dict[str, Any], port: int, auth: bool, log_dir: Path) -
     artifacts = directory / "mlartifacts"
     artifacts.mkdir(exist_ok=True)
     log = log_dir / "mlflow.log"
-    uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", state["postgres"]["uri"],
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    info: dict[str, Any] = {"uri": uri, "port": port, "artifacts": str(artifacts), "log": str(log)}
+    info: dict[str, Any] = {"uri": f"http://127.0.0.1:{port}", "port": port, "artifacts": str(artifacts),
+                            "log": str(log), "cmd": cmd}
     if auth:
         password = secrets.token_urlsafe(18)
         ini = directory / "mlflow_auth.ini"
@@ -315,34 +313,31 @@ def _start_mlflow(state: dict[str, Any], port: int, auth: bool, log_dir: Path) -
         # the admin is created with this password on first start; the secret key signs the UI's CSRF tokens
         info["server_env"] = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
                               "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(24)}
-        env.update(info["server_env"])
         cmd += ["--app-name", "basic-auth"]
         info.update(username="admin", password=password, auth_config=str(ini))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(directory))
-    info["pid"] = proc.pid
-    info["cmd"] = cmd
     state["mlflow"] = info
+    _launch_mlflow(state, "w")
+
+
+def _mlflow_status(info: dict[str, Any]) -> int | None:
+    """The HTTP status of a one-experiment search on the tracking server (with the admin's credentials if any)."""
+    headers = basic_auth_header(info["username"], info["password"]) if info.get("username") else {}
+    return http_status(f"{info['uri']}/api/2.0/mlflow/experiments/search?max_results=1", headers)
+
+
+def _launch_mlflow(state: dict[str, Any], log_mode: str) -> None:
+    """Run the tracking server the state describes (command, server environment, log) until it answers."""
+    info = state["mlflow"]
+    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", **info.get("server_env", {})}
+    info["pid"] = _spawn(info["cmd"], info["log"], env, state["dir"], log_mode)
     _save(state)
-    headers = basic_auth_header(info["username"], info["password"]) if auth else {}
-    _wait(lambda: http_status(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", headers) == 200,
-          "the MLflow server", 120, log, proc.pid)
+    _wait(lambda: _mlflow_status(info) == 200, "the MLflow server", 120, Path(info["log"]), info["pid"])
 
 
 def restart_mlflow(directory: str | Path = DEFAULT_DIR) -> dict[str, Any]:
     """Start the tracking server again after `stop_mlflow` (same port, store, credentials)."""
     state = load(directory)
-    info = state["mlflow"]
-    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", **info.get("server_env", {})}
-    with open(info["log"], "a") as out:
-        proc = subprocess.Popen(info["cmd"], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=state["dir"])
-    info["pid"] = proc.pid
-    _save(state)
-    headers = basic_auth_header(info["username"], info["password"]) if info.get("username") else {}
-    _wait(lambda: http_status(f"{info['uri']}/api/2.0/mlflow/experiments/search?max_results=1", headers) == 200,
-          "the MLflow server", 120, Path(info["log"]), proc.pid)
+    _launch_mlflow(state, "a")
     return state
 
 
@@ -358,11 +353,9 @@ def stop_mlflow(directory: str | Path = DEFAULT_DIR) -> None:
 def up(directory: str | Path = DEFAULT_DIR, auth: bool = True, base_port: int | None = None) -> dict[str, Any]:
     """Start the cluster (see the module docstring); returns its state. On failure, stops what it started."""
     directory = Path(directory).resolve()
-    if (directory / STATE).is_file():
-        old = json.loads((directory / STATE).read_text())
-        if any(_alive(p) for p in _pids(old)):
-            raise ClusterError(f"a cluster is already up at {directory}: `python infra/local_cluster.py down "
-                               f"--dir {directory}` first")
+    if (directory / STATE).is_file() and any(_alive(p) for p in _pids(load(directory))):
+        raise ClusterError(f"a cluster is already up at {directory}: `python infra/local_cluster.py down "
+                           f"--dir {directory}` first")
     directory.mkdir(parents=True, exist_ok=True)
     log_dir = directory / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -394,11 +387,11 @@ def up(directory: str | Path = DEFAULT_DIR, auth: bool = True, base_port: int | 
     }
     _save(state)
     try:
-        _start_postgres(state, port(), log_dir)
+        _start_postgres(state, port())
         for role in ("head", "worker"):
-            ports = {k: port() for k in ("node_manager", "object_manager", "agent_listen", "agent_grpc", "metrics",
-                                         "runtime_env")}
-            ports["min_worker"] = _worker_port_range(counter, used)
+            ports = {option: port() for option in RAY_NODE_PORTS}
+            ports["min-worker-port"] = _worker_port_range(counter, used)
+            ports["max-worker-port"] = ports["min-worker-port"] + 99
             _start_ray_node(state, role, ports, log_dir)
         _start_mlflow(state, port(), auth, log_dir)
     except BaseException:
@@ -417,19 +410,10 @@ def _worker_port_range(counter, used: set[int]) -> int:
     for _ in range(50):
         first = free_port()
         span = range(first, first + 100)
-        if first + 99 < 65535 and not used.intersection(span) and all(_port_free(p) for p in span[::7]):
+        if first + 99 < 65535 and not used.intersection(span) and all(free_port(p) for p in span[::7]):
             used.update(span)
             return first
     raise ClusterError("found no 100 free ports in a row for a Ray node's workers: pass --base-port N")
-
-
-def _port_free(p: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", p))
-            return True
-        except OSError:
-            return False
 
 
 def _pids(state: dict[str, Any]) -> list[int]:
@@ -463,20 +447,18 @@ def status(directory: str | Path = DEFAULT_DIR) -> list[str]:
     env = client_env(state)
     lines = []
     for role, node in state["ray"]["nodes"].items():
-        lines.append(f"ray {role}: pid {node['pid']} {'up' if _alive(node['pid']) else 'DOWN'}, raylet "
-                     f"{node.get('raylet_pid')} {'up' if _alive(node.get('raylet_pid')) else 'DOWN'}, node id "
-                     f"{node.get('node_id')}")
+        lines.append(f"ray {role}: pid {node['pid']} {_up(node['pid'])}, raylet {node.get('raylet_pid')} "
+                     f"{_up(node.get('raylet_pid'))}, node id {node.get('node_id')}")
     token = Path(state["ray"]["token_path"]).read_text().strip()
     code = http_status(f"{state['ray']['dashboard']}/api/version", {"Authorization": f"Bearer {token}"})
     lines.append(f"ray: --address {state['ray']['address']}, dashboard/Jobs API {state['ray']['dashboard']} "
                  f"(HTTP {code})")
     pg = state.get("postgres", {})
-    lines.append(f"postgresql: pid {pg.get('pid')} {'up' if _alive(pg.get('pid')) else 'DOWN'}, 127.0.0.1:{pg.get('port')}")
+    lines.append(f"postgresql: pid {pg.get('pid')} {_up(pg.get('pid'))}, 127.0.0.1:{pg.get('port')}")
     ml = state["mlflow"]
-    headers = basic_auth_header(ml["username"], ml["password"]) if ml.get("username") else {}
-    code = http_status(f"{ml['uri']}/api/2.0/mlflow/experiments/search?max_results=1", headers)
-    lines.append(f"mlflow: pid {ml.get('pid')} {'up' if _alive(ml.get('pid')) else 'DOWN'}, --tracking-uri {ml['uri']} "
-                 f"(HTTP {code}; auth {'basic, user ' + ml['username'] if ml.get('username') else 'off'})")
+    auth = f"basic, user {ml['username']}" if ml.get("username") else "off"
+    lines.append(f"mlflow: pid {ml.get('pid')} {_up(ml.get('pid'))}, --tracking-uri {ml['uri']} "
+                 f"(HTTP {_mlflow_status(ml)}; auth {auth})")
     lines.append(f"storage: --storage-path {state['storage_path']}")
     lines.append("client environment: eval \"$(python infra/local_cluster.py env)\" -> " + ", ".join(sorted(env)))
     return lines

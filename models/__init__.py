@@ -1,6 +1,11 @@
-"""Models: the attribute DDPM and SD + LoRA families, schedulers, pipelines, and the one training engine."""
+"""Models: the attribute DDPM and SD + LoRA families, schedulers, pipelines, and the one training engine.
+
+Importing it imports `data` first, whose __init__ sets the offline defaults (HF_HUB_OFFLINE, ...).
+"""
 
 import logging
+
+import data  # noqa: F401  (sets the offline defaults before any module here imports diffusers or transformers)
 
 
 class _NoTorchvisionFallbackNotice(logging.Filter):

@@ -13,60 +13,39 @@ over the whole run) and at the end of each epoch, so each epoch's report covers 
 On an accelerator the window means stay on the device until the end of the epoch (one transfer).
 
 Data parallel: when torch.distributed is initialised (e.g. by Ray Train's TorchTrainer: gloo on the CPU, nccl on
-GPUs) with W processes, `fit` trains one model on all of them with the same GLOBAL batch as one process:
-parameters are broadcast from rank 0 at the start, every micro-batch of `batch_size` items is split into W equal
-contiguous shares (rank r takes the r-th; `batch_size` must divide by W), each sample keeps the noise, timestep
-and condition drop it gets in a single process (they are drawn from its index in the epoch), and the gradients
-are averaged over the ranks (one all-reduce per optimizer step, what DistributedDataParallel does) before
-clipping and the AdamW step, so every rank takes the same step. The reported losses are the means over all
-ranks. Only rank 0 writes checkpoints (`EpochReport.checkpoint` is None elsewhere); every rank calls `on_epoch`
-(see `distributed()` for the rank). The module itself is not wrapped in DistributedDataParallel: the families
-call their module with its attributes (config, dtype), which a wrapper hides. The loss is checked for NaN/inf
-at the end of each epoch, on all ranks at once; `epoch_time_budget_s` is refused (ranks would stop apart).
+GPUs) with W processes, the module is wrapped in torch's DistributedDataParallel and a DistributedSampler gives
+each rank an interleaved share of every global micro-batch of `batch_size` items (`batch_size` must divide by W),
+so the GLOBAL batch is the one a single process uses. Each sample keeps the noise, timestep and condition drop it
+gets in one process (drawn from its index in the epoch); gradient accumulation runs under `no_sync` until the last
+micro-step. The reported losses are the means over all ranks. Only rank 0 writes checkpoints (the others wait for
+it); every rank calls `on_epoch`. `epoch_time_budget_s` is refused with W > 1 (ranks would stop apart).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Progress, TrainingState, restore_training, resume_source, save_training, seed_everything
 from models.errors import ConfigError, DivergedError
 from models.family import DiffusionFamily
 from models.objective import heldout_loss, training_loss
-from models.runtime import cpu_supports_bf16, resolve_device
+from models.runtime import MIXED_PRECISIONS, autocast_dtype, resolve_device, use_channels_last
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
-# CPU defaults of the "auto" settings. `python -m models.bench_cpu [--threads 1]` on an idle 2-core AVX512-BF16 AMD EPYC
-# (2026-11-26, load 0.2-0.9; cpu-16 DDPM, batch 32), engine training img/s at 2 threads / 1 thread:
-#   fp32 505 / 334 (67 % / 75 % of the measured fp32 peak), channels_last 508 / 326, compile 511 / 333,
-#   bf16 543 / 384, all three 592 / 404; sampling (DPM-Solver++ 20, CFG) fp32 40.9 / 27.0, bf16 46.6 / 32.2,
-#   all three 64.7 / 42.9.
-# * bf16 off on CPUs (opt in: TrainConfig.mixed_precision="bf16", the sweep's --mixed-precision bf16): it pays only
-#   8-15 % in training, and `python -m evaluation.ablation --variant fp32 mixed_precision=no --variant bf16
-#   mixed_precision=bf16 --samples 300` found no quality cost (balanced accuracy fp32 0.247 / 0.260, bf16 0.251 /
-#   0.242; held-out loss 0.0474 vs 0.0471-0.0474), but its
-#   rounding blurs what the engine guarantees in fp32 (on, it failed the tests that grad_accum 4 x 8 = batch 32 and
-#   two DDP workers = one process) and adds noise to the held-out loss the CPU presets rank trials by.
-# * channels_last off: no gain at these sizes. compile off: 1-2 % in training for a 62-85 s first warm-up per
-#   process (7 s once inductor's on-disk cache holds the graph) -- more than it saves in a 20-60 s grid trial.
-CPU_AUTO_BF16 = False
-MIXED_PRECISIONS = ("auto", "bf16", "no")  # TrainConfig.mixed_precision; also sampling's and the estimator's
-CPU_AUTO_CHANNELS_LAST = False
 
 
 @dataclass(frozen=True)
@@ -91,10 +70,10 @@ class TrainConfig:
     ema_power: float = 2 / 3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    # "auto": bf16 autocast on cuda; on the CPU per CPU_AUTO_BF16 and only where models.runtime.cpu_supports_bf16()
-    # (AVX512-BF16/AMX); "bf16": always (a CPU without native bf16 emulates it, slowly); "no": fp32
+    # "auto": per models.runtime's policy for training (bf16 autocast on cuda, fp32 on CPUs); "bf16": always (a CPU
+    # without native bf16 emulates it, slowly); "no": fp32
     mixed_precision: str = "auto"
-    channels_last: bool | None = None  # None: auto (cuda yes, CPU per CPU_AUTO_CHANNELS_LAST); True/False: any device
+    channels_last: bool | None = None  # None: auto (models.runtime's policy); True/False: on any device
     compile: bool = False  # torch.compile the family's module (cuda: inductor/triton; CPU: inductor's C++ backend)
     threads: int | None = None  # torch intra-op threads for this run (None: leave the process's setting)
     num_workers: int = 0
@@ -192,175 +171,103 @@ def fit(
     val_dataset: the first `config.val_samples` items give the held-out denoising loss (EMA weights).
     At the end the family holds the EMA weights (when EMA is on), ready for sampling / save_pretrained.
     """
-    cfg = config
+    run = _set_up(family, config, len(train_dataset), checkpoint_dir, resume)
+    val_batches = _val_batches(val_dataset, config)
+    history: list[dict[str, float]] = []
+    step_losses: list[tuple[int, float]] = []
+    stopped = False
+    epoch = run.done.epoch - 1
+    for epoch in range(run.done.epoch, config.epochs):
+        stats = _train_epoch(run, train_dataset, epoch)
+        report = _end_of_epoch(run, stats, epoch, val_batches, checkpoint_dir)
+        history.append({"epoch": float(epoch), **report.metrics()})
+        step_losses.extend(report.step_losses)
+        if on_epoch is not None and on_epoch(report):
+            stopped = True
+            break
+    if run.train.ema is not None:
+        run.train.ema.copy_to(run.params)
+    family.module.eval()
+    return FitResult(epochs_completed=epoch + 1, step=run.done.step, stopped_early=stopped, history=history,
+                     ema_applied=run.train.ema is not None, step_losses=step_losses)
+
+
+# --- set-up ----------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What `fit` sets up once and every step uses."""
+
+    cfg: TrainConfig
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype (None: fp32)
+    train: TrainingState
+    params: list[torch.nn.Parameter]
+    done: Progress  # advanced by every optimizer step and epoch
+    steps_per_epoch: int
+    rank: int
+    world: int
+    ddp: DistributedDataParallel | None  # the module's data-parallel wrapper when world > 1
+
+    @property
+    def family(self) -> DiffusionFamily:
+        return self.train.family
+
+
+def _set_up(family: DiffusionFamily, cfg: TrainConfig, n_train: int, checkpoint_dir: str | Path | None,
+            resume: bool | str | Path) -> _Run:
+    """Device and precision, the optimizer, LR schedule and EMA, the resumed state, and the data-parallel wrapper."""
     device = resolve_device(cfg.device)
-    amp = _autocast_dtype(cfg.mixed_precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     family.to(device)
     module = family.module
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if use_channels_last(cfg.channels_last, device):
+    if use_channels_last(cfg.channels_last, device, "train"):
         module.to(memory_format=torch.channels_last)
-
     named = family.trainable_parameters()
     params = list(named.values())
     if not params:
         raise ConfigError(f"family {family.name!r} has no trainable parameters")
-    steps_per_epoch = _steps_per_epoch(len(train_dataset), cfg)
+    steps_per_epoch = _steps_per_epoch(n_train, cfg)
     rank, world = distributed()
-    share = cfg.batch_size // world  # this rank's items of every micro-batch
-    if world > 1:
-        if cfg.batch_size % world:
-            raise ConfigError(f"batch_size {cfg.batch_size} does not divide among {world} data-parallel workers: "
-                              f"use a multiple of {world} (the global batch stays batch_size x grad_accum)")
-        if cfg.epoch_time_budget_s is not None:
-            raise ConfigError("epoch_time_budget_s cannot be used with data-parallel workers (they would stop at "
-                              "different steps): cap epochs with max_steps_per_epoch instead")
-        _broadcast_from_rank0(params)
+    _check_data_parallel(cfg, world)
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
     )
-    lr_sched = get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=cfg.epochs * steps_per_epoch,
-    )
-    ema = (
-        EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power,
-                 foreach=device.type == "cuda")
-        if cfg.ema else None
-    )
-
-    start_epoch, step, sample_index = 0, 0, 0
-    source = _resume_source(checkpoint_dir, resume)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                             num_training_steps=cfg.epochs * steps_per_epoch)
+    ema = (EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power,
+                    foreach=device.type == "cuda") if cfg.ema else None)
+    train = TrainingState(family, named, optimizer, lr_sched, ema)
+    done = Progress()
+    source = resume_source(checkpoint_dir, resume)
     if source is not None:
-        start_epoch, step, sample_index = _restore(source, family, named, optimizer, lr_sched, ema, device)
+        done = restore_training(source, train)
         if cfg.verbose:
-            print(f"resumed from {source} (epoch {start_epoch}, step {step})", flush=True)
+            print(f"resumed from {source} (epoch {done.epoch}, step {done.step})", flush=True)
     if cfg.compile and getattr(module, "_compiled_call_impl", None) is None:  # not twice (fit called again)
         module.compile()
-    val_batches = _val_batches(val_dataset, cfg)
-
-    history: list[dict[str, float]] = []
-    all_step_losses: list[tuple[int, float]] = []
-    stopped = False
-    epoch = start_epoch - 1
-    check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_EVERY
-    for epoch in range(start_epoch, cfg.epochs):
-        module.train()
-        if hasattr(train_dataset, "set_epoch"):  # e.g. to reseed augmentation per epoch (exact resume)
-            train_dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        if world > 1:  # the same shuffled global batches as one process; this rank's share of each
-            batches_of = _RankShare(BatchSampler(RandomSampler(train_dataset, generator=generator), cfg.batch_size,
-                                                 drop_last=True), rank, world)
-            # the loader draws its base seed from `generator` before the sampler shuffles, as with shuffle=True
-            loader = DataLoader(train_dataset, batch_sampler=batches_of, num_workers=cfg.num_workers,
-                                generator=generator, pin_memory=device.type == "cuda")
-        else:
-            loader = DataLoader(
-                train_dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-                generator=generator, pin_memory=device.type == "cuda",
-            )
-        batches = iter(loader)
-        loss_sum = torch.zeros((), device=device)
-        window_sum, window_steps = torch.zeros((), device=device), 0
-        windows: list[tuple[int, torch.Tensor]] = []  # (last step, window mean), still on the device
-        done = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, dynamic_ncols=True)
-        start = time.perf_counter()
-        for _ in range(steps_per_epoch):
-            for _ in range(cfg.grad_accum):
-                loss = training_loss(family, next(batches), cfg.seed, sample_index + rank * share, cfg.p_uncond,
-                                     cfg.min_snr_gamma, amp)
-                (loss / cfg.grad_accum).backward()
-                part = loss.detach() / cfg.grad_accum
-                loss_sum += part
-                if cfg.loss_every:
-                    window_sum += part
-                sample_index += cfg.batch_size
-            if world > 1:
-                _average_gradients(params, world)
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(params)
-            step += 1
-            done += 1
-            window_steps += 1
-            bar.update(1)
-            if cfg.loss_every and step % cfg.loss_every == 0:
-                windows.append((step, window_sum / window_steps))
-                window_sum, window_steps = torch.zeros((), device=device), 0
-            show = done % 10 == 0 or done == steps_per_epoch
-            log = bool(cfg.log_every) and step % cfg.log_every == 0
-            if show or log or done % check_every == 0:
-                running = loss_sum.item() / done
-                if world == 1:  # data parallel: checked at the end of the epoch, on every rank at once
-                    _check_finite(running, epoch, step, cfg, bar)
-                if show:
-                    bar.set_postfix(loss=f"{running:.4f}")
-                if log:
-                    print(f"  step {step}  loss {running:.4f}", flush=True)
-            if cfg.epoch_time_budget_s is not None and time.perf_counter() - start > cfg.epoch_time_budget_s:
-                break
-        del batches
-        if cfg.loss_every and window_steps:
-            windows.append((step, window_sum / window_steps))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        if world > 1:  # the means over every rank's shares
-            loss_sum = _mean_across_ranks(loss_sum, world)
-            if windows:
-                means = _mean_across_ranks(torch.stack([v for _, v in windows]), world)
-                windows = [(s, means[i]) for i, (s, _) in enumerate(windows)]
-        train_loss = loss_sum.item() / done
-        _check_finite(train_loss, epoch, step, cfg, bar)
-        bar.close()
-        step_losses = (list(zip([s for s, _ in windows], torch.stack([v for _, v in windows]).tolist()))
-                       if windows else [])
-        all_step_losses.extend(step_losses)
-        val_loss = None
-        if val_batches:
-            with ema_weights(family, ema):
-                val_loss = heldout_loss(family, val_batches, amp)
-
-        checkpoint = None
-        if checkpoint_dir is not None and rank == 0:
-            checkpoint = _save(checkpoint_dir, epoch, family, named, optimizer, lr_sched, ema, step, sample_index, cfg)
-        report = EpochReport(
-            epoch=epoch, epochs=cfg.epochs, step=step, train_loss=train_loss, val_loss=val_loss,
-            epoch_seconds=seconds, images_per_second=done * cfg.grad_accum * cfg.batch_size / seconds,
-            lr=lr_sched.get_last_lr()[0], checkpoint=checkpoint, family=family, step_losses=step_losses, _ema=ema,
-        )
-        history.append({"epoch": float(epoch), **report.metrics()})
-        val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
-        if cfg.verbose:
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}  step {step}  loss {train_loss:.4f}{val_text}  {seconds:.1f}s  "
-                f"{report.images_per_second:.0f} img/s  lr {report.lr:.2e}",
-                flush=True,
-            )
-        if on_epoch is not None and on_epoch(report):
-            stopped = True
-            break
-
-    if ema is not None:
-        ema.copy_to(params)
-    module.eval()
-    return FitResult(epochs_completed=epoch + 1, step=step, stopped_early=stopped, history=history,
-                     ema_applied=ema is not None, step_losses=all_step_losses)
+    # DDP broadcasts rank 0's weights now and averages the gradients in backward; buffers are not trained
+    ddp = (DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False) if world > 1 else None)
+    return _Run(cfg, device, autocast_dtype(cfg.mixed_precision, device, "train"), train, params, done,
+                steps_per_epoch, rank, world, ddp)
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+def _check_data_parallel(cfg: TrainConfig, world: int) -> None:
+    if world == 1:
+        return
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} does not divide among {world} data-parallel workers: "
+                          f"use a multiple of {world} (the global batch stays batch_size x grad_accum)")
+    if cfg.epoch_time_budget_s is not None:
+        raise ConfigError("epoch_time_budget_s cannot be used with data-parallel workers (they would stop at "
+                          "different steps): cap epochs with max_steps_per_epoch instead")
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size) of the torch.distributed group this process trains in; (0, 1) outside one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -368,49 +275,164 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-class _RankShare:
-    """A batch sampler: rank r's contiguous share of every batch of `batches` (all ranks draw the same batches)."""
+# --- one epoch -------------------------------------------------------------------------------------
+@dataclass
+class _EpochStats:
+    """One epoch's training: its optimizer steps, summed loss and loss windows (on the device), and wall time."""
 
-    def __init__(self, batches: BatchSampler, rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __iter__(self):
-        for indices in self.batches:
-            k = len(indices) // self.world
-            yield indices[self.rank * k:(self.rank + 1) * k]
-
-    def __len__(self) -> int:
-        return len(self.batches)
+    steps: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    windows: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (last step, window mean)
+    seconds: float = 0.0
 
 
-def _broadcast_from_rank0(params: list[torch.nn.Parameter]) -> None:
-    with torch.no_grad():
-        for p in params:
-            torch.distributed.broadcast(p.data, src=0)
+def _loader(run: _Run, dataset: Dataset, epoch: int) -> DataLoader:
+    """This rank's share of the epoch's shuffled global batches: rank r takes items r, r + W, ... of each batch of
+    `batch_size`, so W ranks see together what one process sees (DistributedSampler's interleaved split)."""
+    cfg = run.cfg
+    sampler = DistributedSampler(dataset, num_replicas=run.world, rank=run.rank, shuffle=True,
+                                 seed=cfg.seed * 100_003, drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the workers' base seed
+    return DataLoader(dataset, batch_size=cfg.batch_size // run.world, sampler=sampler, drop_last=True,
+                      num_workers=cfg.num_workers, generator=generator, pin_memory=run.device.type == "cuda")
 
 
-def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """All ranks' gradients averaged, in one all-reduce of one flat buffer (DDP's semantics, one bucket)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
-        offset += n
+def _train_epoch(run: _Run, dataset: Dataset, epoch: int) -> _EpochStats:
+    cfg, device = run.cfg, run.device
+    run.family.module.train()
+    if hasattr(dataset, "set_epoch"):  # e.g. to reseed augmentation per epoch (exact resume)
+        dataset.set_epoch(epoch)
+    batches = iter(_loader(run, dataset, epoch))
+    stats = _EpochStats(loss_sum=torch.zeros((), device=device))
+    window_sum, window_steps = torch.zeros((), device=device), 0
+    check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_EVERY
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+               leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    with _forward_through(run):
+        for _ in range(run.steps_per_epoch):
+            loss = _optimizer_step(run, batches)
+            stats.loss_sum += loss
+            window_sum, window_steps, stats.steps = window_sum + loss, window_steps + 1, stats.steps + 1
+            bar.update(1)
+            if cfg.loss_every and run.done.step % cfg.loss_every == 0:
+                stats.windows.append((run.done.step, window_sum / window_steps))
+                window_sum, window_steps = torch.zeros((), device=device), 0
+            _show_progress(run, stats, epoch, bar, check_every)
+            if cfg.epoch_time_budget_s is not None and time.perf_counter() - start > cfg.epoch_time_budget_s:
+                break
+    del batches
+    bar.close()
+    if cfg.loss_every and window_steps:
+        stats.windows.append((run.done.step, window_sum / window_steps))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    stats.seconds = time.perf_counter() - start
+    return stats
 
 
+@contextlib.contextmanager
+def _forward_through(run: _Run) -> Iterator[None]:
+    """The family calls its network as `family.module`; data parallel, that is the DDP wrapper while training."""
+    if run.ddp is None:
+        yield
+        return
+    module, run.family.module = run.family.module, run.ddp
+    try:
+        yield
+    finally:
+        run.family.module = module
+
+
+def _optimizer_step(run: _Run, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+    """grad_accum micro-batches, then one clipped AdamW step (and EMA); the step's mean loss, on the device."""
+    cfg, train = run.cfg, run.train
+    total = torch.zeros((), device=run.device)
+    for micro in range(cfg.grad_accum):
+        last = micro == cfg.grad_accum - 1
+        with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
+            loss = training_loss(run.family, next(batches), cfg.seed, run.done.sample_index + run.rank, cfg.p_uncond,
+                                 cfg.min_snr_gamma, run.amp, stride=run.world)
+            (loss / cfg.grad_accum).backward()
+        total += loss.detach() / cfg.grad_accum
+        run.done.sample_index += cfg.batch_size
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    train.optimizer.step()
+    train.lr_sched.step()
+    train.optimizer.zero_grad(set_to_none=True)
+    if train.ema is not None:
+        train.ema.step(run.params)
+    run.done.step += 1
+    return total
+
+
+def _show_progress(run: _Run, stats: _EpochStats, epoch: int, bar: tqdm, check_every: int) -> None:
+    """The bar's loss, the --log-every line, and the divergence check, where they fall due (reading the loss)."""
+    cfg, step = run.cfg, run.done.step
+    show = stats.steps % 10 == 0 or stats.steps == run.steps_per_epoch
+    log = bool(cfg.log_every) and step % cfg.log_every == 0
+    if not (show or log or stats.steps % check_every == 0):
+        return
+    running = stats.loss_sum.item() / stats.steps
+    if run.world == 1:  # data parallel: checked at the end of the epoch, on every rank at once
+        _check_finite(running, epoch, step, cfg, bar)
+    if show:
+        bar.set_postfix(loss=f"{running:.4f}")
+    if log:
+        print(f"  step {step}  loss {running:.4f}", flush=True)
+
+
+# --- end of epoch ----------------------------------------------------------------------------------
+def _end_of_epoch(run: _Run, stats: _EpochStats, epoch: int, val_batches: list[dict[str, Any]],
+                  checkpoint_dir: str | Path | None) -> EpochReport:
+    """The epoch's losses (means over every rank), the divergence check, validation, the checkpoint, the report."""
+    cfg = run.cfg
+    loss_sum, window_means = stats.loss_sum, [v for _, v in stats.windows]
+    if run.world > 1:
+        loss_sum = _mean_across_ranks(loss_sum, run.world)
+        if window_means:
+            window_means = list(_mean_across_ranks(torch.stack(window_means), run.world))
+    train_loss = loss_sum.item() / stats.steps
+    _check_finite(train_loss, epoch, run.done.step, cfg)
+    step_losses = (list(zip([s for s, _ in stats.windows], torch.stack(window_means).tolist()))
+                   if window_means else [])
+    val_loss = None
+    if val_batches:
+        with ema_weights(run.family, run.train.ema):
+            val_loss = heldout_loss(run.family, val_batches, run.amp)
+    run.done.epoch = epoch + 1
+    checkpoint = None
+    if checkpoint_dir is not None and run.rank == 0:
+        checkpoint = save_training(checkpoint_dir, run.train, run.done, asdict(cfg))
+    if checkpoint_dir is not None and run.world > 1:
+        torch.distributed.barrier()  # rank 0's checkpoint is on disk before any rank reports (or resumes from) it
+    report = EpochReport(
+        epoch=epoch, epochs=cfg.epochs, step=run.done.step, train_loss=train_loss, val_loss=val_loss,
+        epoch_seconds=stats.seconds,
+        images_per_second=stats.steps * cfg.grad_accum * cfg.batch_size / stats.seconds,
+        lr=run.train.lr_sched.get_last_lr()[0], checkpoint=checkpoint, family=run.family, step_losses=step_losses,
+        _ema=run.train.ema,
+    )
+    if cfg.verbose:
+        val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
+        print(f"epoch {epoch + 1}/{cfg.epochs}  step {run.done.step}  loss {train_loss:.4f}{val_text}  "
+              f"{stats.seconds:.1f}s  {report.images_per_second:.0f} img/s  lr {report.lr:.2e}", flush=True)
+    return report
+
+
+# --- helpers ---------------------------------------------------------------------------------------
 def _mean_across_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
     value = value.detach().clone()
     torch.distributed.all_reduce(value)
     return value / world
 
 
-def _check_finite(mean_loss: float, epoch: int, step: int, cfg: TrainConfig, bar: tqdm) -> None:
+def _check_finite(mean_loss: float, epoch: int, step: int, cfg: TrainConfig, bar: tqdm | None = None) -> None:
     if not math.isfinite(mean_loss):
-        bar.close()
+        if bar is not None:
+            bar.close()
         raise DivergedError(epoch, step, mean_loss, cfg.lr, cfg.grad_clip)
 
 
@@ -434,39 +456,6 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(message)
 
 
-def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    return torch.bfloat16 if use_bf16(mode, device) else None
-
-
-def use_bf16(mode: str, device: torch.device | str, cpu_auto: bool | None = None) -> bool:
-    """Whether a run with `mixed_precision=mode` autocasts to bf16 on `device` (see TrainConfig). `cpu_auto`: what
-    "auto" means on a CPU with native bf16 (default: this engine's CPU_AUTO_BF16; other trainers pass their own)."""
-    device = torch.device(device)
-    if mode == "bf16":
-        return True
-    if mode != "auto":
-        return False
-    if device.type == "cuda":
-        return True
-    cpu_auto = CPU_AUTO_BF16 if cpu_auto is None else cpu_auto
-    return device.type == "cpu" and cpu_auto and cpu_supports_bf16()
-
-
-def use_channels_last(setting: bool | None, device: torch.device | str, cpu_auto: bool | None = None) -> bool:
-    """Whether a run with `channels_last=setting` converts the module to channels_last on `device`."""
-    if setting is not None:
-        return setting
-    kind = torch.device(device).type
-    cpu_auto = CPU_AUTO_CHANNELS_LAST if cpu_auto is None else cpu_auto
-    return kind == "cuda" or (kind == "cpu" and cpu_auto)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _steps_per_epoch(n: int, cfg: TrainConfig) -> int:
     steps = (n // cfg.batch_size) // cfg.grad_accum
     if steps == 0:
@@ -483,96 +472,3 @@ def _val_batches(dataset: Dataset | None, cfg: TrainConfig) -> list[dict[str, An
     n = min(cfg.val_samples, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=cfg.val_batch_size, shuffle=False)
     return list(loader)
-
-
-def _resume_source(checkpoint_dir: str | Path | None, resume: bool | str | Path) -> Path | None:
-    if resume is False:
-        return None
-    if resume is True:
-        return latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-    path = Path(resume)
-    if path.is_dir() and latest_checkpoint(path) is not None:  # a checkpoint root rather than one epoch's directory
-        return latest_checkpoint(path)
-    if not (path / "state.pt").is_file():
-        raise ConfigError(f"cannot resume: no checkpoint at {path} (expected state.pt or a 'latest' pointer)")
-    return path
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-        "numpy_pos": int(np_state["state"]["pos"]),
-        "numpy_gauss": (int(np_state["has_gauss"]), float(np_state["gauss"])),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state({
-        "bit_generator": "MT19937",
-        "state": {"key": state["numpy_key"].cpu().numpy().astype(np.uint32), "pos": state["numpy_pos"]},
-        "has_gauss": state["numpy_gauss"][0],
-        "gauss": state["numpy_gauss"][1],
-    })
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def _save(
-    root: str | Path, epoch: int, family: DiffusionFamily, named: dict[str, torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer, lr_sched: Any, ema: EMAModel | None, step: int, sample_index: int,
-    cfg: TrainConfig,
-) -> Path:
-    tensors = {"trainable": dict(named)}
-    if ema is not None:
-        tensors["ema"] = dict(zip(named, ema.shadow_params))
-    state = {
-        "epoch": epoch + 1,
-        "step": step,
-        "sample_index": sample_index,
-        "family": family.name,
-        "parameter_names": list(named),
-        "lr_scheduler": lr_sched.state_dict(),
-        "ema_optimization_step": ema.optimization_step if ema is not None else 0,
-        "rng": _rng_state(),
-        "train_config": {k: v for k, v in asdict(cfg).items() if isinstance(v, int | float | str | bool | None)},
-    }
-    return save_checkpoint(root, epoch, tensors, {"optimizer": optimizer.state_dict(), "state": state})
-
-
-def _restore(
-    path: Path, family: DiffusionFamily, named: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-    lr_sched: Any, ema: EMAModel | None, device: torch.device,
-) -> tuple[int, int, int]:
-    ckpt = load_checkpoint(path, device="cpu")
-    state = ckpt["state"]
-    shapes_match = all(
-        name in ckpt["trainable"] and ckpt["trainable"][name].shape == p.shape for name, p in named.items()
-    )
-    if state["family"] != family.name or state["parameter_names"] != list(named) or not shapes_match:
-        raise ConfigError(
-            f"checkpoint {path} is of family {state['family']!r} with other parameters than this "
-            f"{family.name!r} model; point --resume/checkpoint_dir at a matching run or start fresh"
-        )
-    with torch.no_grad():
-        for name, p in named.items():
-            p.copy_(ckpt["trainable"][name])
-        if ema is not None and "ema" in ckpt:
-            for shadow, name in zip(ema.shadow_params, named):
-                shadow.copy_(ckpt["ema"][name])
-            ema.optimization_step = state["ema_optimization_step"]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    lr_sched.load_state_dict(state["lr_scheduler"])
-    _set_rng_state(state["rng"])
-    return int(state["epoch"]), int(state["step"]), int(state["sample_index"])

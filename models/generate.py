@@ -31,21 +31,24 @@ from pathlib import Path
 
 import numpy as np
 
+from data.catalogue import default_tracking_uri
+from data.cli import Parser, first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
-from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
+from models.runtime import MIXED_PRECISIONS
 from models.schedulers import SAMPLERS
 
 MLFLOW_SCHEMES = ("models:", "runs:", "mlflow-artifacts:")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
+class _Parser(Parser):
+    """The project's one-line parser, naming the attribute options when an option is unknown."""
+
+    def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
             flag = message.split(":", 1)[1].split()[0]
-            message = (f"unknown option {flag}: the attributes are --{', --'.join(ATTRIBUTES)}; see "
-                       "python -m models.generate --help")
-        raise SystemExit(f"error: {message}")
+            message = f"unknown option {flag}: the attributes are --{', --'.join(ATTRIBUTES)}"
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tracking_uri(arg: str | None) -> str:
-    return arg or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
+    return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def fetch(model: str, uri: str) -> Path:
@@ -84,20 +87,9 @@ def fetch(model: str, uri: str) -> Path:
         if not path.is_dir():
             raise ConfigError(f"no model at {model}: give a local folder, or a models:/ or runs:/ URI")
         return path
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from models.mlflow_model import download
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"no MLflow store at {uri}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
-    except MlflowException as err:
-        first = str(err.message if hasattr(err, "message") else err).strip().splitlines()[0]
-        raise ConfigError(f"cannot get {model} from {uri}: {first}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot get {model} from {uri}: {err}") from None
+    return download(model, uri)
 
 
 def parse_levels(args: argparse.Namespace) -> dict[str, int]:
@@ -208,8 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args)
     except (ConfigError, ValueError) as err:
-        raise SystemExit(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
-                         ) from None
+        raise SystemExit(f"error: {first_line(err)}") from None
     except OSError as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -54,10 +54,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from data.cli import first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
-from models.engine import MIXED_PRECISIONS
 from models.errors import ConfigError
+from models.runtime import MIXED_PRECISIONS
 from models.schedulers import SAMPLERS
 
 INFO_ARTIFACT = "condface"
@@ -74,6 +75,20 @@ ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n
 # --------------------------------------------------------------------------------------------------
 # What a folder holds
 # --------------------------------------------------------------------------------------------------
+def download(model: str, uri: str) -> Path:
+    """The local copy of `model` (models:/, runs:/ or mlflow-artifacts: URI) from the MLflow store at `uri`."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"no MLflow store at {uri}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
+    except mlflow.MlflowException as err:
+        raise ConfigError(f"cannot get {model} from {uri}: {first_line(err.message)}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot get {model} from {uri}: {err}") from None
+
+
 def family_of(folder: str | Path) -> str:
     """"ddpm" or "sd-lora" for a `save_pretrained` folder, or ConfigError."""
     folder = Path(folder)
@@ -241,7 +256,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                               ddpm_variance=self.info.get("ddpm_variance", "fixed_small"),
                               precision=check_precision(str(params.get("precision", "no"))))
         except (ConfigError, ValueError) as err:
-            raise mlflow.MlflowException.invalid_parameter_value(str(err).splitlines()[0]) from None
+            raise mlflow.MlflowException.invalid_parameter_value(first_line(err)) from None
         out = pd.DataFrame({"image": [png_base64(im) for im in images]})
         if levels is not None and self.model.family == "ddpm":
             for i, a in enumerate(ATTRIBUTES):

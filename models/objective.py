@@ -21,10 +21,11 @@ from models.family import DiffusionFamily
 HELDOUT_SEED = 1_000_003  # fixed for every run: the held-out loss is comparable across trials
 
 
-def sample_generators(seed: int, first_index: int, n: int) -> list[torch.Generator]:
-    """One CPU generator per sample, keyed by (seed, position in the sample stream)."""
+def sample_generators(seed: int, first_index: int, n: int, stride: int = 1) -> list[torch.Generator]:
+    """One CPU generator per sample, keyed by (seed, position in the sample stream): the samples are at positions
+    first_index, first_index + stride, ... (a data-parallel rank's share of a batch is every stride-th item)."""
     base = (seed % 2**23) << 40
-    return [torch.Generator().manual_seed(base + first_index + i) for i in range(n)]
+    return [torch.Generator().manual_seed(base + first_index + i * stride) for i in range(n)]
 
 
 def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -84,10 +85,12 @@ def training_loss(
     p_uncond: float,
     min_snr_gamma: float | None,
     autocast_dtype: torch.dtype | None = None,
+    stride: int = 1,
 ) -> torch.Tensor:
-    """Mean (optionally Min-SNR weighted) loss of one micro-batch whose samples start at `first_index`."""
+    """Mean (optionally Min-SNR weighted) loss of one micro-batch whose samples are at positions first_index,
+    first_index + stride, ... of the run's sample stream."""
     n = len(batch["levels"]) if "levels" in batch else len(batch["image"])
-    gens = sample_generators(seed, first_index, n)
+    gens = sample_generators(seed, first_index, n, stride)
     num_t = family.noise_scheduler.config.num_train_timesteps
     t = torch.cat([torch.randint(0, num_t, (1,), generator=g) for g in gens])
     uncond = torch.cat([torch.rand(1, generator=g) < p_uncond for g in gens])

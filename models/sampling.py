@@ -18,8 +18,9 @@ batch, and per image the network sees 2 x steps image-rows with guidance, steps 
 convention of `models.bench`).
 
 Precision: `precision` "no" (fp32, the default of a plain `generate` call), "bf16" (autocast, always) or "auto"
-(bf16 on GPUs; on a CPU per CPU_AUTO_BF16 below, only where it has native bf16). The sweep samples with its
-`sampling_precision` ("auto"); the scheduler arithmetic stays in fp32, only the denoiser runs in bf16.
+(bf16 on GPUs, and on CPUs with native bf16: sampling promises no bit-level equivalences, and bf16 was faster at no
+measured cost in quality, see docs/measurements.md). The sweep samples with its `sampling_precision` ("auto");
+the scheduler arithmetic stays in fp32, only the denoiser runs in bf16.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from PIL import Image, ImageDraw
 from data.io import atomic_write_bytes
 from data.schema import ATTRIBUTES, NUM_LEVELS, check_levels
 from data.synthetic_captions import level_captions
-from models.engine import MIXED_PRECISIONS, use_bf16
 from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.pipeline_ddpm import AttributeDiffusionPipeline
+from models.runtime import MIXED_PRECISIONS, use_bf16
 from models.schedulers import make_scheduler
 
 FULL_CHAIN = 0  # num_inference_steps meaning "the whole chain": the model's num_train_timesteps steps
@@ -71,19 +72,11 @@ def inference_steps(model: Any, steps: int | None) -> int:
     return int(steps)
 
 
-# Sampling in bf16 on a CPU with native bf16 (idle 2-core AMD EPYC, 2026-11-26): `python -m models.bench_cpu` 1.14x
-# (DPM-Solver++ 20 steps, CFG, 16 images); in 64-image batches (generate's default, what the sweep's evaluation uses)
-# 35.6 -> 55.4 img/s at 2 threads and 21.1 -> 35.1 at 1 thread, and the demo's final model scored 0.504 vs 0.502 in
-# fp32 (balanced estimator accuracy, the same 300 conditions and seeds). Unlike training (models.engine), nothing here
-# promises bit-level equivalences, so "auto" uses it. "no" enters no autocast context (a caller's own stays in force).
-CPU_AUTO_BF16 = True
-
-
 def sampling_bf16(precision: str, device: torch.device | str) -> bool:
     """Whether sampling with `precision` runs the denoiser under bf16 autocast on `device`."""
     if precision not in MIXED_PRECISIONS:
         raise ConfigError(f"sampling precision must be one of {', '.join(MIXED_PRECISIONS)}, got {precision!r}")
-    return use_bf16(precision, device, cpu_auto=CPU_AUTO_BF16)
+    return use_bf16(precision, device, "sample")
 
 
 def generate(

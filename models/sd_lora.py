@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,6 @@ def load_base(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
 
 def load_pipeline_folder(id_or_path: str | Path) -> StableDiffusionPipeline:
     """`StableDiffusionPipeline.from_pretrained` offline, without a safety checker; one-line error if missing."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(id_or_path), safety_checker=None, feature_extractor=None, requires_safety_checker=False,

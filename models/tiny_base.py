@@ -5,7 +5,7 @@ The real base (`bguisard/stable-diffusion-nano-2-1`) cannot be downloaded on off
 here on the captions + UNet2DConditionModel with SD 2.x-style cross-attention (linear projections).
 Like Nano at 64 px, it turns images into 8x8x4 latents (a VAE with fewer down blocks at 32 px).
 
-Pretraining (cpu-16: about 3.5 CPU-minutes on one thread, once; 430 s wall measured on a busy 2-core box):
+Pretraining (cpu-16: a few minutes, once; timings in docs/measurements.md):
 1. the tokenizer is trained on the training captions (`CLIPTokenizer.train_new_from_iterator`);
 2. the CLIP text encoder is trained briefly to read the five levels out of a caption (a throw-away
    linear head on its mean token state) -- a stand-in for CLIP's pretrained semantics: like the real

@@ -10,20 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from data.errors import DataError  # noqa: E402
-from data.io import atomic_write_text  # noqa: E402
-from models.errors import ConfigError  # noqa: E402
-from models.families import FAMILIES, build_family, family_config, family_spec  # noqa: E402
-from models.schedulers import DDPM_VARIANCES, SAMPLERS  # noqa: E402
+from data.errors import DataError
+from data.io import atomic_write_text
+from models.errors import ConfigError
+from models.families import FAMILIES, build_family, family_config, family_spec
+from models.schedulers import DDPM_VARIANCES, SAMPLERS
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The study: batch 32, lr 1e-4, 5 epochs per grid trial.

@@ -1,6 +1,7 @@
 """The sweep's configuration: one frozen dataclass, three named presets, command-line overrides.
 
-`study` -- the study's protocol, for a GPU cluster (source: shared/seeds/000_..., section numbers below)
+`study` -- the study's protocol, for a GPU cluster (section numbers are the study's text; its published values are
+in orchestration/report/study_numbers.py)
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
     5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1 (§3.6, §4).
     * Selection (§4.1, §4.2): the study retrained, for each family, the configuration with the best
@@ -23,48 +24,36 @@
 
 `smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch on a small --data cache); the tests run it.
 
-`cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in about 15 minutes
-    The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks:
-    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a
-      U-Net runs ~3x faster than at 32 px (prototype: 0.56 balanced estimator accuracy after 3 min at
-      16 px, 0.44 after 8 min at 32 px).
-    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small
-      (16, 32, 64) = 0.72M parameters, large (32, 64, 64) = 1.20M (models' `cpu-16` preset), one
-      residual block per level, attention at the lowest level only. Measured with one thread each,
-      two trials at once: small ~400-600 img/s, large ~250-350 img/s.
-    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid
-      trials run 2 epochs (~10-40 s of training each; the 16 trials take ~3 min). Gradient
-      accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
-    * Ranking signal: trials this short still draw near-chance attributes (balanced estimator
-      accuracy 0.15-0.25 on 32 samples, noise), so sample metrics cannot rank them; the grid is
-      ranked by the engine's held-out denoising loss on fixed noise and noise levels (`val_loss`, 256
-      validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon MSE: it is
-      what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR spends
-      capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
-      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are
-      still computed and logged every epoch.
+`cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in minutes, no downloads
+    The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks.
+    Timings, accuracies and the ablations behind each choice: docs/measurements.md.
+    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a U-Net
+      learns more per minute there than at 32 px.
+    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small (16, 32, 64),
+      large (32, 64, 64) (models' `cpu-16` preset), one residual block per level, attention at the lowest
+      level only.
+    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid trials run
+      2 epochs. Gradient accumulation keeps the study's meaning: the same images per epoch, a quarter of
+      the steps.
+    * Ranking signal: trials this short still draw near-chance attributes, so sample metrics cannot rank
+      them; the grid is ranked by the engine's held-out denoising loss on fixed noise and noise levels
+      (`val_loss`, 256 validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon
+      MSE: it is what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR
+      spends capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
+      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are still
+      computed and logged every epoch.
     * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
-    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on
-      both cores (~450 img/s: ~4 min). Measured: class-balanced estimator accuracy 0.51-0.58 on 100
-      generated images at guidance 4 (untrained model 0.16, chance 0.17, real images 0.90); it grows with
-      the final run's length (`python -m evaluation.ablation`: 0.44 / 0.55 / 0.64 after 49k / 98k / 196k
-      images, one thread); `--final-epochs 10` in the sweep ended at 0.545 (single runs vary by ~0.025,
-      and the constant lr leaves the end point noisy). Per image, the length is what counts: at 49k images
-      (base 0.434 / 0.440, two seeds) lr 3e-3 read 0.410 / 0.410, lr 4e-3 0.415 / 0.359, Adam beta2 0.99
-      0.426 / 0.452, EMA power 3/4 or no EMA 0.42-0.44, a wider, deeper or wider-at-4-px U-Net 0.428-0.439
-      at 56-72 % of the speed; only Min-SNR 5 (+0.03, which the held-out-loss ranking does not pick, as the
-      study's ranking did not) and batch 16 (+0.02, at 80 % of the speed) gained. What is lost is mostly the
-      intermediate levels (1-4) of each attribute: report Figure C.
+    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on both
+      cores. Accuracy grows with this length and with little else tried (lr, Adam betas, EMA, wider or
+      deeper U-Nets); the budget is a choice of wall time over accuracy.
     * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
       100 final samples, 100 per CFG scale.
     * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`);
       the evaluation actor reserves no CPU, so it never blocks a trial; the lone final run and the
       evaluation tasks take both cores.
-    * The attribute estimator is evaluation's `small` preset, trained once on the toy data (40-60 s
-      on an idle machine; bf16 + channels_last where the CPU has native bf16) and cached under
-      $CONDFACE_HOME; FID needs Inception weights that are not
-      here, so `fd_estimator` stands in and says so; CLIP score and MTCNN are off (no CLIP weights
-      offline; MTCNN on 16 px faces is meaningless).
+    * The attribute estimator is evaluation's `small` preset, trained once on the toy data and cached under
+      $CONDFACE_HOME; FID needs Inception weights that are not here, so `fd_estimator` stands in and says
+      so; CLIP score and MTCNN are off (no CLIP weights offline; MTCNN on 16 px faces is meaningless).
 
 Searches: the grid is the study's protocol. Optuna (TPE) pays off when continuous settings matter
 (lr, p_uncond, guidance scale) and the budget allows more trials than the grid has points; ASHA
@@ -79,45 +68,46 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE
+from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
-MODELS = ("ddpm", "sd-lora")
 AUGMENTS = ("none", "study", "study-no-color")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
-MIXED_PRECISIONS = ("auto", "bf16", "no")  # models.engine.MIXED_PRECISIONS (config imports no model code)
 FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's DDPM sampling)
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
 
-# Metric -> the direction that is better. Everything a trial reports that can rank it. `train_loss` is
-# reported but not selectable: Min-SNR trials weight it differently, so its values do not compare.
-METRIC_MODES = {
-    "val_loss": "min",
-    "fid": "min",
-    "fd_estimator": "min",
-    "mtcnn": "max",
-    "clip_score": "max",
-    "est_acc": "max",
-    "est_acc_balanced": "max",
-}
-# "fid" is the study's selection metric; when Inception weights are missing FID is unavailable and its
-# stand-in (a Frechet distance on the estimator's features) ranks instead.
-FID_STAND_IN = "fd_estimator"
+
+def _models(text: str) -> str:
+    """--model: one family, several joined by ",", or all."""
+    return ",".join(FAMILIES) if text == "all" else ",".join(items(one_of(FAMILIES), ", ".join(FAMILIES))(text))
+
+
+def _steps(text: str) -> int:
+    """A sampling step count, or T / full: the model's whole chain."""
+    if text.strip().lower() in ("t", "full"):
+        return FULL_CHAIN
+    return number(int, minimum=1)(text)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """Everything one sweep does. Build with `resolve(preset, **overrides)`."""
+    """Everything one sweep does. Build with `resolve(preset, **overrides)`. A field with a help text is a flag of
+    `python -m orchestration.sweep` (orchestration.sweep derives the parser from these fields)."""
 
     preset: str
-    model: str = "ddpm"  # one family, or several joined by "," (e.g. "ddpm,sd-lora": the whole study in one sweep)
-    data: str = "toy"  # "toy" (the embedded synthetic faces) or an image-cache directory
-    image_size: int = 64
-    augment: str = "study"  # data.augment name: "none" | "study" | "study-no-color"
-    augment_axis: tuple[str, ...] = ()  # non-empty: augmentation policies become a grid axis (§5's question)
-    seed: int = 0
+    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), or both -- "
+                                 "ddpm,sd-lora or all -- for the whole study in one sweep (default ddpm)", parse=_models)
+    data: str = setting("toy", "'toy' (the embedded synthetic faces, default) or an image-cache directory from "
+                               "data.prepare")
+    image_size: int = setting(64, minimum=1)
+    augment: str = setting("study", "training augmentation policy (study: study; cpu-demo: none)", choices=AUGMENTS)
+    augment_axis: tuple[str, ...] = setting((), "make augmentation a grid axis over these policies, e.g. "
+                                                "none,study,study-no-color (§5)", choices=AUGMENTS)
+    seed: int = setting(0, "seed of training, conditions and sampling", minimum=0)
 
     # --- the study's grid ------------------------------------------------------------------------
     grad_accum_axis: tuple[int, ...] = (1, 4)
@@ -130,91 +120,117 @@ class SweepConfig:
     ddpm_preset: str = "study-large"  # models.ddpm preset whose channels the axis replaces
     lora_ranks: tuple[int, ...] = (2, 4, 8)
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
-    pretrained: str | None = None  # sd-lora: a local SD Nano 2.1 folder or hub id (None: the preset's base)
-    beta_rescale: bool = False  # True: scale the linear betas by 1000/T (a finer chain, not the study's longer one)
+    pretrained: str | None = setting(None, "sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt "
+                                           "instead of the preset's base")
+    beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
+                                        "longer chain for T = 10,000")
 
     # --- search ----------------------------------------------------------------------------------
-    search: str = "grid"
-    num_samples: int = 16  # Optuna trials (the grid always runs every combination once)
-    scheduler: str = "fifo"
+    search: str = setting("grid", "grid = every combination of the study's axes; optuna = TPE over them + lr, "
+                                  "p_uncond, guidance", choices=SEARCHES)
+    num_samples: int = setting(16, "number of Optuna trials (the grid always runs each combination once)", minimum=1)
+    scheduler: str = setting("fifo", "fifo = run every trial to the end; asha = stop weak trials early",
+                             choices=SCHEDULERS)
     asha_grace_epochs: int = 1
     lr_range: tuple[float, float] = (3e-5, 3e-4)  # Optuna: log-uniform
     p_uncond_range: tuple[float, float] = (0.05, 0.2)  # Optuna: uniform
     guidance_range: tuple[float, float] = (1.0, 7.0)  # Optuna: uniform, the per-epoch sampling scale
 
     # --- training --------------------------------------------------------------------------------
-    epochs: int = 5
-    final_epochs: int = 15  # 0: stop after the grid (no final run, no CFG sweep)
-    epoch_images: int | None = None  # grid epoch = first N training images (None: the whole split)
-    final_epoch_images: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-4
+    epochs: int = setting(5, "epochs per grid trial (study: 5)", minimum=1)
+    final_epochs: int = setting(15, "epochs of the final run of the best configuration (study: 15; 0 = skip final "
+                                    "run and CFG sweep)", minimum=0)
+    epoch_images: int | None = setting(None, "a grid epoch is a pass over the first N training images (study: all)",
+                                       minimum=1)
+    final_epoch_images: int | None = setting(None, "the same for the final run's epochs (study: all)", minimum=1)
+    batch_size: int = setting(32, "micro-batch size (study: 32)", minimum=1)
+    lr: float = setting(1e-4, "learning rate of every grid trial (Optuna samples lr from the preset's lr_range "
+                              "instead)", above=0)
     final_lr: float | None = None  # None: the selected trial's lr
     p_uncond: float = 0.1
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
-    val_samples: int = 256  # held-out denoising loss on this many fixed validation items
+    val_samples: int = setting(256, minimum=0)  # held-out denoising loss on this many fixed validation items
 
     # --- evaluation ------------------------------------------------------------------------------
     estimator_preset: str = "study"
-    eval_samples: int = 100  # fixed, seeded validation conditions generated and scored every epoch
-    final_samples: int = 100
-    cfg_samples: int = 250
-    cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 7.0)
-    guidance_scale: float = 3.0
-    sampler: str = "ddpm"  # models.schedulers name: "ddpm" | "ddim" | "dpm++"
-    sampling_steps: int = FULL_CHAIN  # 0: the model's T (full-chain ancestral sampling, §2.1)
-    ddpm_variance: str = "fixed_large"  # DDPM sampler: "fixed_large" sigma^2 = beta_t (§2.1) | "fixed_small"
-    # every sampling of the sweep (trial epochs, references, final evaluation, CFG and sampler phases): "auto" = bf16
-    # autocast on GPUs and on CPUs with native bf16 (models.sampling.CPU_AUTO_BF16 says why); "bf16"; "no" (fp32)
-    sampling_precision: str = "auto"
-    select_metric: str = "est_acc"
-    mtcnn: bool = True
-    inception_weights: str | None = None  # torch-fidelity Inception file for real FID (None: look in torch's cache)
-    clip_model: str | None = "openai/clip-vit-large-patch14"  # CLIP score model id or folder (None: unavailable)
-    eval_actors: int = 1
-    gpus_per_eval_actor: float = 0.0
+    eval_samples: int = setting(100, "fixed, seeded conditions generated and scored every epoch", minimum=1)
+    final_samples: int = setting(100, "samples of the final comparison (study: 100)", minimum=1)
+    cfg_samples: int = setting(250, "samples per guidance scale in the CFG sweep (study: 250)", minimum=1)
+    cfg_scales: tuple[float, ...] = setting((1.0, 2.0, 3.0, 4.0, 5.0, 7.0), "guidance scales of the CFG sweep, "
+                                            "comma-separated (default 1,2,3,4,5,7)", minimum=0)
+    guidance_scale: float = setting(3.0, "classifier-free guidance scale for per-epoch samples and the final run "
+                                         "(Optuna samples it from guidance_range instead)", minimum=0)
+    sampler: str = setting("ddpm", "sampler of every generated set (study: ddpm; CPU presets: dpm++)",
+                           choices=SAMPLERS)
+    sampling_steps: int = setting(FULL_CHAIN, "sampling steps, or T for the model's whole chain (study: T, as §2.1)",
+                                  minimum=0, parse=_steps)
+    ddpm_variance: str = setting("fixed_large", "DDPM sampler variance: fixed_large = beta_t (study, §2.1) or "
+                                                "fixed_small = beta-tilde (diffusers' default)", choices=DDPM_VARIANCES)
+    # every sampling of the sweep (trial epochs, references, final evaluation, CFG and sampler phases)
+    sampling_precision: str = setting("auto", "sampling precision: auto = bf16 autocast on GPUs and on CPUs with "
+                                              "native bf16 (models.runtime.CPU_AUTO says why); bf16; no = fp32",
+                                      choices=MIXED_PRECISIONS)
+    select_metric: str = setting("est_acc", "metric that picks the best trial (study: est_acc; fid, or fd_estimator "
+                                            "when Inception is missing)", choices=SELECTABLE)
+    mtcnn: bool = setting(True, "score face detection with MTCNN (study: on; cpu-demo: off, its 16 px faces are too "
+                                "small)")
+    inception_weights: str | None = setting(None, "torch-fidelity Inception weights file for real FID (else "
+                                                  "fd_estimator stands in; None: look in torch's cache)")
+    clip_model: str | None = setting("openai/clip-vit-large-patch14", "CLIP model id or local folder for the CLIP "
+                                                                      "score (cpu-demo: none)")
+    eval_actors: int = setting(1, "number of evaluation actors sharing the scoring (default 1)", minimum=1)
+    gpus_per_eval_actor: float = setting(0.0, "GPU fraction of each evaluation actor (default 0: score on CPU; leave "
+                                              "room for the trials' GPUs)", minimum=0)
 
     # --- the study's future work (§5) ---------------------------------------------------------------
-    sampler_phase: bool = False  # after the final run: its model under every sampler x step count
-    sampler_phase_samplers: tuple[str, ...] = SAMPLERS
-    sampler_phase_steps: tuple[int, ...] = (10, 20, 50, 100, 250, FULL_CHAIN)  # 0: the full chain
-    sampler_phase_samples: int | None = None  # None: final_samples
+    sampler_phase: bool = setting(False, "after the final run, sample its model with every sampler x step count "
+                                         "(§5's future work)")
+    sampler_phase_samplers: tuple[str, ...] = setting(SAMPLERS, "samplers of the sampler phase (default "
+                                                                "ddpm,ddim,dpm++)", choices=SAMPLERS)
+    sampler_phase_steps: tuple[int, ...] = setting((10, 20, 50, 100, 250, FULL_CHAIN), "step counts of the sampler "
+                                                   "phase, T = the whole chain (study: 10,20,50,100,250,T)",
+                                                   minimum=0, parse=items(_steps, "step counts like 10,20,50,T"))
+    sampler_phase_samples: int | None = setting(None, "samples per sampler setting (default: --final-samples)",
+                                                minimum=1)
 
     # --- resources -------------------------------------------------------------------------------
-    address: str | None = None  # None: start a local Ray runtime
-    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else CPU trials
+    address: str | None = setting(None, "attach to a running Ray cluster (host:port, ray://host:port or auto); "
+                                        "default: start a local one")
+    gpus_per_trial: float | None = setting(None, "GPUs each trial requests (default 1 when the cluster has GPUs, "
+                                                 "else 0)", minimum=0)
     cpus_per_trial: float = 1.0
-    threads_per_trial: int = 0  # torch threads in a CPU trial (0: torch's default)
-    # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial):
-    # "auto" = bf16 autocast on GPUs, fp32 on CPUs (models.engine.CPU_AUTO_BF16 says why); "bf16"; "no" (fp32)
-    mixed_precision: str = "auto"
-    compile: bool = False  # torch.compile every trial's network: pays on GPUs; on this CPU a 60-85 s warm-up per trial
-    max_concurrent: int | None = None  # None: as many as resources allow
-    max_failures: int = 2  # a crashed trial is retried this often, from its last checkpoint
-    final_workers: int = 1  # > 1: the final run is data-parallel over this many Ray Train workers (DDP)
+    threads_per_trial: int = setting(0, minimum=0)  # torch threads in a CPU trial (0: torch's default)
+    # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial)
+    mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs, fp32 on CPUs "
+                                           "(models.runtime.CPU_AUTO says why); bf16; no = fp32",
+                                   choices=MIXED_PRECISIONS)
+    compile: bool = setting(False, "torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial "
+                                   "on a 2-core CPU)")
+    max_concurrent: int | None = setting(None, "at most this many trials at once (default: as resources allow)",
+                                         minimum=1)
+    max_failures: int = setting(2, "retries of a crashed trial, each from its last checkpoint", minimum=0)
+    final_workers: int = setting(1, "train the final run data-parallel on this many Ray Train workers (DDP: gloo on "
+                                    "CPUs, nccl with one GPU each; the global batch is kept)", minimum=1)
 
     # --- tracking & storage ----------------------------------------------------------------------
-    tracking_uri: str | None = None  # None: sqlite:///<cwd>/mlruns.db (embedded store)
-    experiment: str | None = None  # None: condface-<model>-<preset>
-    storage_path: str = "ray_results"
-    checkpoint_artifacts: str = "best"  # "none" | "best" (each trial's best epoch) | "all" (every epoch)
-    # checkpoints stop being logged once this many MB were logged; MLflow gets each trial's EMA weights only
-    # (study-large 1.1 GB, study-small 0.45 GB: the 16-trial grid ~12.7 GB); the full state stays in Ray storage
-    artifact_limit_mb: float = 16384.0
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded "
+                                             "store here)")
+    experiment: str | None = setting(None, "MLflow experiment and Ray run name (default condface-<model>-<preset>)")
+    storage_path: str = setting("ray_results", "where Ray Tune keeps trial results and checkpoints (a shared "
+                                               "filesystem on clusters)")
+    checkpoint_artifacts: str = setting("best", "which trial checkpoints MLflow keeps: none, each trial's best "
+                                                "epoch, or all", choices=CHECKPOINT_POLICIES)
+    # MLflow gets each trial's EMA weights only (study-large 1.1 GB, study-small 0.45 GB: the 16-trial grid ~12.7 GB);
+    # the full state stays in Ray storage
+    artifact_limit_mb: float = setting(16384.0, "stop logging checkpoints to MLflow past this many MB", minimum=0)
     registered_model: str | None = None  # None: condface-<model>
 
-    # --- run control -----------------------------------------------------------------------------
+    # --- run control (flags of their own: see orchestration.sweep) ----------------------------------
     resume: bool = False
     dry_run: bool = False
-    fail_once_at_epoch: int | None = None  # testing fault tolerance: each trial crashes once there
-    diverge_trial: str | None = None  # testing: the grid trial with this label trains at lr = inf (its loss turns NaN)
 
     # ---------------------------------------------------------------------------------------------
-    @property
-    def select_mode(self) -> str:
-        return METRIC_MODES[self.select_metric]
-
     @property
     def channels(self) -> dict[str, tuple[int, ...]]:
         return dict(self.channel_sets)
@@ -267,64 +283,25 @@ class SweepConfig:
     def validate(self) -> SweepConfig:
         """Raise SweepError (one line, with the fix) for values that cannot work; return self."""
         families = self.families
-        if not families or any(f not in MODELS for f in families) or len(set(families)) != len(families):
-            raise SweepError(f"unknown model {self.model!r}: use one of {', '.join(MODELS)}, a comma-separated list of "
-                             "them (ddpm,sd-lora) or all")
-        if self.augment not in AUGMENTS or any(a not in AUGMENTS for a in self.augment_axis):
-            bad = self.augment if self.augment not in AUGMENTS else next(a for a in self.augment_axis if a not in AUGMENTS)
-            raise SweepError(f"unknown augmentation policy {bad!r}: use one of {', '.join(AUGMENTS)}")
-        if self.sampler not in SAMPLERS or any(s not in SAMPLERS for s in self.sampler_phase_samplers):
-            bad = self.sampler if self.sampler not in SAMPLERS else \
-                next(s for s in self.sampler_phase_samplers if s not in SAMPLERS)
-            raise SweepError(f"unknown sampler {bad!r}: use one of {', '.join(SAMPLERS)}")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise SweepError(f"unknown --mixed-precision {self.mixed_precision!r}: use one of "
-                             f"{', '.join(MIXED_PRECISIONS)}")
-        if self.sampling_precision not in MIXED_PRECISIONS:
-            raise SweepError(f"unknown --sampling-precision {self.sampling_precision!r}: use one of "
-                             f"{', '.join(MIXED_PRECISIONS)}")
-        if self.ddpm_variance not in DDPM_VARIANCES:
-            raise SweepError(f"unknown --ddpm-variance {self.ddpm_variance!r}: use one of {', '.join(DDPM_VARIANCES)}")
-        if self.sampling_steps < 0 or any(s < 0 for s in self.sampler_phase_steps) or not self.sampler_phase_steps:
-            raise SweepError("sampling steps must be positive numbers or T (the model's whole chain)")
-        if self.search not in SEARCHES:
-            raise SweepError(f"unknown search {self.search!r}: use one of {', '.join(SEARCHES)}")
-        if self.scheduler not in SCHEDULERS:
-            raise SweepError(f"unknown scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-        if self.checkpoint_artifacts not in CHECKPOINT_POLICIES:
-            raise SweepError(
-                f"unknown checkpoint policy {self.checkpoint_artifacts!r}: use one of {', '.join(CHECKPOINT_POLICIES)}"
-            )
-        if self.select_metric not in METRIC_MODES:
-            raise SweepError(f"unknown --select-metric {self.select_metric!r}: use one of {', '.join(METRIC_MODES)}")
+        if not families or any(f not in FAMILIES for f in families) or len(set(families)) != len(families):
+            raise SweepError(f"unknown model {self.model!r}: use one of {', '.join(FAMILIES)}, a comma-separated list "
+                             "of them (ddpm,sd-lora) or all")
+        problems = field_problems(self)  # each field's choices and bounds, as declared above
+        if problems:
+            raise SweepError(problems[0])
         off = self.unavailable_metrics()
         if self.select_metric in off:
             raise SweepError(f"--select-metric {self.select_metric} cannot rank trials: {off[self.select_metric]}, "
-                             f"or select by another metric ({', '.join(m for m in METRIC_MODES if m not in off)})")
-        for name in ("epochs", "batch_size", "num_samples", "eval_samples", "final_samples", "cfg_samples",
-                     "eval_actors", "image_size", "final_workers"):
-            if getattr(self, name) < 1:
-                raise SweepError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("final_epochs", "max_failures", "threads_per_trial", "val_samples"):
-            if getattr(self, name) < 0:
-                raise SweepError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise SweepError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise SweepError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
-        if not self.lr > 0:
-            raise SweepError(f"--lr must be positive, got {self.lr}")
+                             f"or select by another metric ({', '.join(m for m in SELECTABLE if m not in off)})")
+        if not self.sampler_phase_steps or not self.sampler_phase_samplers:
+            raise SweepError("the sampler phase needs at least one sampler and one step count")
         if not 0 <= self.p_uncond < 1:
             raise SweepError(f"--p-uncond must be in [0, 1), got {self.p_uncond}")
-        if not self.cfg_scales or min(self.cfg_scales) < 0:
+        if not self.cfg_scales:
             raise SweepError("--cfg-scales must be one or more non-negative numbers, e.g. 1,2,3,4,5,7")
-        if self.artifact_limit_mb < 0:
-            raise SweepError(f"--artifact-limit-mb must be 0 or more, got {self.artifact_limit_mb}")
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")
-        if self.fail_once_at_epoch is not None and not 0 <= self.fail_once_at_epoch < self.epochs:
-            raise SweepError(f"--fail-once-at-epoch must be in 0..{self.epochs - 1}, got {self.fail_once_at_epoch}")
         return self
 
 
@@ -413,8 +390,8 @@ def resolve(preset: str = DEFAULT_PRESET, **overrides) -> SweepConfig:
         raise SweepError(f"unknown setting(s) {', '.join(sorted(unknown))}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes.get("model") == "all":
-        changes["model"] = ",".join(MODELS)
+        changes["model"] = ",".join(FAMILIES)
     return dataclasses.replace(base, **changes).validate()
 
 
-__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "METRIC_MODES", "FID_STAND_IN", "FULL_CHAIN", "resolve"]
+__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "FULL_CHAIN", "resolve"]

@@ -20,13 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data.catalogue import TAG_PREFIX, default_tracking_uri
+from data.cli import first_line
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
 from orchestration.faults import reached
-from orchestration.grid import trial_table
+from orchestration.grid import TrialSpec, trial_table
 from orchestration.resources import ResourcePlan, plan_resources
 from orchestration.state import SweepState
-from orchestration.tracking import TAG_PREFIX, Tracker, default_tracking_uri, mlflow_ui_command
+from orchestration.tracking.checks import mlflow_ui_command, mlflow_ui_link
+from orchestration.tracking.client import Tracker
 
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
@@ -50,8 +53,8 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         root = Path(__file__).resolve().parent.parent
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
-    else:
-        ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    else:  # a runtime of our own, never one that `ray start` left running on this machine
+        ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
     if threading.current_thread() is threading.main_thread():
         # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
         # MLflow run gets closed and --resume can continue
@@ -142,13 +145,101 @@ class Sweep:
         return result
 
 
+def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any]:
+    """One family's phases in order: reference -> grid -> final -> cfg [-> samplers]."""
+    from orchestration.phases.grid import grid_phase
+    from orchestration.phases.references import family_reference
+
+    cfg = sweep.cfg.for_family(family)
+    out: dict[str, Any] = {"family": family}
+    out["reference"] = sweep.phase(f"{family}/reference", family_reference, sweep, cfg, tags)
+    out["grid"] = sweep.phase(f"{family}/grid", grid_phase, sweep, cfg, tags)
+    best = TrialSpec.from_params(out["grid"]["best"]).resolved(cfg)
+    print(f"\n{family}: best configuration by {out['grid']['metric']}: {out['grid']['best_label']}", flush=True)
+    if cfg.final_epochs > 0:
+        from orchestration.phases.final import run_final
+        from orchestration.phases.guidance import run_cfg_sweep
+
+        out["final"] = sweep.phase(f"{family}/final", run_final, sweep, cfg, best, tags, out["grid"]["metric"])
+        out["cfg"] = sweep.phase(f"{family}/cfg", run_cfg_sweep, sweep, cfg, out["final"], tags)
+        if cfg.sampler_phase:
+            from orchestration.phases.samplers import run_sampler_phase
+
+            out["samplers"] = sweep.phase(f"{family}/samplers", run_sampler_phase, sweep, cfg, out["final"], tags)
+    return out
+
+
+def summary(sweep, families: dict[str, dict], real: dict) -> str:
+    """Table 3.1 (every reference row) and Table 4.4 (the final models beside the reference rows)."""
+    from orchestration.report.tables import reference_label
+    from orchestration.summary import cfg_table, final_table
+
+    cfg = sweep.cfg
+    blocks = []
+    refs = {reference_label("untrained", f): r["reference"] for f, r in families.items()}
+    refs.update(real)
+    blocks.append(final_table({}, {}, refs, "Reference rows (the study's Table 3.1 layout), "
+                                            f"{cfg.final_samples} samples"))
+    finals = {f"{f} (final)": r["final"]["values"] for f, r in families.items() if r.get("final")}
+    if finals:
+        unavailable: dict[str, str] = {}
+        for r in families.values():
+            if r.get("final"):
+                unavailable.update(r["final"]["unavailable"])
+        labels = ", ".join(f"{f}: {r['final']['label']} x {cfg.final_epochs} epochs at guidance "
+                           f"{r['final']['guidance_scale']:g}" for f, r in families.items() if r.get("final"))
+        blocks.append(final_table(finals, unavailable, refs, f"Final models ({labels}; {cfg.final_samples} samples; "
+                                                             "the study's Table 4.4 layout)"))
+    for f, r in families.items():
+        fin = r.get("final")
+        acc = fin["values"].get("est_acc_balanced") if fin else None
+        ref = r["reference"].get("est_acc_balanced")
+        if acc is not None and ref:
+            against = "the base without LoRA" if f == "sd-lora" else "the untrained model"
+            blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs "
+                          f"{ref:.1%} for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
+        if r.get("cfg"):
+            c = r["cfg"]
+            blocks.append(f"{f} CFG sweep ({cfg.cfg_samples} samples per scale; * = on the Pareto front; plot "
+                          f"{c['png']}):\n" + cfg_table(c["rows"], c["quality_metric"], c["front"]))
+        if r.get("samplers"):
+            from orchestration.phases.samplers import sampler_table
+
+            blocks.append(f"{f} samplers ({cfg.sampler_samples} samples each; plot {r['samplers']['png']}):\n"
+                          + sampler_table(r["samplers"]["rows"], r["samplers"]["quality_metric"]))
+    return "\n\n".join(blocks)
+
+
+def _open_parent(cfg: SweepConfig, state: SweepState, data_root: str, estimator, family_tags: dict[str, dict[str, str]]
+                 ) -> tuple[Tracker, str]:
+    """The sweep's parent run (reopened when resumed), with its params, dataset, estimator and provenance."""
+    from orchestration.provenance import provenance_tags
+
+    tracker = Tracker(state.tracking_uri, cfg.experiment_name)
+    tags = {f"{TAG_PREFIX}family": cfg.model, f"{TAG_PREFIX}preset": cfg.preset, f"{TAG_PREFIX}data": cfg.data}
+    for extra in family_tags.values():
+        tags.update({k: v for k, v in extra.items() if k == f"{TAG_PREFIX}base"})
+    parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
+                              tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
+                              params=cfg.params())
+    tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
+    tracker.log_estimator(parent, estimator)
+    state.parent_run_id = parent
+    state.save()
+    print(f"MLflow: {mlflow_ui_command(state.tracking_uri)}, then {mlflow_ui_link(tracker.experiment_id)}",
+          flush=True)
+    tracker.set_tags(parent, provenance_tags(data_root, cfg.seed, tracker.client.get_run(parent).data.tags))
+    return tracker, parent
+
+
 def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None = None,
               explicit: set[str] | None = None) -> dict[str, Any]:
     """Run (or resume) a whole sweep, one family or the whole study. Returns what the summary shows."""
     from evaluation.actors import EvaluatorPool
     from evaluation.config import EvalConfig
     from evaluation.estimator_cache import ensure_estimator
-    from orchestration import phases
+    from orchestration.phases.guidance import joint_pareto
+    from orchestration.phases.references import real_references
 
     started = time.time()
     state = None
@@ -174,56 +265,44 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     pool = EvaluatorPool(eval_config, num_actors=cfg.eval_actors, gpus_per_actor=cfg.gpus_per_eval_actor,
                          cpus_per_actor=0)
 
-    tracker = Tracker(state.tracking_uri, cfg.experiment_name)
-    tags = {f"{TAG_PREFIX}family": cfg.model, f"{TAG_PREFIX}preset": cfg.preset, f"{TAG_PREFIX}data": cfg.data}
-    for extra in family_tags.values():
-        tags.update({k: v for k, v in extra.items() if k == f"{TAG_PREFIX}base"})
-    parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
-                              tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
-                              params=cfg.params())
-    tracker.log_dataset(parent, data_root)  # the training data as a dataset input; every nested run inherits it
-    tracker.log_estimator(parent, estimator)
-    state.parent_run_id = parent
-    state.save()
-    from orchestration.provenance import provenance_tags
-
-    tracker.set_tags(parent, provenance_tags(data_root, cfg.seed, tracker.client.get_run(parent).data.tags))
+    tracker, parent = _open_parent(cfg, state, data_root, estimator, family_tags)
     sweep = Sweep(cfg, state, tracker, parent, data_root, eval_config, pool, plan)
     out: dict[str, Any] = {"state": state, "parent_run_id": parent, "tracking_uri": state.tracking_uri,
                            "families": {}}
     ok, reason = False, None
     try:
-        real = sweep.phase("references/real", phases.real_references, sweep)
+        real = sweep.phase("references/real", real_references, sweep)
         for family in cfg.families:
-            out["families"][family] = phases.run_family(sweep, family, family_tags[family], real)
+            out["families"][family] = run_family(sweep, family, family_tags[family])
         if cfg.joint and cfg.final_epochs > 0:
-            out["joint_pareto"] = phases.joint_pareto(sweep, out["families"])
-        print("\n" + phases.summary(sweep, out["families"], real), flush=True)
+            out["joint_pareto"] = joint_pareto(sweep, out["families"])
+        print("\n" + summary(sweep, out["families"], real), flush=True)
         ok = True
         state.done("sweep", True)
     except KeyboardInterrupt:
         reason = "interrupted: continue with --resume"
         raise
     except BaseException as err:
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        reason = f"{type(err).__name__}: {first_line(str(err))}"
         raise
     finally:
         _close_runs(tracker, parent, ok, reason)
         pool.shutdown()
     tracker.log_metrics(parent, {"wall_seconds": time.time() - started})
     try:  # the study's tables and figures from the MLflow record; a finished sweep never fails here
-        from orchestration.report import report_sweep
+        from orchestration.report.build import report_sweep
 
         report = report_sweep(tracker, parent, state.root / "report")
         print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)
     except Exception as err:
-        print(f"\nreport: not written ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+        print(f"\nreport: not written ({type(err).__name__}: {first_line(str(err))})"
               "; write it later with python -m orchestration.report", flush=True)
     from orchestration.summary import where_to_look
 
     models = {f: r["final"]["model_uri"] for f, r in out["families"].items() if r.get("final")}
     print("\n" + where_to_look(mlflow_ui_command(state.tracking_uri), cfg.experiment_name, parent, str(state.root),
                                cluster["dashboard_url"], models, cluster["local"]))
+    print(f"  MLflow runs:    {mlflow_ui_link(tracker.experiment_id)} (this experiment's runs, directly)", flush=True)
     return out
 
 

@@ -6,14 +6,11 @@ Metrics come from the evaluation actors; the images come back (small uint8 array
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @dataclass

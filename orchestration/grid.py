@@ -121,7 +121,8 @@ def num_trials(cfg: SweepConfig) -> int:
 
 def protocol_lines(cfg: SweepConfig) -> list[str]:
     """How trials are ranked, the noise schedule and the sampler: the protocol choices a reader checks first."""
-    from orchestration.config import FULL_CHAIN, METRIC_MODES
+    from data.catalogue import better
+    from orchestration.config import FULL_CHAIN
 
     ts = sorted(set(cfg.timesteps_axis))
     if cfg.beta_rescale:
@@ -136,7 +137,7 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
     nfe = ", ".join(f"{per_epoch * (t if cfg.sampling_steps == FULL_CHAIN else cfg.sampling_steps):,} at T={t:g}"
                     for t in ts)
     lines = [
-        f"selection: {cfg.select_metric} ({METRIC_MODES[cfg.select_metric]}) picks each family's configuration "
+        f"selection: {cfg.select_metric} ({better(cfg.select_metric)}) picks each family's configuration "
         f"for the {cfg.final_epochs}-epoch final run",
         f"noise schedule: {betas}",
         f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}, precision "

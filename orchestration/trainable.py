@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.config import SweepConfig
+from orchestration.faults import diverges, fail_once
 from orchestration.grid import TrialSpec, trial_label
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 STEP_LOSSES = "step_losses"  # result key: [[global optimizer step, window mean loss], ...] of the epoch
 
@@ -78,8 +76,8 @@ def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
 
 def trial_spec(config: dict[str, Any], ctx: TrialContext) -> TrialSpec:
     spec = TrialSpec.from_params(config).resolved(ctx.sweep)
-    if ctx.phase == "grid" and ctx.sweep.diverge_trial and trial_label(spec, ctx.sweep) == ctx.sweep.diverge_trial:
-        spec = dataclasses.replace(spec, lr=float("inf"))  # testing: a real divergence, through the real engine
+    if ctx.phase == "grid" and diverges(trial_label(spec, ctx.sweep)):  # a test's fault (orchestration.faults)
+        spec = dataclasses.replace(spec, lr=float("inf"))
     return dataclasses.replace(spec, lr=ctx.lr) if ctx.lr is not None else spec
 
 
@@ -212,7 +210,8 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
                     for k, v in family.describe().items()}
         (stage / "report.json").write_text(json.dumps({"epoch": epoch, "trial_id": trial_id, "phase": ctx.phase,
                                                        "describe": describe, "placement": placement}))
-        _maybe_fail(ctx, trial_id, report.epoch)
+        if ctx.phase == "grid":
+            fail_once(Path(ctx.marker_dir or tempfile.gettempdir()), trial_id, report.epoch)
         report_to(metrics, stage)
         shutil.rmtree(stage, ignore_errors=True)
         return False
@@ -244,17 +243,6 @@ def where_am_i() -> dict[str, Any]:
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     except Exception:  # outside Ray (a direct call in tests)
         return {}
-
-
-def _maybe_fail(ctx: TrialContext, trial_id: str, epoch_index: int) -> None:
-    """Testing hook: crash each trial once, before it reports this epoch (so it resumes from the one before)."""
-    if ctx.sweep.fail_once_at_epoch is None or epoch_index != ctx.sweep.fail_once_at_epoch or ctx.phase != "grid":
-        return
-    marker = Path(ctx.marker_dir or tempfile.gettempdir()) / f"failed-{trial_id}"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("1")
-        raise RuntimeError(f"injected failure at epoch index {epoch_index} (--fail-once-at-epoch)")
 
 
 def _link_or_copy(src: str, dst: str) -> str:

@@ -25,6 +25,10 @@ import pytest
 from tests.tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
+# What a checkout holds besides code (the demo's outputs, the venv, caches, this cluster's credentials): a job's
+# working directory carries code only (infra/README.md), also where Ray is told to skip .gitignore.
+JOB_EXCLUDES = ["/.venv", "/.cache", "/mlruns.db", "/mlartifacts", "/ray_results", "/reports", "/.local-cluster",
+                "/tests/artifacts"]
 
 
 def _cluster_module():
@@ -181,7 +185,8 @@ def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(
     env = client_env(cluster)
     job = f"condface-job-{int(time.time())}"
     runtime_env = {"env_vars": {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                                                    "CONDFACE_HOME")}}
+                                                    "CONDFACE_HOME")},
+                   "excludes": JOB_EXCLUDES}
     entry = sweep_args(cluster, data, "cluster-job", "--epochs", "2")[1:]  # `python -m orchestration.sweep ...`
     entry[entry.index("--address") + 1] = "auto"  # the job's driver runs on the head node
     rc, text = run([ray, "job", "submit", "--address", cluster["ray"]["dashboard"], "--submission-id", job,

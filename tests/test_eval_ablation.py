@@ -1,4 +1,4 @@
-"""`python -m evaluation.ablation`: trains and scores each variant for real (a tiny run on the test cache)."""
+"""`python -m evaluation.bench.ablation`: trains and scores each variant for real (a tiny run on the test cache)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from evaluation.ablation import main
+from evaluation.bench.ablation import main
 
 
 def test_two_variants_are_trained_scored_and_compared(data, capsys):

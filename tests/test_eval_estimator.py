@@ -147,11 +147,11 @@ def test_degraded_training_images_keep_their_labels(faces):
 
 def test_default_speed_options_on_this_cpu_are_recorded(trained):
     out, report = trained
-    from evaluation.train_estimator import CPU_AUTO_BF16, CPU_AUTO_CHANNELS_LAST
-    from models.runtime import cpu_supports_bf16
+    from models.runtime import CPU_AUTO, cpu_supports_bf16
 
-    assert report["speed_options"] == {"precision": "bf16" if CPU_AUTO_BF16 and cpu_supports_bf16() else "fp32",
-                                       "channels_last": CPU_AUTO_CHANNELS_LAST, "compile": False}
+    auto = CPU_AUTO["estimator"]
+    assert report["speed_options"] == {"precision": "bf16" if auto.bf16 and cpu_supports_bf16() else "fp32",
+                                       "channels_last": auto.channels_last, "compile": False}
     assert json.loads((out / "report.json").read_text())["speed_options"] == report["speed_options"]
 
 
@@ -176,14 +176,14 @@ def test_a_bad_precision_is_a_one_line_error(faces, tmp_path):
 
 def test_auto_follows_the_estimators_own_cpu_defaults_not_the_engines(monkeypatch):
     import evaluation.train_estimator as trainer
-    import models.engine as engine
+    import models.runtime as runtime
+    from models.runtime import CpuAuto
 
     config = estimator_preset("small")
     for estimator_flag, engine_flag, native in ((True, False, True), (False, True, True), (True, False, False)):
-        monkeypatch.setattr(trainer, "CPU_AUTO_BF16", estimator_flag)
-        monkeypatch.setattr(trainer, "CPU_AUTO_CHANNELS_LAST", estimator_flag)
-        monkeypatch.setattr(engine, "CPU_AUTO_BF16", engine_flag)
-        monkeypatch.setattr(engine, "cpu_supports_bf16", lambda n=native: n)
+        monkeypatch.setitem(runtime.CPU_AUTO, "estimator", CpuAuto(estimator_flag, estimator_flag))
+        monkeypatch.setitem(runtime.CPU_AUTO, "train", CpuAuto(engine_flag, engine_flag))
+        monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda n=native: n)
         options = trainer.speed_options(config, torch.device("cpu"))
         assert options["precision"] == ("bf16" if estimator_flag and native else "fp32")
         assert options["channels_last"] is estimator_flag

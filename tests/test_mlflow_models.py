@@ -147,8 +147,8 @@ def test_each_family_is_a_registered_mlflow_model_with_the_champion_alias(store)
 
 
 def test_registration_is_idempotent(store):
-    from orchestration.final import register
-    from orchestration.tracking import Tracker
+    from orchestration.phases.final import register
+    from orchestration.tracking.client import Tracker
 
     cfg, fin = store["cfg"], store["out"]["families"]["ddpm"]["final"]
     tracker = Tracker(store["uri"], cfg.experiment_name)
@@ -305,7 +305,7 @@ def test_the_mlflow_ui_shows_trials_metrics_images_and_the_champion(store, tmp_p
     require(importlib.util.find_spec("playwright") is not None, "no playwright: pip install -e '.[dev]' installs it")
     from playwright import sync_api as playwright
 
-    from orchestration.tracking import artifact_root
+    from orchestration.tracking.checks import artifact_root
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     client = client_for(store["uri"])

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import models.engine as engine
-from models.engine import TrainConfig, fit, use_bf16, use_channels_last
+import models.runtime as runtime
+from models.engine import TrainConfig, fit
 from models.errors import ConfigError
-from models.runtime import cpu_supports_bf16
+from models.runtime import CpuAuto, cpu_supports_bf16, use_bf16, use_channels_last
 from tests.models_helpers import RandomFaces, micro_family
 
 
@@ -21,18 +21,25 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
 
 
 def test_auto_picks_bf16_on_the_cpu_only_where_supported_and_enabled(monkeypatch):
-    assert use_bf16("bf16", "cpu") and not use_bf16("no", "cpu") and use_bf16("auto", "cuda")
+    assert use_bf16("bf16", "cpu", "train") and not use_bf16("no", "cpu", "train") and use_bf16("auto", "cuda", "train")
     for enabled in (False, True):
         for supported in (False, True):
-            monkeypatch.setattr(engine, "CPU_AUTO_BF16", enabled)
-            monkeypatch.setattr(engine, "cpu_supports_bf16", lambda s=supported: s)
-            assert use_bf16("auto", "cpu") is (enabled and supported)
+            monkeypatch.setitem(runtime.CPU_AUTO, "train", CpuAuto(bf16=enabled, channels_last=False))
+            monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda s=supported: s)
+            assert use_bf16("auto", "cpu", "train") is (enabled and supported)
 
 
 def test_channels_last_auto_and_forced(monkeypatch):
-    monkeypatch.setattr(engine, "CPU_AUTO_CHANNELS_LAST", False)
-    assert use_channels_last(None, "cuda") and not use_channels_last(None, "cpu")
-    assert use_channels_last(True, "cpu") and not use_channels_last(False, "cuda")
+    monkeypatch.setitem(runtime.CPU_AUTO, "train", CpuAuto(bf16=False, channels_last=False))
+    assert use_channels_last(None, "cuda", "train") and not use_channels_last(None, "cpu", "train")
+    assert use_channels_last(True, "cpu", "train") and not use_channels_last(False, "cuda", "train")
+
+
+def test_one_policy_keeps_each_workloads_cpu_defaults():
+    expected = {"train": CpuAuto(bf16=False, channels_last=False),
+                "sample": CpuAuto(bf16=True, channels_last=False),
+                "estimator": CpuAuto(bf16=True, channels_last=True)}
+    assert dict(runtime.CPU_AUTO) == expected
 
 
 def test_cpu_options_train_and_threads_apply():

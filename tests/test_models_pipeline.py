@@ -321,8 +321,7 @@ def test_config_validation():
 
 
 def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_device(monkeypatch):
-    import models.engine as engine
-    import models.sampling as sampling
+    import models.runtime as runtime
     from models.sampling import generate
     from tests.models_helpers import micro_family
 
@@ -334,8 +333,8 @@ def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_device(mo
     # the denoiser in bf16, the scheduler in fp32: the same images up to bf16 rounding (not bit-identical)
     assert 0 < np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 8
     for native in (False, True):
-        monkeypatch.setattr(engine, "cpu_supports_bf16", lambda n=native: n)
+        monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda n=native: n)
         auto = generate(family, levels, None, 3.0, 4, seed=0, scheduler="dpm++", precision="auto")
-        assert np.array_equal(auto, bf16 if native and sampling.CPU_AUTO_BF16 else fp32)
+        assert np.array_equal(auto, bf16 if native and runtime.CPU_AUTO["sample"].bf16 else fp32)
     with pytest.raises(ConfigError, match="sampling precision must be one of auto, bf16, no"):
         generate(family, levels, None, 3.0, 4, seed=0, precision="fp16")

@@ -125,8 +125,6 @@ def test_config_validation_names_the_fix():
         resolve("huge")
     with pytest.raises(SweepError, match="--eval-samples"):
         resolve("cpu-demo", eval_samples=0)
-    with pytest.raises(SweepError, match="--fail-once-at-epoch"):
-        resolve("cpu-demo", epochs=2, fail_once_at_epoch=2)
     # the cpu preset keeps the study's axes and maps the channel axis to two tiny channel sets
     assert CPU_DEMO.grad_accum_axis == STUDY.grad_accum_axis and CPU_DEMO.timesteps_axis == STUDY.timesteps_axis
     assert [n for n, _ in CPU_DEMO.channel_sets] == ["small", "large"]
@@ -231,9 +229,9 @@ def test_study_preset_selects_as_the_study_did():
     assert STUDY.select_metric == "est_acc" and not STUDY.beta_rescale
     assert STUDY.sampler == "ddpm" and STUDY.sampling_steps == 0 and STUDY.ddpm_variance == "fixed_large"
     # train_loss is Min-SNR-weighted differently per trial: reported, never a ranking metric
-    from orchestration.config import METRIC_MODES
+    from data.catalogue import SELECTABLE
 
-    assert "train_loss" not in METRIC_MODES
+    assert "train_loss" not in SELECTABLE
 
 
 def test_resume_finds_the_sweep_it_is_told_and_lists_ambiguity(tmp_path, capsys):
@@ -297,9 +295,8 @@ def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeyp
     """A cached untrained row from another base or sampler is never reused; an identical one is."""
     from types import SimpleNamespace
 
-    import orchestration.references as references
-    from orchestration import phases
-    from orchestration.tracking import Tracker
+    import orchestration.phases.references as references
+    from orchestration.tracking.client import Tracker
 
     calls = []
 
@@ -308,7 +305,7 @@ def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeyp
         return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}
 
     monkeypatch.setattr(references, "compute_references", fake)
-    monkeypatch.setattr(phases, "plan_resources", lambda cfg: SimpleNamespace(lone={"cpu": 1.0}))
+    monkeypatch.setattr(references, "plan_resources", lambda cfg: SimpleNamespace(lone={"cpu": 1.0}))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     tracker = Tracker(uri, "keys")
     parent = tracker.open_run("p", "p")
@@ -317,9 +314,9 @@ def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeyp
                                                         mtcnn=False))
     base = resolve("smoke", model="sd-lora")
     tags = {"condface.family": "sd-lora"}
-    first = phases.family_reference(False, sweep, base, tags)
-    again = phases.family_reference(False, sweep, base, tags)
-    other_sampler = phases.family_reference(False, sweep, dataclasses.replace(base, sampler="ddim"), tags)
-    other_base = phases.family_reference(False, sweep, dataclasses.replace(base, pretrained=str(tmp_path)), tags)
+    first = references.family_reference(False, sweep, base, tags)
+    again = references.family_reference(False, sweep, base, tags)
+    other_sampler = references.family_reference(False, sweep, dataclasses.replace(base, sampler="ddim"), tags)
+    other_base = references.family_reference(False, sweep, dataclasses.replace(base, pretrained=str(tmp_path)), tags)
     assert first == again and len(calls) == 3  # identical: reused; another sampler or base: computed anew
     assert len({first["est_acc"], other_sampler["est_acc"], other_base["est_acc"]}) == 3

@@ -9,7 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.errors import SweepError
-from orchestration.mlflow_retry import RetryingClient, unreachable
+from orchestration.tracking.retry import RetryingClient, unreachable
 
 
 class Flaky:

@@ -98,13 +98,14 @@ def test_the_whole_study_in_one_sweep_killed_inside_phases_and_resumed(tmp_path,
     assert sorted(curves) == ["ddpm", "sd-lora"] and all(len(v) == 2 for v in curves.values())
 
 
-def test_sampler_phase_augmentation_axis_and_a_diverged_trial(tmp_path, data, home):
+def test_sampler_phase_augmentation_axis_and_a_diverged_trial(tmp_path, data, home, monkeypatch):
     import ray
 
     from orchestration.driver import run_sweep
+    from orchestration.faults import DIVERGE_ENV
 
-    cfg = smoke(tmp_path, data, augment_axis=("none", "study-no-color"), sampler_phase=True,
-                diverge_trial="ga1-T1000-snroff-small-aug:none")
+    cfg = smoke(tmp_path, data, augment_axis=("none", "study-no-color"), sampler_phase=True)
+    monkeypatch.setenv(DIVERGE_ENV, "ga1-T1000-snroff-small-aug:none")  # before Ray starts: its workers inherit it
     cfg = __import__("dataclasses").replace(cfg, channel_sets=(("small", (16, 64)),))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -71,19 +71,19 @@ def metric_key(row: list[str]) -> str:
 
 
 def best(client, runs, key: str):
-    from orchestration.config import METRIC_MODES
+    from data.catalogue import better
 
     values = [(m.value, r, m.step) for r in runs for m in client.get_metric_history(r.info.run_id, key)
               if math.isfinite(m.value)]
     if not values:
         return None
-    pick = min if METRIC_MODES.get(key, "min") == "min" else max
+    pick = min if better(key) == "min" else max
     return pick(values, key=lambda v: v[0])
 
 
 # --------------------------------------------------------------------------------------------------
 def test_report_equals_the_mlflow_record(sweep, tmp_path):
-    from orchestration.report import write_report
+    from orchestration.report.build import write_report
 
     client, parent_id, uri = sweep["client"], sweep["parent"], sweep["cfg"].tracking_uri
     out, report = write_report(uri, EXPERIMENT, None, tmp_path / "report")  # default --run: the latest sweep
@@ -136,7 +136,7 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
                     metrics.setdefault(f"{prefix}.{n_key}", float(run.data.params["ref.samples"]))
                     check_cell(cell, key, metrics, f"{prefix}.{key}", f"{prefix}.{n_key}", unavailable(run),
                                (number, col))
-    assert "[study: 86.40 %]" in md and "[study: 104.5163]" in md and "[study: 70.60 %]" in md
+    assert "[study: 86.40%]" in md and "[study: 104.52]" in md and "[study: 70.60%]" in md
 
     # Tables 4.1 / 4.3: each grid's best at any epoch (value and count at that epoch); Table 4.2 per channel set
     for number, family in (("4.1", "ddpm"), ("4.3", "sd-lora")):
@@ -256,7 +256,9 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
 
 def test_a_partial_record_says_what_is_missing(sweep):
     """A sweep still running (a parent with one grid trial so far) shows what exists and lists what it lacks."""
-    from orchestration.report import Record, build, render_markdown
+    from orchestration.report.build import build
+    from orchestration.report.record import Record
+    from orchestration.report.render import render_markdown
 
     client = sweep["client"]
     exp = client.create_experiment("partial")
@@ -273,7 +275,7 @@ def test_a_partial_record_says_what_is_missing(sweep):
     report = build(rec)
     md = render_markdown(report)
     assert "This sweep is still running" in md
-    assert "12.5000 (n=8)" in md and "unavailable [1]" in md and "no Inception weights here" in md
+    assert "12.500 (n=8)" in md and "unavailable [1]" in md and "no Inception weights here" in md
     lacks = "\n".join(report.missing)
     for text in ("sd-lora: no grid trial logged yet", "ddpm: no final run yet", "sd-lora: no final run yet",
                  "no reference run of real images", "ddpm: 1 grid trial(s) still running", "provenance"):
@@ -321,19 +323,21 @@ def test_cli_defaults_and_bad_input(sweep, tmp_path):
     assert not (tmp_path / "none.db").exists()  # reading never creates a store
 
 
-def test_report_uses_the_trackers_names():
-    """The report keeps copies of orchestration.tracking's names (so its input checks load neither MLflow nor Ray)."""
-    from orchestration import report, tracking
-
-    assert (report.TAG_PREFIX, report.PARENT_TAG, report.STEP_LOSS_METRIC) == (
-        tracking.TAG_PREFIX, tracking.PARENT_TAG, tracking.STEP_LOSS_METRIC)
-    assert report._default_uri() == tracking.default_tracking_uri()
+def test_report_input_checks_load_neither_mlflow_nor_ray():
+    """The command's checks of its input answer before MLflow or Ray is loaded (the names it shares with the
+    tracker come from data.catalogue)."""
+    code = ("import sys; from orchestration.report import cli, record; "
+            "print(sorted(m for m in ('mlflow', 'ray') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr[-2000:]
 
 
 def test_loss_per_step_is_logged_once_per_step(tmp_path):
     """A trial resumed from an older checkpoint reports an epoch's step losses again: each step is logged once,
     also by a new driver (a fresh Tracker reads what the run already has)."""
-    from orchestration.tracking import STEP_LOSS_METRIC, Tracker
+    from data.catalogue import STEP_LOSS_METRIC
+    from orchestration.tracking.client import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     tracker = Tracker(uri, "steps")
@@ -359,7 +363,7 @@ def test_provenance_without_git(monkeypatch, tmp_path):
 
 def test_study_numbers_are_the_sources():
     """Every cited number appears, as the study printed it, in the study's source text."""
-    from orchestration import study_numbers as s
+    from orchestration.report import study_numbers as s
 
     source = ROOT.parent / "shared" / "seeds" / "000_e10f724a4b28bbeb.txt"
     if not source.is_file():

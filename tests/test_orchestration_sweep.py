@@ -160,12 +160,24 @@ def test_optuna_with_asha_samples_the_continuous_settings_and_records_every_tria
     assert len(out["families"]["ddpm"]["grid"]["records"]) == 3
 
 
-def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, data, ray_runtime):
-    from orchestration.driver import run_sweep
+def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, data, ray_runtime, monkeypatch):
+    import ray
 
-    cfg = smoke(tmp_path, data, epochs=2, final_epochs=0, max_failures=1, fail_once_at_epoch=1)
+    from orchestration.driver import run_sweep
+    from orchestration.faults import FAIL_ONCE_ENV
+
+    cfg = smoke(tmp_path, data, epochs=2, final_epochs=0, max_failures=1)
     cfg = dataclasses.replace(cfg, channel_sets=(("small", (16, 64)),))
-    out = run_sweep(cfg, dashboard=False)
+    # Ray workers inherit the environment their runtime started with: this test's runtime starts with the fault
+    ray.shutdown()
+    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = run_sweep(cfg, dashboard=False)
+    finally:
+        ray.shutdown()
+        monkeypatch.delenv(FAIL_ONCE_ENV)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # the module's, again
     (record,) = out["families"]["ddpm"]["grid"]["records"]
     assert record["error"] is None
     # Tune's history: epoch 1 from the first attempt, epoch 2 from the retry, which restored epoch 1's checkpoint
@@ -178,6 +190,7 @@ def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, data, ray_runtim
     assert run.info.status == "FINISHED"
     assert run.data.tags["condface.retries"] == "1"
     assert "injected failure" in run.data.tags["condface.last_error"]
+    assert "fail_once_at_epoch" not in run.data.params and "fail_once_at_epoch" not in cfg.params()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
 
 

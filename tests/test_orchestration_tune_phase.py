@@ -7,7 +7,7 @@ import pytest
 from ray import tune
 from ray.tune import RunConfig, Tuner
 
-from orchestration.tune_phase import run_phase
+from orchestration.phases.tune import run_phase
 
 pytestmark = pytest.mark.slow  # a Ray runtime
 

@@ -9,15 +9,18 @@ a joint sweep also plots both families' curves on the same axes on the parent ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from orchestration.config import FID_STAND_IN, SweepConfig
+from data.catalogue import FAMILY_COLORS, FID_STAND_IN, TAG_PREFIX
+from orchestration.config import SweepConfig
 from orchestration.evaluate import run_remote
-from orchestration.tracking import TAG_PREFIX, Tracker
+from orchestration.phases.nested import nested_run
+from orchestration.resources import plan_resources
 
 ACCURACY = "est_acc"  # the study's Pareto axis
 BALANCED = "est_acc_balanced"
-COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green"}
 
 
 def quality_metric(rows: list[dict]) -> str:
@@ -48,7 +51,7 @@ def plot_pareto(curves: dict[str, list[dict]], title: str, path: Path) -> Path:
         for family, rows in curves.items():
             pts = [(r["guidance_scale"], r["values"].get(quality), r["values"].get(acc)) for r in rows]
             pts = sorted((p for p in pts if p[1] is not None and p[2] is not None), key=lambda p: p[0])
-            color = COLORS.get(family)
+            color = FAMILY_COLORS.get(family)
             ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", c=color, alpha=0.8, label=family, zorder=3)
             for s, q, a in pts:
                 ax.annotate(f"{s:g}", (q, a), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -82,34 +85,41 @@ def save_figure(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def score_final_model(sweep, cfg: SweepConfig, final: dict, run_id: str, settings: list[tuple[str, int, float]],
+                      n: int, seed: int, step_metric: str, extra: Callable[[dict], dict[str, Any]]) -> list[dict]:
+    """The final model sampled and scored under each (sampler, steps, guidance scale) setting, in one Ray task on
+    the same seeded conditions; setting i is step i of `run_id` (`step_metric`, so a rerun logs each once) with its
+    values, sample counts and `extra(row)`. Returns the settings' rows (Scored.record() dicts)."""
+    tracker = sweep.tracker
+    scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
+                        data_root=sweep.data_root, n=n, seed=seed, settings=settings, pool=sweep.pool,
+                        ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
+    rows = [r.record() for r in scored]
+    for i, row in enumerate(rows):
+        tracker.log_metrics(run_id, {**row["values"], **row["counts"], **extra(row)}, step=i, step_metric=step_metric)
+    tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
+    return rows
+
+
 def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
     """The CFG phase as a unit: rerun when continued (each scale is logged once: step = scale index)."""
-    from orchestration.resources import plan_resources
-
-    tracker: Tracker = sweep.tracker
+    tracker = sweep.tracker
     out_dir = sweep.state.dir(f"{cfg.model}/cfg")
-    run_id = tracker.open_run(f"{sweep.parent}/{cfg.model}/cfg", f"{cfg.model}: CFG sweep", sweep.parent,
-                              tags={**tags, f"{TAG_PREFIX}phase": "cfg"},
-                              params={"cfg_scales": cfg.cfg_scales, "cfg_samples": cfg.cfg_samples,
-                                      "sampler": cfg.sampler, "sampling_steps": cfg.sampling_steps,
-                                      "ddpm_variance": cfg.ddpm_variance, "sampling_precision": cfg.sampling_precision,
-                                      "seed": cfg.seed + 2,
-                                      "pipeline": final["pipeline_dir"], "model_uri": final["model_uri"]})
-    try:
+    params = {"cfg_scales": cfg.cfg_scales, "cfg_samples": cfg.cfg_samples, "sampler": cfg.sampler,
+              "sampling_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
+              "sampling_precision": cfg.sampling_precision, "seed": cfg.seed + 2,
+              "pipeline": final["pipeline_dir"], "model_uri": final["model_uri"]}
+    with nested_run(tracker, f"{sweep.parent}/{cfg.model}/cfg", f"{cfg.model}: CFG sweep", sweep.parent,
+                    {**tags, f"{TAG_PREFIX}phase": "cfg"}, params) as run_id:
         print(f"\n== {cfg.model} CFG sweep: scales {', '.join(f'{s:g}' for s in cfg.cfg_scales)}, {cfg.cfg_samples} "
               "samples each ==", flush=True)
-        scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
-                            data_root=sweep.data_root, n=cfg.cfg_samples, seed=cfg.seed + 2,
-                            settings=[(cfg.sampler, cfg.sampling_steps, s) for s in cfg.cfg_scales], pool=sweep.pool,
-                            ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
-        rows = [r.record() for r in scored]
-        for i, row in enumerate(rows):
-            tracker.log_metrics(run_id, {**row["values"], **row["counts"], "guidance_scale": row["guidance_scale"]},
-                                step=i, step_metric="scale_index")
+        rows = score_final_model(sweep, cfg, final, run_id, [(cfg.sampler, cfg.sampling_steps, s) for s in cfg.cfg_scales],
+                                 cfg.cfg_samples, cfg.seed + 2, "scale_index",
+                                 lambda row: {"guidance_scale": row["guidance_scale"]})
+        for row in rows:
             print(f"  scale {row['guidance_scale']:g}: " + "  ".join(
                 f"{k} {v:.4g}" for k, v in sorted(row["values"].items()) if not k.startswith("est_acc_")
                 or k == BALANCED), flush=True)
-        tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
         quality = quality_metric(rows)
         points = [(r["guidance_scale"], r["values"][quality], r["values"][ACCURACY]) for r in rows
                   if quality in r["values"] and ACCURACY in r["values"]]
@@ -119,8 +129,15 @@ def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: 
         tracker.log_artifact(run_id, png, "cfg")
         tracker.log_json(run_id, [{**r, "pareto": r["guidance_scale"] in front} for r in rows], "cfg/cfg_sweep.json")
         tracker.set_tags(run_id, {f"{TAG_PREFIX}pareto_scales": ",".join(f"{s:g}" for s in front)})
-        tracker.finish(run_id, ok=True)
-        return {"run_id": run_id, "rows": rows, "quality_metric": quality, "front": front, "png": str(png)}
-    except BaseException as err:
-        tracker.finish(run_id, ok=False, reason=f"{type(err).__name__}: {err}")
-        raise
+    return {"run_id": run_id, "rows": rows, "quality_metric": quality, "front": front, "png": str(png)}
+
+
+def joint_pareto(sweep, families: dict[str, dict]) -> str | None:
+    """Both families' CFG curves on the same axes, logged to the parent run."""
+    curves = {f: r["cfg"]["rows"] for f, r in families.items() if r.get("cfg")}
+    if len(curves) < 2:
+        return None
+    png = plot_pareto(curves, "guidance scale sweep: both families", sweep.state.root / "cfg_pareto_joint.png")
+    sweep.tracker.log_artifact(sweep.parent, png, "cfg")
+    sweep.tracker.log_json(sweep.parent, curves, "cfg/cfg_pareto_joint.json")  # the plotted points, per family
+    return str(png)

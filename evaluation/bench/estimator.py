@@ -1,29 +1,27 @@
-"""How fast the attribute estimator trains, per speed option: `python -m evaluation.bench_estimator`.
+"""How fast the attribute estimator trains, per speed option: `python -m evaluation.bench.estimator`.
 
 One run, one estimator (preset `small` by default: the ResNet the embedded default trains once, 16 px faces
 upsampled to 32 px), its own batch size, the real training step (`evaluation.train_estimator.training_step`):
 eager fp32, then each option of EstimatorConfig alone (channels_last, bf16 autocast, torch.compile) and all of
 them -- img/s and achieved GFLOP/s against the machine's measured peak (the larger of a big torch.mm and a big
-3x3 convolution, in fp32 and bf16: `models.bench_cpu`). FLOPs: one fp32 step counted by FlopCounterMode (forward +
+3x3 convolution, in fp32 and bf16: `models.bench.cpu`). FLOPs: one fp32 step counted by FlopCounterMode (forward +
 backward). Rounds are interleaved and the median is printed; compare only rows of one run (the load is printed).
-The defaults this chose are `CPU_AUTO_BF16` / `CPU_AUTO_CHANNELS_LAST` in evaluation.train_estimator.
+The defaults this chose are `models.runtime.CPU_AUTO["estimator"]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from evaluation.estimator import ESTIMATOR_PRESETS, build_estimator, estimator_preset  # noqa: E402
-from evaluation.train_estimator import speed_options, training_step  # noqa: E402
-from models.bench import random_faces  # noqa: E402
-from models.bench_cpu import _load, _median, conv_peak_gflops, matmul_peak_gflops  # noqa: E402
+from data.cli import first_line
+from evaluation.estimator import ESTIMATOR_PRESETS, build_estimator, estimator_preset
+from evaluation.train_estimator import speed_options, training_step
+from models.bench import random_faces
+from models.bench.cpu import conv_peak_gflops, machine_load, matmul_peak_gflops, median_of
 
 # (name, channels_last, bf16, compile)
 VARIANTS = (
@@ -74,7 +72,7 @@ def flops_per_image(preset: str, batch: dict) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m evaluation.bench_estimator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m evaluation.bench.estimator", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=sorted(ESTIMATOR_PRESETS))
     p.add_argument("--size", type=int, default=16, help="face size in px before the estimator's resize")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_torch(args.threads)
     batch_size = args.batch_size or ESTIMATOR_PRESETS[args.preset].batch_size
     batch = _batch(batch_size, args.size)
-    print(f"{_load()} at start; torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: "
+    print(f"{machine_load()} at start; torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: "
           f"{cpu_supports_bf16()}; estimator {args.preset}, batch {batch_size} at {args.size} px, {args.rounds} "
           f"interleaved rounds of {args.steps} steps per variant (median, min-max)", flush=True)
     peak32 = max(matmul_peak_gflops(torch.float32), conv_peak_gflops(torch.float32))
@@ -107,20 +105,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:20s} warm-up (compile included) {time.perf_counter() - start:.1f} s", flush=True)
             runners[name] = (runner, bf16)
         except Exception as err:  # a failing option is a finding, not the end of the run
-            print(f"{name:20s} FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            print(f"{name:20s} FAILED: {type(err).__name__}: {first_line(err)[:200]}", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, (runner, _) in runners.items():
             rates[name].append(runner.steps(args.steps))
-    base = _median(rates["eager fp32"]) if "eager fp32" in rates else None
+    base = median_of(rates["eager fp32"]) if "eager fp32" in rates else None
     for name, (_, bf16) in runners.items():
-        median = _median(rates[name])
+        median = median_of(rates[name])
         gflops = median * per_image / 1e9
         peak = peak16 if bf16 else peak32
         gain = f"  {median / base:.2f}x eager fp32" if base else ""
         print(f"{name:20s} train {median:7.1f} img/s ({min(rates[name]):.1f}-{max(rates[name]):.1f})  {gflops:6.1f} "
               f"GFLOP/s = {100 * gflops / peak:5.1f}% of {'bf16' if bf16 else 'fp32'} peak{gain}", flush=True)
-    print(f"{_load()} at end", flush=True)
+    print(f"{machine_load()} at end", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestration.cfg_sweep import ACCURACY, BALANCED, quality_metric, save_figure
+from data.catalogue import SAMPLER_STYLES, TAG_PREFIX
 from orchestration.config import FULL_CHAIN, SweepConfig
-from orchestration.evaluate import run_remote
-from orchestration.tracking import TAG_PREFIX, Tracker
-
-SAMPLER_STYLE = {"ddpm": ("tab:red", "o"), "ddim": ("tab:purple", "s"), "dpm++": ("tab:cyan", "^")}
+from orchestration.phases.guidance import ACCURACY, BALANCED, quality_metric, save_figure, score_final_model
+from orchestration.phases.nested import nested_run
 
 
 def sampler_table(rows: list[dict], quality: str) -> str:
@@ -42,7 +40,7 @@ def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Pat
     for ax, key in zip(axes, (quality, ACCURACY, BALANCED)):
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
             pts = sorted((r["steps"], r["values"][key]) for r in rows if r["sampler"] == sampler and key in r["values"])
-            color, marker = SAMPLER_STYLE.get(sampler, (None, "o"))
+            color, marker = SAMPLER_STYLES.get(sampler, (None, "o"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, c=color, label=sampler)
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per image (NFE)")
@@ -56,38 +54,23 @@ def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Pat
 
 def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
     """The sampler phase as a unit: rerun when continued (each setting is logged once: step = setting index)."""
-    from orchestration.resources import plan_resources
-
-    tracker: Tracker = sweep.tracker
+    tracker = sweep.tracker
     scale = final["guidance_scale"]
     settings = [(s, n, scale) for s in cfg.sampler_phase_samplers for n in cfg.sampler_phase_steps]
     described = ", ".join(f"{s} x {'T' if n == FULL_CHAIN else n}" for s, n, _ in settings)
-    run_id = tracker.open_run(f"{sweep.parent}/{cfg.model}/samplers", f"{cfg.model}: samplers", sweep.parent,
-                              tags={**tags, f"{TAG_PREFIX}phase": "samplers"},
-                              params={"samplers": cfg.sampler_phase_samplers, "steps": cfg.sampler_phase_steps,
-                                      "samples": cfg.sampler_samples, "guidance_scale": scale,
-                                      "ddpm_variance": cfg.ddpm_variance, "sampling_precision": cfg.sampling_precision,
-                                      "seed": cfg.seed + 3,
-                                      "model_uri": final["model_uri"]})
-    try:
+    params = {"samplers": cfg.sampler_phase_samplers, "steps": cfg.sampler_phase_steps,
+              "samples": cfg.sampler_samples, "guidance_scale": scale, "ddpm_variance": cfg.ddpm_variance,
+              "sampling_precision": cfg.sampling_precision, "seed": cfg.seed + 3, "model_uri": final["model_uri"]}
+    with nested_run(tracker, f"{sweep.parent}/{cfg.model}/samplers", f"{cfg.model}: samplers", sweep.parent,
+                    {**tags, f"{TAG_PREFIX}phase": "samplers"}, params) as run_id:
         print(f"\n== {cfg.model} sampler phase: {described}; {cfg.sampler_samples} samples each ==", flush=True)
-        scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
-                            data_root=sweep.data_root, n=cfg.sampler_samples, seed=cfg.seed + 3, settings=settings,
-                            pool=sweep.pool, ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
-        rows = [r.record() for r in scored]
-        for i, r in enumerate(rows):
-            tracker.log_metrics(run_id, {**r["values"], **r["counts"], "nfe": r["steps"], "seconds": r["seconds"]},
-                                step=i, step_metric="setting_index")
-        tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
+        rows = score_final_model(sweep, cfg, final, run_id, settings, cfg.sampler_samples, cfg.seed + 3,
+                                 "setting_index", lambda row: {"nfe": row["steps"], "seconds": row["seconds"]})
         quality = quality_metric(rows)
         png = plot_samplers(rows, quality, f"{cfg.model}: the final model under each sampler ({cfg.sampler_samples} "
                                            f"samples, guidance {scale:g})",
                             sweep.state.dir(f"{cfg.model}/samplers") / "samplers.png")
         tracker.log_artifact(run_id, png, "samplers")
         tracker.log_json(run_id, rows, "samplers/samplers.json")
-        tracker.finish(run_id, ok=True)
-        print(sampler_table(rows, quality), flush=True)
-        return {"run_id": run_id, "rows": rows, "quality_metric": quality, "png": str(png)}
-    except BaseException as err:
-        tracker.finish(run_id, ok=False, reason=f"{type(err).__name__}: {err}")
-        raise
+    print(sampler_table(rows, quality), flush=True)
+    return {"run_id": run_id, "rows": rows, "quality_metric": quality, "png": str(png)}

@@ -1,4 +1,4 @@
-"""CPU speed against the machine's own limit: `python -m models.bench_cpu`.
+"""CPU speed against the machine's own limit: `python -m models.bench.cpu`.
 
 One run, one U-Net (the cpu-demo DDPM: models' `cpu-16` preset, 1.20M parameters, 16 px), batch 32:
 
@@ -13,7 +13,7 @@ FLOPs: one training step's FLOPs counted by torch.utils.flop_counter.FlopCounter
 measured step time. The gap to the limit is then achieved / peak, both measured here.
 
 Every figure depends on the load: the run prints `os.getloadavg()` at its start and end; compare only rows
-of one run. Measured figures are kept beside the defaults in models.engine (CPU_AUTO_*).
+of one run. Measured figures are in docs/measurements.md; the defaults they chose are models.runtime.CPU_AUTO.
 
 `--study-scale`: the study's models at real size with random weights, each path once at 64x64 on this
 machine (not a test: minutes and >10 GB): one training step and one sampling step of `study-large` and
@@ -32,16 +32,15 @@ import sys
 import time
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from models.bench import random_faces  # noqa: E402
+from data.cli import first_line
+from models.bench import random_faces
 
 
-def _load() -> str:
+def machine_load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
@@ -159,7 +158,7 @@ VARIANTS = (  # name, compile, channels_last, bf16
 )
 
 
-def _median(xs: list[float]) -> float:
+def median_of(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
@@ -168,7 +167,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
     from models.runtime import configure_torch, cpu_supports_bf16
 
     configure_torch(args.threads)
-    print(f"{_load()} at start; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"{machine_load()} at start; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"native bf16: {cpu_supports_bf16()}; preset {args.preset}, batch {args.batch_size}, {args.rounds} "
           f"interleaved rounds of {args.steps} steps per variant (median, min-max); sampling {args.sample_batch} "
           f"images x {args.sample_steps} dpm++ steps, CFG 3", flush=True)
@@ -176,7 +175,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
     conv32, conv16 = conv_peak_gflops(torch.float32), conv_peak_gflops(torch.bfloat16)
     peak32, peak16 = max(mm32, conv32), max(mm16, conv16)
     print(f"measured peak: 2048^3 torch.mm fp32 {mm32:.1f} / bf16 {mm16:.1f} GFLOP/s, 3x3 conv (64x128x32x32) fp32 "
-          f"{conv32:.1f} / bf16 {conv16:.1f} GFLOP/s; the larger of each is the peak below; {_load()}", flush=True)
+          f"{conv32:.1f} / bf16 {conv16:.1f} GFLOP/s; the larger of each is the peak below; {machine_load()}", flush=True)
     bare = BareLoop(args.preset, args.batch_size)
     per_img = bare.flops_per_step() / args.batch_size
     print(f"training FLOPs per image (forward + backward, FlopCounterMode): {per_img / 1e6:.1f} MFLOP", flush=True)
@@ -191,7 +190,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
             print(f"{name:22s} warm-up (compile included) {time.perf_counter() - start:.1f} s", flush=True)
             runners[name] = runner
         except Exception as err:  # a failing option is a finding, not the end of the run
-            print(f"{name:22s} FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            print(f"{name:22s} FAILED: {type(err).__name__}: {first_line(err)[:200]}", flush=True)
     bare.train(2)
     train: dict[str, list[float]] = {k: [] for k in runners}
     sample: dict[str, list[float]] = {k: [] for k in runners if k != "bare loop eager fp32"}
@@ -202,14 +201,14 @@ def bench_cpu(args: argparse.Namespace) -> None:
             sample[name].append(runners[name].sample(args.sample_batch, args.sample_steps))
     for name in runners:
         bf16 = "bf16" in name or "all" in name
-        med = _median(train[name])
+        med = median_of(train[name])
         gflops = med * per_img / 1e9
         peak = peak16 if bf16 else peak32
-        s = (f"  sample {_median(sample[name]):6.1f} img/s ({min(sample[name]):.1f}-{max(sample[name]):.1f})"
+        s = (f"  sample {median_of(sample[name]):6.1f} img/s ({min(sample[name]):.1f}-{max(sample[name]):.1f})"
              if name in sample else "")
         print(f"{name:22s} train {med:7.1f} img/s ({min(train[name]):.1f}-{max(train[name]):.1f})  {gflops:6.1f} "
               f"GFLOP/s = {100 * gflops / peak:5.1f}% of {'bf16' if bf16 else 'fp32'} peak{s}", flush=True)
-    print(f"{_load()} at end", flush=True)
+    print(f"{machine_load()} at end", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def _ddpm_study(preset: str, micro_batch: int) -> None:
                                           batch_size=micro_batch))
     print(f"ddpm {preset:12s} {params:7.2f}M {size}px micro-batch {micro_batch} fp32: train step {train_s:6.1f} s, "
           f"sample step (CFG, {2 * micro_batch} U-Net passes) {sample_s:6.1f} s; fwd {fwd / 1e9:.1f} GFLOP/img, "
-          f"train ~{3 * fwd / 1e9:.1f} GFLOP/img; peak RSS {_peak_rss_mb():.0f} MB; {_load()}", flush=True)
+          f"train ~{3 * fwd / 1e9:.1f} GFLOP/img; peak RSS {_peak_rss_mb():.0f} MB; {machine_load()}", flush=True)
 
 
 def build_sd_study_family(captions: list[str], rank: int = 4):
@@ -304,14 +303,14 @@ def _sd_study(micro_batch: int) -> None:
     print(f"sd-lora SD2.x U-Net {counts['total'] / 1e6:7.2f}M total, {counts['trainable'] / 1e6:.2f}M LoRA, {size}px "
           f"({note}) micro-batch {micro_batch} fp32: train step {train_s:6.1f} s, sample step (CFG) {sample_s:6.1f} s; "
           f"counted {fwd / 1e9:.1f} GFLOP (encoders on the batch + one U-Net pass); peak RSS {_peak_rss_mb():.0f} MB; "
-          f"{_load()}", flush=True)
+          f"{machine_load()}", flush=True)
 
 
 def study_scale(args: argparse.Namespace) -> None:
     from models.runtime import configure_torch
 
     configure_torch(args.threads)
-    print(f"{_load()} at start; {torch.get_num_threads()} threads; random weights; one step of each path", flush=True)
+    print(f"{machine_load()} at start; {torch.get_num_threads()} threads; random weights; one step of each path", flush=True)
     for what in args.paths.split(","):
         try:
             if what == "sd":
@@ -319,13 +318,13 @@ def study_scale(args: argparse.Namespace) -> None:
             else:
                 _ddpm_study(what, args.micro_batch)
         except Exception as err:
-            print(f"{what}: FAILED {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
+            print(f"{what}: FAILED {type(err).__name__}: {first_line(err)[:300]}",
                   flush=True)
             raise
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m models.bench_cpu", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m models.bench.cpu", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="cpu-16", help="DDPM preset")
     p.add_argument("--batch-size", type=int, default=32)

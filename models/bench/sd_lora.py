@@ -1,4 +1,4 @@
-"""Throughput of the SD + LoRA family: `python -m models.bench_sd_lora`.
+"""Throughput of the SD + LoRA family: `python -m models.bench.sd_lora`.
 
 Per LoRA rank: trainable / total parameters, training images/s through the real engine (`fit`: VAE
 encoding + caption encoding + U-Net forward/backward into the adapters, AdamW, EMA), and sampling
@@ -42,7 +42,7 @@ def bench(preset: str, rank: int, steps: int, batch_size: int, sample_batch: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m models.bench_sd_lora", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m models.bench.sd_lora", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu-16", choices=sorted(PRESETS), help="sd-lora preset (default cpu-16)")
     p.add_argument("--pretrained", default=None, help="a base folder or hub id instead of the preset's base")
     p.add_argument("--ranks", default="2,4,8", help="comma-separated LoRA ranks (default 2,4,8)")

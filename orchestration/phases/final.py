@@ -23,14 +23,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from data.catalogue import CHAMPION_ALIAS, TAG_PREFIX, better
 from orchestration.errors import SweepError
 from orchestration.evaluate import Scored, run_remote
 from orchestration.faults import reached
 from orchestration.grid import TrialSpec, trial_label
+from orchestration.phases.tune import make_callback, run_phase, trial_history
 from orchestration.resources import final_worker_resources, plan_resources
-from orchestration.tracking import CHAMPION_ALIAS, TAG_PREFIX, Tracker
+from orchestration.tracking.client import Tracker
 from orchestration.trainable import TrialContext, run_data_parallel, run_trial, samples_png
-from orchestration.tune_phase import make_callback, run_phase
 
 FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final evaluation log once per run
 
@@ -38,9 +39,7 @@ FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final eval
 def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str) -> dict[str, Any]:
     """The final phase as a unit: training (a restored Tune experiment when continuing: a finished training is
     not repeated), one evaluation logged once, one model version however often it is resumed."""
-    from orchestration.config import METRIC_MODES
-
-    mode = METRIC_MODES[metric]
+    mode = better(metric)
     tracker: Tracker = sweep.tracker
     resources = plan_resources(cfg).lone
     # the final run is alone: on a CPU it takes every core of its node (resources["cpu"] threads)
@@ -48,7 +47,7 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
                        epoch_images=cfg.final_epoch_images, lr=cfg.final_lr, pool=sweep.pool,
                        threads=int(resources.get("cpu", 1)) if not resources.get("gpu") else 0, metric=metric)
     label = trial_label(spec, cfg)
-    callback = make_callback(ctx, tracker.uri, sweep.parent, tags, metric, mode, total=1)
+    callback = make_callback(ctx, tracker.uri, sweep.parent, tags, metric, total=1)
     root = sweep.state.dir(cfg.model)
     fn, trial_resources, how = run_trial, resources, ""
     if cfg.final_workers > 1:  # Ray Train (DDP) inside the one trial; the trial itself only coordinates
@@ -96,12 +95,9 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
                          data_root=sweep.data_root)
     reached(f"{cfg.model}/final:registered")
     tracker.log_metrics(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-    history = [{k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "unavailable"}
-               for row in history]
     return {"run_id": run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
             "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
-            "unavailable": scored.unavailable, "counts": scored.counts, "history": history,
+            "unavailable": scored.unavailable, "counts": scored.counts, "history": trial_history(result),
             "confusion": scored.tables.get("est_confusion")}
 
 

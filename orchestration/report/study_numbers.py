@@ -1,7 +1,7 @@
 """The study's published numbers, cited, for the report to print beside this project's.
 
-Source: the 2023 master's thesis this project reproduces (Spanish), `shared/seeds/000_e10f724a4b28bbeb.txt`
-("Cuadro" = table); English digest `shared/spec/thesis-digest.md` (the source wins where they differ).
+Source: the 2023 master's thesis this project reproduces (Spanish; "Cuadro" = table). Its text is not in this
+repository: the report tests check these numbers against it where a copy lies beside the checkout.
 Units are the ones this project logs: estimator accuracy as a fraction (0.864 = 86.40 %), MTCNN as a
 percent (99.97), FID and CLIP score as printed. The study reports the plain estimator accuracy only;
 `est_acc_balanced`, `fd_estimator` and `val_loss` are this project's, so they have no study value.

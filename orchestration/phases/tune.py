@@ -17,12 +17,8 @@ from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestration.tracking import MlflowTrialCallback
+from orchestration.tracking.callback import MlflowTrialCallback
 from orchestration.trainable import TrialContext, run_trial, trial_params
-
-
-def _callback_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[str, Any]]:
-    return trial_params(config, ctx)
 
 
 def run_phase(
@@ -83,11 +79,17 @@ def run_phase(
 
 
 def make_callback(ctx: TrialContext, tracking_uri: str, parent_run_id: str, tags: dict[str, str], metric: str,
-                  mode: str, total: int | None = None) -> MlflowTrialCallback:
+                  total: int | None = None) -> MlflowTrialCallback:
     """The driver-side MLflow writer for this phase (its params function must not carry actor handles)."""
     plain = dataclasses.replace(ctx, pool=None)
     return MlflowTrialCallback(
         uri=tracking_uri, experiment=ctx.sweep.experiment_name, parent_run_id=parent_run_id, phase=ctx.phase,
-        tags=tags, trial_params=functools.partial(_callback_params, ctx=plain), select_metric=metric,
-        select_mode=mode, policy=ctx.sweep.checkpoint_artifacts, limit_mb=ctx.sweep.artifact_limit_mb, total=total,
+        tags=tags, trial_params=functools.partial(trial_params, ctx=plain), select_metric=metric,
+        policy=ctx.sweep.checkpoint_artifacts, limit_mb=ctx.sweep.artifact_limit_mb, total=total,
     )
+
+
+def trial_history(result: tune.Result) -> list[dict[str, Any]]:
+    """A trial's reports, one row per epoch, with their plain values (what the summary and sweep.json keep)."""
+    rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    return [{k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "unavailable"} for row in rows]

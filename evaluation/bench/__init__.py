@@ -8,7 +8,6 @@ budget its per-epoch evaluation. Uses an estimator directory, or trains/caches t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -33,7 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         device = str(eval_device(args.device))  # a bad --device fails before any data is built or trained
         if args.threads:
@@ -70,6 +68,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"compute: {1000 * (time.perf_counter() - wall):.0f} ms; values: "
           + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.values.items()) if not k.startswith("est_acc_")))
 
-
-if __name__ == "__main__":
-    main()

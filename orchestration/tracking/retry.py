@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any
 
+from data.cli import first_line
 from orchestration.errors import SweepError
 
 OUTAGE_ENV = "CONDFACE_MLFLOW_OUTAGE_S"
@@ -107,8 +108,7 @@ class RetryingClient:
 
 
 def _line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:200]
+    return first_line(err)[:200]
 
 
 __all__ = ["RetryingClient", "unreachable", "OUTAGE_ENV"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import sys
 import time
@@ -27,8 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Dense bf16 peak (no sparsity) by device-name substring, for the % of peak column.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2, "RTX 4080": 97.5}
@@ -226,6 +223,3 @@ def main(argv: list[str] | None = None) -> None:
 
         atomic_write_text(args.json, json.dumps({"jobs": [asdict(j) for j in jobs], "rows": rows}, indent=2))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""What does a training or sampling setting do to the demo's final model? `python -m evaluation.ablation`.
+"""What does a training or sampling setting do to the demo's final model? `python -m evaluation.bench.ablation`.
 
 Trains the embedded default's final configuration (cpu-16 DDPM = the demo's "large" channel set, T 1000, no
 Min-SNR, grad_accum 1, batch 32, lr 2e-3, EMA 0.999 on the 16 px synthetic faces) once per variant and seed,
@@ -7,8 +7,8 @@ validation conditions, DPM-Solver++ 20 steps at guidance 4, the cached `small` a
 class-balanced accuracy (est_acc_balanced). A variant changes any `models.engine.TrainConfig` field, any field
 of the DDPM family's config, or the sampling (`guidance`, `sampler`, `steps`):
 
-    python -m evaluation.ablation --variant fp32 mixed_precision=no --variant bf16 mixed_precision=bf16
-    python -m evaluation.ablation --variant base --variant snr5 min_snr_gamma=5 --variant b16 batch_size=16 \\
+    python -m evaluation.bench.ablation --variant fp32 mixed_precision=no --variant bf16 mixed_precision=bf16
+    python -m evaluation.bench.ablation --variant base --variant snr5 min_snr_gamma=5 --variant b16 batch_size=16 \\
         --seeds 0,1 --epochs 3 --epoch-images 16384 --samples 300 --jobs 2
 
 Prints a line per run (with the load average) and, per variant, the mean over seeds, the spread between seeds
@@ -25,8 +25,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The demo's final configuration (orchestration.config.CPU_DEMO after its grid picked ga1-T1000-snroff-large).
 BASE_TRAIN = {"batch_size": 32, "lr": 2e-3, "ema_decay": 0.999, "val_samples": 256}
@@ -165,7 +163,7 @@ def summarize(rows: list[dict], order: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.ablation", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m evaluation.bench.ablation", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--variant", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
                    help="a named variant of the base configuration (repeat; default: base)")

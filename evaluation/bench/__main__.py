@@ -1,0 +1,5 @@
+"""How long scoring takes: `python -m evaluation.bench`."""
+
+from evaluation.bench import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m orchestration.report`: see orchestration.report."""
+
+from orchestration.report.cli import main
+
+main()
