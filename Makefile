@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m orchestration.sweep --model ddpm
 
-# the whole suite (what CI runs, via .ci/run)
+# the whole suite (what CI runs, via .ci/run), on two workers: tests/conftest.py groups what must share one
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # the edit loop, under 3 minutes: no sweep, Ray, worker process, cluster or browser (the tests marked slow)
 test-fast: setup

@@ -24,12 +24,18 @@ os.environ["RAY_ADDRESS"] = "local"
 SLOW_FIXTURES = {"two_family_sweep"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test on the shared sweep is slow like the sweep; so are cluster and browser tests."""
+    """A test on the shared sweep is slow like the sweep; so are cluster and browser tests.
+
+    `make test` runs on two pytest-xdist workers with --dist loadgroup: the tests of one module stay on one worker
+    (module fixtures such as the cluster are built once), and every test on the shared sweep joins one group, so
+    the sweep runs once per session."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("cluster") \
-                or item.get_closest_marker("browser"):
+        shared = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if shared or item.get_closest_marker("cluster") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group("two-family-sweep" if shared else item.module.__name__))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,10 +48,13 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def home(tmp_path_factory):
+def home(tmp_path_factory, worker_id):
     """The session's CONDFACE_HOME (toy data, estimators, tiny bases), set for every test and every process the
-    tests start. A test that needs an empty home sets its own with monkeypatch."""
-    path = tmp_path_factory.mktemp("condface-home")
+    tests start; shared by the xdist workers of one run (each cache is built once, under its file lock). A test
+    that needs an empty home sets its own with monkeypatch."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if worker_id != "master" else base) / "condface-home"
+    path.mkdir(exist_ok=True)
     old = os.environ.get("CONDFACE_HOME")
     os.environ["CONDFACE_HOME"] = str(path)
     yield path
