@@ -28,9 +28,10 @@ SLOW_FIXTURES = {"two_family_sweep"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the shared sweep is slow like the sweep; so are cluster and browser tests.
 
-    `make test` runs on two pytest-xdist workers with --dist loadgroup: the tests of one module stay on one worker
-    (module fixtures such as the cluster are built once), and every test on the shared sweep joins one group, so
-    the sweep runs once per session."""
+    `make test` runs on two pytest-xdist workers with --dist loadgroup, and the groups asked for here would keep a
+    module's tests on one worker and the shared sweep's tests together. They do not take effect yet (the sweep and
+    the cluster fixture are still set up once per worker; docs/measurements.md, the test suite): the next thing to
+    fix for the suite's time."""
     for item in items:
         shared = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
         if shared or item.get_closest_marker("cluster") or item.get_closest_marker("browser"):
