@@ -172,7 +172,7 @@ def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any
 def summary(sweep, families: dict[str, dict], real: dict) -> str:
     """Table 3.1 (every reference row) and Table 4.4 (the final models beside the reference rows)."""
     from orchestration.report.tables import reference_label
-    from orchestration.summary import cfg_table, final_table
+    from orchestration.summary import cfg_table, final_table, sampler_table
 
     cfg = sweep.cfg
     blocks = []
@@ -203,8 +203,6 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
             blocks.append(f"{f} CFG sweep ({cfg.cfg_samples} samples per scale; * = on the Pareto front; plot "
                           f"{c['png']}):\n" + cfg_table(c["rows"], c["quality_metric"], c["front"]))
         if r.get("samplers"):
-            from orchestration.phases.samplers import sampler_table
-
             blocks.append(f"{f} samplers ({cfg.sampler_samples} samples each; plot {r['samplers']['png']}):\n"
                           + sampler_table(r["samplers"]["rows"], r["samplers"]["quality_metric"]))
     return "\n\n".join(blocks)

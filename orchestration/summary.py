@@ -36,6 +36,12 @@ def cfg_table(rows: list[dict[str, Any]], quality: str, front: list[float]) -> s
     return tables.cfg_table("cfg", "", rows, quality, front, unavailable).text()
 
 
+def sampler_table(rows: list[dict[str, Any]], quality: str) -> str:
+    """rows: the sampler phase's `Scored.record()` dicts, one per (sampler, steps)."""
+    unavailable = rows[0].get("unavailable") or {} if rows else {}
+    return tables.sampler_table("samplers", "", rows, quality, unavailable).text()
+
+
 def where_to_look(ui_command: str, experiment: str, parent_run_id: str, storage: str, dashboard_url: str | None,
                   models: dict[str, str], local_ray: bool) -> str:
     lines = [

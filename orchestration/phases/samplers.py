@@ -15,18 +15,7 @@ from data.catalogue import SAMPLER_STYLES, TAG_PREFIX
 from orchestration.config import FULL_CHAIN, SweepConfig
 from orchestration.phases.guidance import ACCURACY, BALANCED, quality_metric, save_figure, score_final_model
 from orchestration.phases.nested import nested_run
-
-
-def sampler_table(rows: list[dict], quality: str) -> str:
-    lines = [f"{'sampler':>8}  {'steps':>6}  {'NFE':>6}  {quality:>14}  {'est_acc':>8}  {'balanced':>8}  {'seconds':>8}"]
-    for r in rows:
-        v = r["values"]
-        q = f"{v[quality]:.3f}" if quality in v else "-"
-        acc = f"{v[ACCURACY]:.2%}" if ACCURACY in v else "-"
-        bal = f"{v[BALANCED]:.2%}" if BALANCED in v else "-"
-        lines.append(f"{r['sampler']:>8}  {r['steps']:>6}  {r['steps']:>6}  {q:>14}  {acc:>8}  {bal:>8}  "
-                     f"{r['seconds']:>8.1f}")
-    return "\n".join(lines)
+from orchestration.summary import sampler_table
 
 
 def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Path:
