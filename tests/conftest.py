@@ -22,21 +22,22 @@ os.environ["RAY_ADDRESS"] = "local"
 
 
 SLOW_FIXTURES = {"two_family_sweep"}
+SHARED_GROUP = "two-family-sweep"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the shared sweep is slow like the sweep; so are cluster and browser tests.
 
-    `make test` runs on two pytest-xdist workers with --dist loadgroup, and the groups asked for here would keep a
-    module's tests on one worker and the shared sweep's tests together. They do not take effect yet (the sweep and
-    the cluster fixture are still set up once per worker; docs/measurements.md, the test suite): the next thing to
-    fix for the suite's time."""
+    `make test` runs on two pytest-xdist workers with --dist loadgroup: a module's tests stay on one worker (its
+    module fixtures are built once) and every test of the shared sweep on one worker (the sweep runs once). That
+    group is the longest, so it goes first: the other worker takes the rest meanwhile."""
     for item in items:
         shared = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
         if shared or item.get_closest_marker("cluster") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
-        item.add_marker(pytest.mark.xdist_group("two-family-sweep" if shared else item.module.__name__))
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if shared else item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SHARED_GROUP)
 
 
 @pytest.fixture(scope="session", autouse=True)
