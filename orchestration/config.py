@@ -3,7 +3,14 @@
 `study` -- the study's protocol, for a GPU cluster (section numbers are the study's text; its published values are
 in orchestration/report/study_numbers.py)
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
-    5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1 (§3.6, §4).
+    5 epochs per trial over the whole training split, batch 32, initial lr 1e-4, p_uncond 0.1 (§3.5, §4).
+    * This project's choices where the study states none (the report's protocol section names them too):
+      AdamW with weight decay 0 (the study names no optimizer), an EMA of the weights (decay 0.9999) that
+      sampling uses, gradient clipping at norm 1, a constant lr (`lr_schedule`; the study's "tasa de
+      aprendizaje inicial" implies a schedule it does not name; cosine with warm-up is the alternative),
+      guidance 3 for the per-epoch and final samples (`guidance_scale`), CFG scales 1,2,3,4,5,7 swept
+      (`cfg_scales`; the study plots scales without listing them), and the DDPM sampler's variance
+      (`ddpm_variance`, fixed_large) used for SD's samples too.
     * Selection (§4.1, §4.2): the study retrained, for each family, the configuration with the best
       *attribute-estimator accuracy* of its grid -- DDPM "GA: No, T: 10^3, Min-SNR: No, [256,512,768,768]"
       (Table 4.1's estimator row; its FID row is T = 1e4) and SD+LoRA "GA: No, T: 10^3, Min-SNR: 5, r: 4"
@@ -79,6 +86,7 @@ FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's 
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _models(text: str) -> str:
@@ -147,7 +155,14 @@ class SweepConfig:
     lr: float = setting(1e-4, "learning rate of every grid trial (Optuna samples lr from the preset's lr_range "
                               "instead)", above=0)
     final_lr: float | None = None  # None: the selected trial's lr
+    lr_schedule: str = setting("constant", "learning-rate schedule: constant (study preset: the study gives only "
+                                           "'an initial lr of 1e-4', §3.5) or cosine after a linear warm-up (diffusers' "
+                                           "training examples)", choices=LR_SCHEDULES)
+    lr_warmup_steps: int | None = setting(None, "cosine's warm-up in optimizer steps (default: 500, at most a tenth "
+                                                "of each run)", minimum=0)
     p_uncond: float = 0.1
+    # this project's choices where the study states none (the report's protocol section lists them): AdamW with
+    # weight decay 0 (models.engine.TrainConfig), EMA of the weights, gradient clipping at norm 1
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
     val_samples: int = setting(256, minimum=0)  # held-out denoising loss on this many fixed validation items

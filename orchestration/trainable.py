@@ -67,6 +67,7 @@ def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
 
     return TrainConfig(
         epochs=epochs, batch_size=cfg.batch_size, grad_accum=spec.grad_accum, lr=spec.lr,
+        lr_scheduler=cfg.lr_schedule, lr_warmup_steps=cfg.lr_warmup_steps,
         min_snr_gamma=spec.min_snr_gamma, p_uncond=spec.p_uncond, ema_decay=cfg.ema_decay,
         grad_clip=cfg.grad_clip, seed=cfg.seed, val_samples=cfg.val_samples, mixed_precision=cfg.mixed_precision,
         compile=cfg.compile, progress=False,
