@@ -302,7 +302,7 @@ def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeyp
 
     def fake(cfg, data_root, eval_config, resources, rows):
         calls.append((cfg.sampler, cfg.pretrained))
-        return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}
+        return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}, {}
 
     monkeypatch.setattr(references, "compute_references", fake)
     monkeypatch.setattr(references, "plan_resources", lambda cfg: SimpleNamespace(lone={"cpu": 1.0}))
