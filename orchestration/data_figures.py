@@ -56,8 +56,8 @@ def _tiles(images: list[np.ndarray], titles: list[str], cols: int, row_labels: l
            title_size: float = 7.0) -> Path:
     plt = _pyplot()
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols + (1.2 if row_labels else 0), (1.95 if any(titles) else 1.5) * rows), dpi=110,
-                             squeeze=False)
+    size = (1.45 * cols + (1.2 if row_labels else 0), (1.95 if any(titles) else 1.5) * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, dpi=110, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
