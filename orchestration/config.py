@@ -208,6 +208,9 @@ class SweepConfig:
                                                    minimum=0, parse=items(_steps, "step counts like 10,20,50,T"))
     sampler_phase_samples: int | None = setting(None, "samples per sampler setting (default: --final-samples)",
                                                 minimum=1)
+    superres: str | None = setting(None, "DeepFloyd IF stage II (DeepFloyd/IF-II-M-v1.0 in the local Hugging Face "
+                                         "cache, or a folder) to upscale 8 final samples to 256 px, the study's "
+                                         "Figure 4.10 (default: none)")
 
     # --- resources -------------------------------------------------------------------------------
     address: str | None = setting(None, "attach to a running Ray cluster (host:port, ray://host:port or auto); "

@@ -146,7 +146,7 @@ class Sweep:
 
 
 def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any]:
-    """One family's phases in order: reference -> grid -> final -> cfg [-> samplers]."""
+    """One family's phases in order: reference -> grid -> final -> cfg [-> samplers] [-> superres]."""
     from orchestration.phases.grid import grid_phase
     from orchestration.phases.references import family_reference
 
@@ -166,6 +166,10 @@ def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any
             from orchestration.phases.samplers import run_sampler_phase
 
             out["samplers"] = sweep.phase(f"{family}/samplers", run_sampler_phase, sweep, cfg, out["final"], tags)
+        if cfg.superres:
+            from orchestration.phases.superres import run_superres
+
+            out["superres"] = sweep.phase(f"{family}/superres", run_superres, sweep, cfg, out["final"], tags)
     return out
 
 
