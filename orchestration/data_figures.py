@@ -92,15 +92,13 @@ def augment_policies(trained_with: str, axis: tuple[str, ...]) -> list[str]:
     return [p for p in dict.fromkeys((trained_with, *axis, "study")) if p != "none"]
 
 
-def write_augmentation_figure(data_root: str, trained_with: str, axis: tuple[str, ...], seed: int,
-                              out: Path) -> Path:
-    """Figure 3.3: the first training images, then AUGMENT_DRAWS draws of each policy as the data loader makes
-    them (FaceDataset with that policy, reseeded per epoch as in training), into `out`/augmentation.png."""
+def augmentation_draws(data_root: str, policies: list[str], seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """The first AUGMENT_IMAGES training images, then AUGMENT_DRAWS draws of each policy as the data loader makes
+    them (FaceDataset with that policy, reseeded per epoch as in a run seeded with `seed`): (images, row labels)."""
     import torch
 
     from data.dataset import FaceDataset, to_uint8
 
-    policies = augment_policies(trained_with, axis)
     originals = FaceDataset(data_root, "train", augment="none", limit=AUGMENT_IMAGES)
     images = [to_uint8(originals[i]["image"]) for i in range(len(originals))]
     labels = ["original"]
@@ -109,11 +107,18 @@ def write_augmentation_figure(data_root: str, trained_with: str, axis: tuple[str
         for policy in policies:
             dataset = FaceDataset(data_root, "train", augment=policy, limit=AUGMENT_IMAGES)
             for draw in range(AUGMENT_DRAWS):
-                dataset.set_epoch(draw)  # what epoch `draw` of a run seeded with `seed` sees
+                dataset.set_epoch(draw)  # what epoch `draw` of the run sees
                 images += [to_uint8(dataset[i]["image"]) for i in range(len(dataset))]
                 labels.append(f"{policy}, draw {draw + 1}")
-    cols = len(originals)
-    images += [np.full_like(images[0], 255)] * (cols * len(labels) - len(images))
+    return images, labels
+
+
+def write_augmentation_figure(data_root: str, trained_with: str, axis: tuple[str, ...], seed: int,
+                              out: Path) -> Path:
+    """Figure 3.3 into `out`/augmentation.png (and what its rows are into augmentation.json)."""
+    policies = augment_policies(trained_with, axis)
+    images, labels = augmentation_draws(data_root, policies, seed)
+    cols = len(images) // len(labels)
     (out / "augmentation.json").write_text(json.dumps({"rows": labels, "policies": policies,
                                                        "trained_with": trained_with}))
     return _tiles(images, [""] * len(images), cols, labels, out / "augmentation.png")
@@ -134,5 +139,5 @@ def log_data_figures(tracker, run_id: str, data_root: str, augment: str, axis: t
         tracker.log_artifact(run_id, out, REAL_DIR)
 
 
-__all__ = ["log_data_figures", "write_dataset_figure", "write_augmentation_figure", "showcase_rows",
-           "augment_policies"]
+__all__ = ["log_data_figures", "write_dataset_figure", "write_augmentation_figure", "augmentation_draws",
+           "showcase_rows", "augment_policies"]
