@@ -146,6 +146,11 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         f"training: mixed precision {cfg.mixed_precision}"
         f"{' (bf16 on GPUs, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
         f"torch.compile {'on' if cfg.compile else 'off'}",
+        f"optimizer: AdamW, lr {cfg.lr:g} {cfg.lr_schedule}"
+        + ("" if cfg.lr_schedule == "constant" else
+           f" after {cfg.lr_warmup_steps if cfg.lr_warmup_steps is not None else 'min(500, a tenth of the run)'} "
+           "warm-up steps") + f", EMA {cfg.ema_decay:g}, gradient clipping {cfg.grad_clip:g} (this project's choices "
+        "where the study states none)",
     ]
     if cfg.sampler_phase:
         lines.append(f"sampler phase: {', '.join(cfg.sampler_phase_samplers)} x steps "
