@@ -125,6 +125,60 @@ def test_superres_loader_says_why_it_cannot_run(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(SuperResUnavailable, match=f"folder {tmp_path}"):
         load_superres(str(tmp_path))
+    from orchestration.phases.superres import _superres  # the phase records the reason, before any sampling
+
+    assert _superres("ddpm", str(tmp_path / "no-pipeline"), str(tmp_path), 0, 3.0, "dpm++", 4, "fixed_small", "no",
+                     str(tmp_path), threads=1) == (None, None, load_reason(tmp_path))
+
+
+def load_reason(folder) -> str:
+    from models.superres import SuperResUnavailable, load_superres
+
+    try:
+        load_superres(str(folder))
+    except SuperResUnavailable as err:
+        return str(err)
+    return ""
+
+
+def _tiny_if_stage_ii(folder, captions):
+    """A DeepFloyd IF stage II folder of the real layout (model_index.json, T5 tokenizer and encoder, a 6-channel
+    U-Net with noise-level class embeddings, two DDPM schedulers), tiny and untrained, built offline."""
+    from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    raw = Tokenizer(models.Unigram())
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.train_from_iterator(captions, trainers.UnigramTrainer(special_tokens=["<pad>", "</s>", "<unk>"],
+                                                              unk_token="<unk>", vocab_size=64))
+    tokenizer = T5TokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                extra_ids=0)
+    encoder = T5EncoderModel(T5Config(vocab_size=raw.get_vocab_size(), d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                      num_heads=4))
+    unet = UNet2DConditionModel(sample_size=32, in_channels=6, out_channels=6, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8, class_embed_type="timestep")
+    pipe = IFSuperResolutionPipeline(tokenizer=tokenizer, text_encoder=encoder, unet=unet,
+                                     scheduler=DDPMScheduler(variance_type="learned_range"),
+                                     image_noising_scheduler=DDPMScheduler(), safety_checker=None,
+                                     feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_superres_upscales_with_a_folder_of_the_real_layout(tmp_path):
+    """The real loading path (IFSuperResolutionPipeline.from_pretrained, local files only) on a tiny untrained
+    folder of IF stage II's layout: each image upscaled to the U-Net's sample size with its caption, seeded."""
+    from models.superres import load_superres, upscale
+
+    captions = ["a woman with bangs", "a smiling man with a beard"]
+    pipe = load_superres(str(_tiny_if_stage_ii(tmp_path / "if-ii", captions)))
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    out = upscale(pipe, images, captions, seed=0, steps=2)
+    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, upscale(pipe, images, captions, seed=0, steps=2))
 
 
 def test_protocol_names_this_projects_choices(record):
