@@ -32,7 +32,7 @@ def load_superres(id_or_path: str):
         pipe = IFSuperResolutionPipeline.from_pretrained(source, safety_checker=None, feature_extractor=None,
                                                          watermarker=None, requires_safety_checker=False,
                                                          local_files_only=True)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- absent, partial or foreign folders fail in many ways: each is a reason
         where = f"folder {local}" if local.exists() else f"{id_or_path!r} is not a folder here nor in the local " \
                                                          "Hugging Face cache (offline: nothing is downloaded)"
         raise SuperResUnavailable(f"IF stage II weights not loadable from {where}: "
