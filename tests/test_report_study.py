@@ -199,11 +199,13 @@ def test_protocol_names_this_projects_choices(record):
 
 def test_the_sources_contradiction_and_sample_counts_are_shown(record, tmp_path):
     from orchestration.report import study_numbers as study
-    from orchestration.report.build import build
+    from orchestration.report.build import build, references_section
+    from orchestration.report.tables import Column
 
+    table_3_1 = references_section([Column("ground truth", {"fd_estimator": 0.0}, samples=8.0)])[0][1]
+    assert "100 samples each" not in " ".join(table_3_1.notes)
+    assert "gives no sample count for these rows" in " ".join(table_3_1.notes)
     report = build(record)
-    text = "\n".join(t.markdown() for t in report.tables)
-    assert "100 samples each" not in text and "gives no sample count for these rows" in text
     table_4_4 = next(t for t in report.tables if t.key == "4.4")
     assert study.DDPM_FINAL_ACC_NOTE in table_4_4.notes
     assert "84.8 %" in study.DDPM_FINAL_ACC_NOTE and "86.40 %" in study.DDPM_FINAL_ACC_NOTE
