@@ -43,8 +43,8 @@ from models.family import DiffusionFamily
 from models.schedulers import make_scheduler, training_scheduler
 from models.sd_lora import NANO_ID
 from models.text_condition import UNCONDITIONAL, caption_embeddings, dropped_captions
+from models.tiny_base import BASE_INFO_FILE, ensure_tiny_base
 from models.tiny_base import PRESETS as TINY
-from models.tiny_base import ensure_tiny_base
 
 PIXEL_TEXT_INFO_FILE = "condface_pixel_text.json"  # the config, beside the saved pipeline (marks the folder)
 REAL_TEXT_ENCODER_HINT = (
@@ -112,6 +112,8 @@ def text_encoder_summary(config: PixelTextConfig) -> str:
     if config.pretrained is None:
         return (f"the CLIP text encoder of the tiny offline SD base '{config.tiny_base}' (models.tiny_base: trained "
                 "here on the synthetic captions, cached), not Stable Diffusion's")
+    if (Path(config.pretrained) / BASE_INFO_FILE).is_file():  # a tiny base passed by its folder
+        return f"the CLIP text encoder of the tiny offline SD base at {config.pretrained}, not Stable Diffusion's"
     return f"the CLIP text encoder of {config.pretrained} (a Stable Diffusion base), frozen"
 
 
@@ -184,7 +186,7 @@ class PixelTextFamily(DiffusionFamily):
             counts = self.parameter_counts()
             print(f"pixel-text: U-Net {counts['unet'] / 1e6:.2f}M params (all train), text encoder: "
                   f"{text_encoder_summary(config)}", flush=True)
-            if config.pretrained is None:
+            if "tiny offline" in text_encoder_summary(config):
                 print(f"pixel-text: {REAL_TEXT_ENCODER_HINT}", flush=True)
 
     def to(self, device: str | torch.device) -> PixelTextFamily:
