@@ -1,6 +1,6 @@
 """Trained models in MLflow's own formats, and one loader for every form a trained model takes.
 
-**The pyfunc model (`CondfaceModel`)**, for both families: an `mlflow.pyfunc` model whose artifacts are
+**The pyfunc model (`CondfaceModel`)**, for every family: an `mlflow.pyfunc` model whose artifacts are
 the family's `save_pretrained` folder (`pipeline`), a small JSON (`condface`: family, sampling defaults,
 the training data's attribute-level frequencies) and, for an sd-lora on the tiny offline base, that
 base's folder (`base`). `code_paths` ships this project's `models` and `data` packages with it, so the

@@ -21,6 +21,12 @@ a caption to the empty caption, whose embedding is the sampler's unconditional i
 Noise schedule: the attribute DDPM's (`models.schedulers.training_scheduler`: the study's linear betas for every T,
 `beta_rescale` the alternative). `save_pretrained` writes a whole `PixelTextPipeline` (U-Net, text encoder,
 tokenizer, training scheduler) plus `condface_pixel_text.json` (this config), so the folder needs no base to load.
+
+Presets (U-Net parameters counted with `python -m models.pixel_text`; the sweep replaces channels and size):
+  study     64px  (256, 512, 768, 768)  2 ResNets/level, cross-attention at every level   444.48M (SD 2.x's encoder)
+  cpu-16    16px  (32, 64, 64)          1 ResNet/level, cross-attention at the lowest level  1.51M (tiny base's)
+The transformer blocks (self- and cross-attention, feed-forward) make it heavier than the attribute DDPM at the
+same channels (284.94M / 1.20M).
 """
 
 from __future__ import annotations

@@ -159,8 +159,7 @@ def trial_table(cfg: SweepConfig) -> str:
     """Every trial the sweep will run (each family's, for a joint sweep) and its protocol lines."""
     if cfg.joint:
         tables = [_family_table(cfg.for_family(f)) for f in cfg.families]
-        head = (f"{len(cfg.families)} families in one sweep: {num_trials(cfg)} trials "
-                f"({' + '.join(cfg.families)})")
+        head = f"one sweep of {len(cfg.families)} families: {num_trials(cfg)} trials ({' + '.join(cfg.families)})"
         return "\n\n".join([head, *tables, "\n".join(protocol_lines(cfg))])
     return _family_table(cfg) + "\n" + "\n".join(protocol_lines(cfg))
 

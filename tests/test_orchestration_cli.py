@@ -66,10 +66,12 @@ def test_dry_run_optuna_describes_the_space(tmp_path):
 
 
 def test_bad_model_from_the_real_command_line(tmp_path):
+    from data.catalogue import FAMILIES
+
     out = sweep_command("--model", "gan", cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
-        "error: argument --model: expected a comma-separated list of ddpm, sd-lora, got 'gan' (see --help)"
+        f"error: argument --model: expected a comma-separated list of {', '.join(FAMILIES)}, got 'gan' (see --help)"
     ]
 
 
