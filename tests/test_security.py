@@ -177,3 +177,25 @@ def test_ci_stops_when_a_tool_cannot_be_installed(tmp_path):
         assert run.returncode == 1 and "went-on" not in run.stdout, run
         assert f"ci: {package} could not be installed" in run.stderr
     assert re.search(r"^export CI=true$", script, re.M)  # so tests.tools.require fails instead of skipping
+
+
+def test_the_local_runtime_token_is_private(tmp_path, monkeypatch, capsys):
+    """The sweep's local Ray runtime: its token file is made mode 600 before Ray would write it with the umask; an
+    existing one others can read is named with the fix; a token the user configured is left alone."""
+    from orchestration.ray_token import private_local_token
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    old = os.umask(0o022)
+    try:
+        path = private_local_token(tmp_path)
+    finally:
+        os.umask(old)
+    assert path == tmp_path / ".ray" / "auth_token" and mode(path) == 0o600 and mode(path.parent) == 0o700
+    assert re.fullmatch(r"[0-9a-f]{64}", path.read_text())
+    token = path.read_text()
+    path.chmod(0o644)
+    assert private_local_token(tmp_path) == path and path.read_text() == token  # never replaced
+    assert f"readable by other users (mode 644): chmod 600 {path}" in capsys.readouterr().out
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "mine"))
+    assert private_local_token(tmp_path / "elsewhere") is None and not (tmp_path / "elsewhere").exists()
