@@ -104,7 +104,7 @@ def mlflow_login(state: dict[str, Any]) -> tuple[str, str] | None:
     path = state["mlflow"].get("credentials")
     if not path:
         return None
-    section = configparser.ConfigParser()
+    section = configparser.ConfigParser(interpolation=None)
     section.read(path)
     return section["mlflow"]["mlflow_tracking_username"], section["mlflow"]["mlflow_tracking_password"]
 

@@ -35,7 +35,7 @@ def read_credentials_file(path: str | Path) -> tuple[str, str]:
         raise SweepError(f"{CREDENTIALS_FILE_ENV}={path}: cannot read it ({err.strerror or err}): {fix}") from None
     if mode & 0o077:
         raise SweepError(f"{CREDENTIALS_FILE_ENV}={path} is readable by others (mode {mode:o}): chmod 600 {path}")
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)  # a password may hold %
     try:
         parser.read(path)
         section = parser["mlflow"]
