@@ -1,7 +1,9 @@
 """The sweep on a real cluster on this machine (infra/local_cluster.py): a Ray head + one more Ray node started
 with `ray start`, PostgreSQL, an MLflow server on it with basic-auth, a shared storage path.
 
-The record is read back the way any client would: through the tracking server's REST API. Skipped only where
+The record is read back the way any client would: through the tracking server's REST API. The cluster's secrets
+(Ray token, PostgreSQL and MLflow passwords) are looked for where they must never be: every command line (`ps`),
+the state file, the logs, a Ray job's stored runtime_env, the MLflow record, the sweep's directory, the output. Skipped only where
 PostgreSQL is not installed, and failed instead in CI (.ci/run installs it: apt-get install -y postgresql).
 """
 
