@@ -68,7 +68,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE
+from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE, redact_uri
 from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
@@ -236,7 +236,8 @@ class SweepConfig:
 
     # --- tracking & storage ----------------------------------------------------------------------
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded "
-                                             "store here)")
+                                             "store here); a server's credentials: MLFLOW_TRACKING_USERNAME/_PASSWORD "
+                                             "or a mode-600 file named by CONDFACE_MLFLOW_CREDENTIALS, not the URI")
     experiment: str | None = setting(None, "MLflow experiment and Ray run name (default condface-<model>-<preset>)")
     storage_path: str = setting("ray_results", "where Ray Tune keeps trial results and checkpoints (a shared "
                                                "filesystem on clusters)")
@@ -309,8 +310,8 @@ class SweepConfig:
         return f"{self.experiment_name}-{self.search}"
 
     def params(self) -> dict[str, str]:
-        """Flat name -> string of every field, as MLflow params."""
-        return {f.name: _fmt(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Flat name -> string of every field, as MLflow params (a password in a URI shown as ***)."""
+        return {f.name: redact_uri(_fmt(getattr(self, f.name))) for f in dataclasses.fields(self)}
 
     def validate(self) -> SweepConfig:
         """Raise SweepError (one line, with the fix) for values that cannot work; return self."""

@@ -54,6 +54,9 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine
+        from orchestration.ray_token import private_local_token
+
+        private_local_token()  # before Ray writes the token with the process's umask
         ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
     if threading.current_thread() is threading.main_thread():
         # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
