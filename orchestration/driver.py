@@ -34,6 +34,8 @@ from orchestration.tracking.client import Tracker
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
                   "eval_actors", "cpus_per_trial", "final_workers")
+# Runtime settings that pick the training code: the sweep's own value unless the command names one
+TRAINING_PATH_FIELDS = ("final_workers",)
 
 
 def _terminate(signum, frame):
@@ -70,7 +72,8 @@ def _family_tags(cfg: SweepConfig) -> dict[str, str]:
 def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str]) -> tuple[SweepConfig, SweepState]:
     """The stored sweep's config with this command's runtime settings; says which other flags it ignores."""
     state = SweepState.find(cfg, resume_from)
-    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None}
+    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None
+            and (k in explicit or k not in TRAINING_PATH_FIELDS)}
     ignored = sorted(k for k in explicit - set(RUNTIME_FIELDS)
                      if k in {f.name for f in dataclasses.fields(SweepConfig)} | {"preset"}
                      and getattr(cfg, k, None) != getattr(state.config, k, None))
@@ -78,7 +81,13 @@ def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str])
         print("--resume keeps the sweep's own settings; ignored: " + ", ".join(
             f"--{k.replace('_', '-')} {getattr(cfg, k)} (the sweep has {getattr(state.config, k)})" for k in ignored),
             flush=True)
-    return dataclasses.replace(state.config, **keep), state
+    for k in TRAINING_PATH_FIELDS:
+        if k not in explicit and getattr(cfg, k) != getattr(state.config, k):
+            print(f"--resume keeps --{k.replace('_', '-')} {getattr(state.config, k)}: the sweep's own (name the "
+                  "flag to change it)", flush=True)
+    merged = dataclasses.replace(state.config, **keep)
+    state.keep_training_path(merged)
+    return merged, state
 
 
 def check_data(cfg: SweepConfig) -> str:

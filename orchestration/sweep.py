@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from data.catalogue import default_tracking_uri
@@ -87,15 +86,16 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def check_storage(path: str) -> None:
-    """A local (or mounted shared) directory. Remote URIs are refused: the driver reads trial PNGs, checkpoints
-    and the final pipeline back as local paths, so on s3:// they would be silently missing."""
-    if "://" in path and not path.startswith("file://"):
-        raise SweepError(f"--storage-path {path}: remote storage is not supported (the driver reads trial results "
-                         "back as local files); mount it on every node (NFS, s3fs, gcsfuse) and pass the mount point")
-    path = path[len("file://"):] if path.startswith("file://") else path
+    """A local (or mounted shared) directory we can write (a file:// URI names one; remote URIs are refused by
+    the config, orchestration.config.storage_dir)."""
+    from orchestration.config import storage_dir
     from orchestration.tracking.checks import check_writable_dir
 
-    check_writable_dir(Path(path), what=f"--storage-path {path}",
+    directory = storage_dir(path)
+    if directory.exists() and not directory.is_dir():
+        raise SweepError(f"--storage-path {path} is a file, not a directory: pass a directory (a shared filesystem "
+                         "on clusters)")
+    check_writable_dir(directory, what=f"--storage-path {path}",
                        fix="pass a writable directory (a shared filesystem on clusters)")
 
 
