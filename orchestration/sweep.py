@@ -21,9 +21,10 @@ from orchestration.errors import SweepError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-# MLflow's own HTTP retries back off silently for ~4 min per call; the Tracker's retries (orchestration.tracking.retry)
-# take over after 2, say that the server is unreachable, and bound the wait (CONDFACE_MLFLOW_OUTAGE_S)
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+# MLflow's own HTTP retries back off silently for ~4 min per call and re-send creates blindly; the Tracker's retries
+# (orchestration.tracking.retry) do it all: they say that the server is unreachable, bound the wait
+# (CONDFACE_MLFLOW_OUTAGE_S) and look for what a create made before sending it again
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 # Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint: wanted (exact resume), not a warning.

@@ -12,7 +12,7 @@ restart the server, then `--resume`): the trials' results stay in the Ray storag
 writes each epoch once (the Tracker skips steps a run already has).
 
 MLflow's own HTTP retries (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default 7: ~4 minutes of silent backoff per call)
-are lowered by `python -m orchestration.sweep` to 2, so an outage is reported after seconds, here.
+are turned off by `python -m orchestration.sweep` (0), so an outage is reported at once, here.
 
 Creates are idempotent. A create the server committed but whose answer was lost (a timeout, a 503 from a proxy)
 would be applied again by a retry -- MLflow's own HTTP layer re-sends POSTs too, and MLflow offers no idempotency
