@@ -6,8 +6,8 @@
     summary: the study's tables from the phases' recorded results
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
-(Tune phases with Tuner.restore; the final phase restores its finished training, logs each metric once
-and reuses its model version; the other phases rerun, logging each step once). MLflow is written only here.
+(Tune phases with Tuner.restore; the final phase restores its finished training and reuses its model version;
+the sampling phases read back the steps MLflow has and sample only the others). MLflow is written only here.
 """
 
 from __future__ import annotations
