@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -54,8 +55,6 @@ def test_a_real_refused_connection_counts_as_unreachable():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client = MlflowClient(f"http://127.0.0.1:{port}")
-    import os
-
     old = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     try:
@@ -127,6 +126,7 @@ class LosingProxy:
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 (a free port, SQLite store), stopped at the end."""
+    import signal
     import subprocess
     import sys
     import time
@@ -140,7 +140,9 @@ def tracking_server(tmp_path_factory):
     with open(tmp / "server.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                  "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination",
-                                 str(tmp / "artifacts"), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+                                 str(tmp / "artifacts"), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                start_new_session=True)  # its own process group: the server and its workers stop
         try:
             deadline = time.time() + 180
             while True:
@@ -154,14 +156,15 @@ def tracking_server(tmp_path_factory):
                     time.sleep(0.5)
             yield uri
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
+@pytest.mark.slow  # a tracking server of its own: about a minute to start on a loaded 2-core machine
 @pytest.mark.parametrize("mlflow_retries", ["0", "2"])
 def test_a_create_the_server_committed_is_not_applied_twice(tracking_server, mlflow_retries, monkeypatch):
     """Each create is committed by the server and its answer lost (503). With MLflow's own retries off (the sweep's
