@@ -158,7 +158,7 @@ def test_a_continued_sampler_phase_reads_the_settings_mlflow_has(world, sampled,
 
 def test_a_continued_final_phase_reads_its_evaluation_back(world, sampled, tmp_path):
     """Killed after the final evaluation was logged (before the model was registered): the continued phase takes
-    the evaluation from MLflow; the parent's metrics and sweep.json get those values."""
+    the evaluation from MLflow (what run_final then logs to the parent and keeps in sweep.json)."""
     from orchestration.phases.final import FINAL_EVAL_STEP, evaluate_final
 
     cfg = config(world, tmp_path, "continued-final")
