@@ -6,8 +6,8 @@
     summary: the study's tables from the phases' recorded results
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
-(Tune phases with Tuner.restore; the final phase restores its finished training, logs each metric once
-and reuses its model version; the other phases rerun, logging each step once). MLflow is written only here.
+(Tune phases with Tuner.restore; the final phase restores its finished training and reuses its model version;
+the sampling phases read back the steps MLflow has and sample only the others). MLflow is written only here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import TAG_PREFIX, default_tracking_uri
+from data.catalogue import FAMILY_INFO, TAG_PREFIX, default_tracking_uri, text_conditioned
 from data.cli import first_line
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
@@ -34,6 +34,8 @@ from orchestration.tracking.client import Tracker
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
                   "eval_actors", "cpus_per_trial", "final_workers")
+# Runtime settings that pick the training code: the sweep's own value unless the command names one
+TRAINING_PATH_FIELDS = ("final_workers",)
 
 
 def _terminate(signum, frame):
@@ -54,6 +56,9 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine
+        from orchestration.ray_token import private_local_token
+
+        private_local_token()  # before Ray writes the token with the process's umask
         ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
     if threading.current_thread() is threading.main_thread():
         # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
@@ -70,7 +75,8 @@ def _family_tags(cfg: SweepConfig) -> dict[str, str]:
 def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str]) -> tuple[SweepConfig, SweepState]:
     """The stored sweep's config with this command's runtime settings; says which other flags it ignores."""
     state = SweepState.find(cfg, resume_from)
-    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None}
+    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None
+            and (k in explicit or k not in TRAINING_PATH_FIELDS)}
     ignored = sorted(k for k in explicit - set(RUNTIME_FIELDS)
                      if k in {f.name for f in dataclasses.fields(SweepConfig)} | {"preset"}
                      and getattr(cfg, k, None) != getattr(state.config, k, None))
@@ -78,7 +84,13 @@ def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str])
         print("--resume keeps the sweep's own settings; ignored: " + ", ".join(
             f"--{k.replace('_', '-')} {getattr(cfg, k)} (the sweep has {getattr(state.config, k)})" for k in ignored),
             flush=True)
-    return dataclasses.replace(state.config, **keep), state
+    for k in TRAINING_PATH_FIELDS:
+        if k not in explicit and getattr(cfg, k) != getattr(state.config, k):
+            print(f"--resume keeps --{k.replace('_', '-')} {getattr(state.config, k)}: the sweep's own (name the "
+                  "flag to change it)", flush=True)
+    merged = dataclasses.replace(state.config, **keep)
+    state.keep_training_path(merged)
+    return merged, state
 
 
 def check_data(cfg: SweepConfig) -> str:
@@ -90,9 +102,10 @@ def check_data(cfg: SweepConfig) -> str:
     cache = FaceCache.open(data_root)
     size = cache.size
     captions = cache.manifest.get("captions")
-    if isinstance(captions, dict) and "sd-lora" in cfg.families:  # the text family trains on these
+    text = [f for f in cfg.families if text_conditioned(f)]
+    if isinstance(captions, dict) and text:  # the text families train on these
         if captions.get("waived"):
-            print("data: captions waived (data.prepare --no-captions): the sd-lora family trains on empty captions",
+            print(f"data: captions waived (data.prepare --no-captions): {', '.join(text)} train(s) on empty captions",
                   flush=True)
         else:
             print(f"data: {captions.get('non_empty', 0):,} of {captions.get('images', 0):,} images have a non-empty "
@@ -104,18 +117,16 @@ def check_data(cfg: SweepConfig) -> str:
 
 
 def base_tags(cfg: SweepConfig) -> dict[str, str]:
-    """sd-lora: say plainly which base the adapters train on, here and as a tag of every run."""
-    if cfg.model != "sd-lora":
-        return {}
-    from models.sd_lora import REAL_BASE_HINT, base_summary
+    """A family built on pretrained weights (sd-lora's base, pixel-text's text encoder): which, as a tag of every
+    run (the trial table printed before says it, and how to use the real one where it is a tiny stand-in)."""
+    from models.families import family_spec
     from orchestration.grid import grid_trials
     from orchestration.trainable import model_config
 
-    lora = model_config(cfg, grid_trials(cfg)[0])
-    print(f"sd-lora base: {base_summary(lora)}", flush=True)
-    if lora.pretrained is None:
-        print(f"sd-lora: {REAL_BASE_HINT}", flush=True)
-    return {f"{TAG_PREFIX}base": base_summary(lora)}
+    spec = family_spec(cfg.model)
+    if spec.base is None:
+        return {}
+    return {f"{TAG_PREFIX}base": spec.base(model_config(cfg, grid_trials(cfg)[0]))}
 
 
 @dataclasses.dataclass
@@ -199,7 +210,7 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
         acc = fin["values"].get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")
         if acc is not None and ref:
-            against = "the base without LoRA" if f == "sd-lora" else "the untrained model"
+            against = FAMILY_INFO[f].untrained
             blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs "
                           f"{ref:.1%} for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
         if r.get("cfg"):
