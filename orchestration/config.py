@@ -199,7 +199,7 @@ class SweepConfig:
                                         "default: start a local one")
     gpus_per_trial: float | None = setting(None, "GPUs each trial requests (default 1 when the cluster has GPUs, "
                                                  "else 0)", minimum=0)
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | None = None  # None: 1 on CPUs, the node's CPUs per GPU on GPUs (orchestration.resources)
     threads_per_trial: int = setting(0, minimum=0)  # torch threads in a CPU trial (0: torch's default)
     # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial)
     mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs, fp32 on CPUs "
