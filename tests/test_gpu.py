@@ -28,8 +28,9 @@ def test_an_engine_epoch_in_bf16_channels_last_and_compiled():
     assert result.history[-1]["images_per_second"] > 0
 
 
-def test_resume_on_cuda_continues_exactly_rng_included(tmp_path):
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+def test_resume_on_cuda_continues_exactly_rng_included(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # bit-equal convolutions in both runs
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     cfg = dataclasses.replace(CUDA, epochs=2, mixed_precision="no")
     data = RandomFaces(48)
     straight_family = micro_family()
