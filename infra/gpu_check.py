@@ -10,6 +10,7 @@ Steps, each with its own time limit inside the whole run's:
     train     models.bench.gpu: study-small / study-large DDPM and the SD 2.x U-Net + LoRA r = 4 at batch 32
     sweep     a smoke sweep on the GPU: trials holding half of it, two evaluation actors sharing the other half
 
+`--only sweep` (say) reruns some of the steps (a rerun after `install` may leave it out: its folder stays).
 `--cpu` runs the same steps at CPU size where no GPU is (no install; the gpu tests skip; the benchmark `--tiny`;
 the sweep `--dry-run`), to check this script.
 """
@@ -87,6 +88,7 @@ def environment(cpu: bool, out: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python infra/gpu_check.py", description=__doc__.splitlines()[0])
     p.add_argument("--cpu", action="store_true", help="the same steps at CPU size, where no GPU is")
+    p.add_argument("--only", default=None, help="run only these steps (comma-separated), e.g. to rerun the sweep")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "gpu-check-out"),
                    help="where gpu-check.json and gpu-check.log go (default $OUT)")
     args = p.parse_args(argv)
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"cpu_mode": args.cpu, "steps": []}
     with open(out / "gpu-check.log", "w", encoding="utf-8") as log:
         for name, cmd, limit in steps(args.cpu, out, sys.executable):
+            if args.only and name not in args.only.split(","):
+                continue
             left = deadline - time.perf_counter()
             if left < 10:
                 report["steps"].append({"name": name, "rc": None, "skipped": "the 8-minute budget is spent"})
