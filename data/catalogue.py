@@ -10,14 +10,34 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 # --- model families ------------------------------------------------------------------------------
-FAMILIES = ("ddpm", "sd-lora")
-FAMILY_NAMES = {"ddpm": "attribute DDPM", "sd-lora": "SD Nano 2.1 + LoRA"}
-FAMILY_COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green"}
+@dataclass(frozen=True)
+class Family:
+    """What every layer says about a model family (its code is registered in models.families)."""
+
+    name: str  # how tables and figures name it
+    color: str  # its colour in every plot
+    conditioning: str  # "levels" (the 30-value attribute vector) or "caption" (text)
+    untrained: str  # the reference row of its untrained model (Table 3.1)
+
+
+# One entry per family, in the fixed order of `--model all`, of tables' columns and of plots' legends.
+FAMILY_INFO: dict[str, Family] = {
+    "ddpm": Family("attribute DDPM", "tab:blue", "levels", "untrained DDPM"),
+    "sd-lora": Family("SD Nano 2.1 + LoRA", "tab:green", "caption", "SD base (no LoRA)"),
+    "pixel-text": Family("text-conditioned DDPM (pixels, from scratch)", "tab:orange", "caption",
+                         "untrained text DDPM"),
+}
+FAMILIES = tuple(FAMILY_INFO)
+FAMILY_NAMES = {k: f.name for k, f in FAMILY_INFO.items()}
+FAMILY_COLORS = {k: f.color for k, f in FAMILY_INFO.items()}
 SAMPLER_STYLES = {"ddpm": ("tab:red", "o"), "ddim": ("tab:purple", "s"), "dpm++": ("tab:cyan", "^")}
 
 # --- MLflow names ----------------------------------------------------------------------------------
@@ -86,6 +106,11 @@ def better(key: str) -> str:
     return metric(key).better
 
 
+def text_conditioned(family: str) -> bool:
+    """Whether `family` is conditioned on captions (else on attribute levels)."""
+    return FAMILY_INFO[family].conditioning == "caption"
+
+
 def finite(value: Any) -> bool:
     """A real, finite number (not a bool, None, NaN or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -101,3 +126,29 @@ def condface_home() -> Path:
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
     """The embedded MLflow store: an SQLite file in the working directory."""
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlruns.db'}"
+
+
+HIDDEN = "***"  # what a password looks like wherever a URI is printed, logged or stored
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*:)[^/?#\s]*(?=@)")
+_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd|token|secret|access_token|api_key)=)[^&#\s]*")
+
+
+def redact_uri(text: str | None) -> str | None:
+    """`text` (a URI, or a message holding URIs) fit to print, log or store: the password of every URI's user info
+    (`http://user:pw@host`, `postgresql://user:pw@host/db`) and password or token query values shown as ***."""
+    if not text or "://" not in text:
+        return text
+    text = _USERINFO_PASSWORD.sub(lambda m: m["head"] + HIDDEN, text)
+    return _QUERY_SECRET.sub(lambda m: m["head"] + HIDDEN, text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(`uri` without its user info, username, password): `http://user:pw@host:5000` -> (`http://host:5000`, ...).
+    Percent-escapes in the user info are decoded (a password with `@` or `:` is written %40, %3A)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    user, _, host = parts.netloc.rpartition("@")
+    name, colon, password = user.partition(":")
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, urllib.parse.unquote(name) or None, urllib.parse.unquote(password) if colon else None

@@ -1,6 +1,6 @@
 """Trained models in MLflow's own formats, and one loader for every form a trained model takes.
 
-**The pyfunc model (`CondfaceModel`)**, for both families: an `mlflow.pyfunc` model whose artifacts are
+**The pyfunc model (`CondfaceModel`)**, for every family: an `mlflow.pyfunc` model whose artifacts are
 the family's `save_pretrained` folder (`pipeline`), a small JSON (`condface`: family, sampling defaults,
 the training data's attribute-level frequencies) and, for an sd-lora on the tiny offline base, that
 base's folder (`base`). `code_paths` ships this project's `models` and `data` packages with it, so the
@@ -54,6 +54,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from data.catalogue import redact_uri, text_conditioned
 from data.cli import first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
@@ -78,26 +79,22 @@ ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n
 def download(model: str, uri: str) -> Path:
     """The local copy of `model` (models:/, runs:/ or mlflow-artifacts: URI) from the MLflow store at `uri`."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"no MLflow store at {uri}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+        raise ConfigError(f"no MLflow store at {redact_uri(uri)}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
     except mlflow.MlflowException as err:
-        raise ConfigError(f"cannot get {model} from {uri}: {first_line(err.message)}") from None
+        raise ConfigError(redact_uri(f"cannot get {model} from {uri}: {first_line(err.message)}")) from None
     except OSError as err:
-        raise ConfigError(f"cannot get {model} from {uri}: {err}") from None
+        raise ConfigError(redact_uri(f"cannot get {model} from {uri}: {err}")) from None
 
 
 def family_of(folder: str | Path) -> str:
-    """"ddpm" or "sd-lora" for a `save_pretrained` folder, or ConfigError."""
-    folder = Path(folder)
-    if (folder / "condface_lora.json").is_file():
-        return "sd-lora"
-    if (folder / "model_index.json").is_file():
-        return "ddpm"
-    raise ConfigError(f"{folder} holds no saved condface model (no model_index.json or condface_lora.json): point "
-                      "at a pipeline folder, an MLflow model, or a models:/ or runs:/ URI")
+    """The family of a `save_pretrained` folder (`models.families.family_of`), or ConfigError."""
+    from models.families import family_of as of
+
+    return of(folder)
 
 
 @dataclasses.dataclass
@@ -141,13 +138,13 @@ def resolve_folder(folder: str | Path) -> Resolved:
 
 def load_resolved(model: Resolved, sampler: str = "ddpm", ddpm_variance: str = "fixed_small"):
     """The sampling pipeline of a resolved model."""
-    if model.family == "ddpm":
-        from models.pipeline_ddpm import AttributeDiffusionPipeline
+    if model.family == "sd-lora":
+        from models.sd_lora import load_pipeline
 
-        return AttributeDiffusionPipeline.from_pretrained(str(model.pipeline_dir))
-    from models.sd_lora import load_pipeline
+        return load_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
+    from models.families import family_spec
 
-    return load_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
+    return family_spec(model.family).load(str(model.pipeline_dir))
 
 
 def pipeline_folder(folder: str | Path) -> Path:
@@ -238,7 +235,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
         prompts = None
-        if self.model.family == "sd-lora" and "prompt" in frame.columns:
+        if text_conditioned(self.model.family) and "prompt" in frame.columns:
             prompts = [str(p) for p in frame["prompt"]]
             levels = None
         else:
@@ -248,7 +245,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 levels = draw_levels(given, n, self.info.get("level_frequencies"), np.random.default_rng(seed))
             except ConfigError as err:
                 raise mlflow.MlflowException.invalid_parameter_value(str(err)) from None
-            if self.model.family == "sd-lora":
+            if text_conditioned(self.model.family):
                 prompts = level_captions(levels, seed)
         try:
             images = generate(self.pipe, levels, prompts, float(params.get("guidance_scale", 3.0)),
@@ -258,7 +255,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         except (ConfigError, ValueError) as err:
             raise mlflow.MlflowException.invalid_parameter_value(first_line(err)) from None
         out = pd.DataFrame({"image": [png_base64(im) for im in images]})
-        if levels is not None and self.model.family == "ddpm":
+        if levels is not None and not text_conditioned(self.model.family):
             for i, a in enumerate(ATTRIBUTES):
                 out[a] = levels[:, i]
         else:
@@ -274,14 +271,14 @@ def check_precision(precision: str) -> str:
 
 
 def signature(family: str, defaults: dict[str, Any]):
-    """The model signature: levels by name (sd-lora: or a prompt), the sampling params, base64 PNGs out."""
+    """The model signature: levels by name (text families: or a prompt), the sampling params, base64 PNGs out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     # long (MLflow refuses ints for a double column and NaN for a long one): -1 in a row means "any" there
     inputs = [ColSpec(DataType.long, a, required=False) for a in ATTRIBUTES]
     outputs = [ColSpec(DataType.string, "image")]
-    if family == "sd-lora":
+    if text_conditioned(family):
         inputs.append(ColSpec(DataType.string, "prompt", required=False))
         outputs.append(ColSpec(DataType.string, "prompt", required=False))
     else:
@@ -319,6 +316,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
     family = family_of(pipeline_dir)
     if family == "ddpm":
         return "pyfunc", "the attribute DDPM is a custom pipeline: MLflow's diffusers flavor holds LoRA adapters only"
+    if family != "sd-lora":
+        return "pyfunc", f"the {family} model is a whole pipeline trained here: MLflow's diffusers flavor holds LoRA " \
+                         "adapters on a Hub base only"
     if importlib.util.find_spec("mlflow.diffusers") is None:
         return "pyfunc", f"this MLflow ({mlflow.__version__}) has no diffusers flavor"
     info = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())

@@ -2,7 +2,7 @@
 
 `generate` takes a family (its current weights; inside `fit` use `with report.sampling() as pipe`
 to get the EMA weights) or a loaded pipeline, and returns uint8 images. Attribute pipelines
-(the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA) on `captions`.
+(the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA, the pixel text DDPM) on `captions`.
 
 Steps: `num_inference_steps=FULL_CHAIN` (0) or None samples over the whole chain, as many steps as
 the model's num_train_timesteps T -- the study's DDPM ancestral sampling (§2.1: it "necessarily"
@@ -116,8 +116,8 @@ def generate(
     bf16 = sampling_bf16(precision, pipe.device)
 
     original = pipe.scheduler
-    pipe.scheduler = make_scheduler(scheduler, original.config, space="pixel" if attribute else "latent",
-                                    ddpm_variance=ddpm_variance)
+    space = "latent" if getattr(pipe, "vae", None) is not None else "pixel"  # SD samples latents, the others pixels
+    pipe.scheduler = make_scheduler(scheduler, original.config, space=space, ddpm_variance=ddpm_variance)
     pipe.set_progress_bar_config(disable=not progress)
     generator = torch.Generator().manual_seed(seed)
     chunks = []

@@ -68,7 +68,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE
+from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE, redact_uri
 from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
@@ -79,6 +79,25 @@ FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's 
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
+
+
+@dataclass(frozen=True)
+class SweepFamily:
+    """How the sweep builds a family's trials (one entry per family in SWEEP_FAMILIES)."""
+
+    grid_axis: str  # the grid's fourth axis: "channels" (SweepConfig.channel_sets) or "lora_rank" (lora_ranks)
+    preset_field: str  # the SweepConfig field naming the family's preset (models.families)
+    pretrained_field: str | None = None  # the SweepConfig field with a base to load instead of the preset's
+
+
+# The DDPM's axes are the study's; the pixel text DDPM has the same ones (GA, T, Min-SNR, the two channel sets), so
+# the two differ only in their conditioning. --pretrained names a Stable Diffusion base: sd-lora adapts it, the
+# pixel text DDPM takes its frozen CLIP text encoder.
+SWEEP_FAMILIES: dict[str, SweepFamily] = {
+    "ddpm": SweepFamily("channels", "ddpm_preset"),
+    "sd-lora": SweepFamily("lora_rank", "lora_preset", "pretrained"),
+    "pixel-text": SweepFamily("channels", "pixel_text_preset", "pretrained"),
+}
 
 
 def _models(text: str) -> str:
@@ -99,8 +118,9 @@ class SweepConfig:
     `python -m orchestration.sweep` (orchestration.sweep derives the parser from these fields)."""
 
     preset: str
-    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), or both -- "
-                                 "ddpm,sd-lora or all -- for the whole study in one sweep (default ddpm)", parse=_models)
+    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), pixel-text (a text-"
+                                 "conditioned DDPM from scratch), several comma-separated (ddpm,sd-lora: the study), or "
+                                 "all of them in one sweep (default ddpm)", parse=_models)
     data: str = setting("toy", "'toy' (the embedded synthetic faces, default) or an image-cache directory from "
                                "data.prepare")
     image_size: int = setting(64, minimum=1)
@@ -120,8 +140,9 @@ class SweepConfig:
     ddpm_preset: str = "study-large"  # models.ddpm preset whose channels the axis replaces
     lora_ranks: tuple[int, ...] = (2, 4, 8)
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
+    pixel_text_preset: str = "study"  # models.pixel_text preset (text encoder source; its channels: the axis)
     pretrained: str | None = setting(None, "sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt "
-                                           "instead of the preset's base")
+                                           "instead of the preset's base; pixel-text takes its text encoder")
     beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
                                         "longer chain for T = 10,000")
 
@@ -216,7 +237,8 @@ class SweepConfig:
 
     # --- tracking & storage ----------------------------------------------------------------------
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded "
-                                             "store here)")
+                                             "store here); a server's credentials: MLFLOW_TRACKING_USERNAME/_PASSWORD "
+                                             "or a mode-600 file named by CONDFACE_MLFLOW_CREDENTIALS, not the URI")
     experiment: str | None = setting(None, "MLflow experiment and Ray run name (default condface-<model>-<preset>)")
     storage_path: str = setting("ray_results", "where Ray Tune keeps trial results and checkpoints (a shared "
                                                "filesystem on clusters)")
@@ -240,6 +262,17 @@ class SweepConfig:
     def families(self) -> tuple[str, ...]:
         """The model families this sweep runs, in order ("ddpm,sd-lora" -> both: the whole study)."""
         return tuple(m.strip() for m in self.model.split(",") if m.strip())
+
+    @property
+    def family_preset(self) -> str:
+        """The preset of this (one-family) sweep's family (models.families)."""
+        return getattr(self, SWEEP_FAMILIES[self.model].preset_field)
+
+    @property
+    def family_pretrained(self) -> str | None:
+        """The base this (one-family) sweep's family loads instead of its preset's (None: the preset's)."""
+        name = SWEEP_FAMILIES[self.model].pretrained_field
+        return getattr(self, name) if name else None
 
     @property
     def joint(self) -> bool:
@@ -278,8 +311,8 @@ class SweepConfig:
         return f"{self.experiment_name}-{self.search}"
 
     def params(self) -> dict[str, str]:
-        """Flat name -> string of every field, as MLflow params."""
-        return {f.name: _fmt(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Flat name -> string of every field, as MLflow params (a password in a URI shown as ***)."""
+        return {f.name: redact_uri(_fmt(getattr(self, f.name))) for f in dataclasses.fields(self)}
 
     def validate(self) -> SweepConfig:
         """Raise SweepError (one line, with the fix) for values that cannot work; return self."""
@@ -323,6 +356,7 @@ CPU_DEMO = dataclasses.replace(
     channel_sets=(("small", (16, 32, 64)), ("large", (32, 64, 64))),
     ddpm_preset="cpu-16",
     lora_preset="cpu-16",
+    pixel_text_preset="cpu-16",
     epochs=2,
     final_epochs=6,
     epoch_images=2048,
@@ -360,6 +394,7 @@ SMOKE = dataclasses.replace(
     channel_sets=(("small", (16, 64)), ("large", (32, 64))),
     lora_ranks=(2, 4),
     lora_preset="test",
+    pixel_text_preset="test",
     epochs=1,
     final_epochs=1,
     epoch_images=64,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.catalogue import split_credentials
 from data.io import atomic_write_text
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
@@ -114,9 +115,12 @@ class SweepState:
                    phases=raw.get("phases", {}))
 
     def save(self) -> None:
+        config = dataclasses.asdict(self.config)
+        if config.get("tracking_uri"):  # never a credential on disk: a resumed sweep takes them as the first did
+            config["tracking_uri"] = split_credentials(config["tracking_uri"])[0]
         data = {
-            "config": dataclasses.asdict(self.config),
-            "tracking_uri": self.tracking_uri,
+            "config": config,
+            "tracking_uri": split_credentials(self.tracking_uri)[0],
             "parent_run_id": self.parent_run_id,
             "phases": self.phases,
         }

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err} (see --help)")
     try:
         cfg = config_from_args(args)
+        from orchestration.tracking.credentials import take_credentials
+
+        cfg = dataclasses.replace(cfg, tracking_uri=take_credentials(cfg.tracking_uri))
         if cfg.dry_run:
             from orchestration.grid import trial_table
 

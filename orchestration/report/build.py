@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, finite
+from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, finite, redact_uri
+from orchestration.config import SWEEP_FAMILIES
 from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
 from orchestration.report import figures
@@ -33,6 +34,7 @@ from orchestration.report.tables import (
 )
 
 Blocks = list[tuple[str, Any]]
+GRID_TABLES = {"ddpm": "4.1", "sd-lora": "4.3"}  # the study's table of each family's grid (other families: G-<family>)
 
 
 # --- the record as the table builder's values -----------------------------------------------------
@@ -42,7 +44,7 @@ def _axes(run, family: str, with_augment: bool) -> list[Cell]:
     ga = p.get("trial.grad_accum", "?")
     cells = [label(p.get("trial.timesteps", "?")), label("off" if snr in ("none", "0.0", "0") else snr),
              label("off" if ga == "1" else ga)]
-    if family == "ddpm":
+    if SWEEP_FAMILIES[family].grid_axis == "channels":
         cells.append(label(f"{p.get('trial.channels', '?')} [{p.get('trial.channels_list', 'none')}]"))
     else:
         cells.append(label(p.get("trial.lora_rank", "?")))
@@ -113,17 +115,18 @@ def references_section(columns: list[Column]) -> Blocks:
 
 
 def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
-    """Table 4.1 (ddpm) / 4.3 (sd-lora), with the trials' status and the configuration the sweep selected."""
+    """Table 4.1 (ddpm) / 4.3 (sd-lora) / G-<family>, with the trials' status and the configuration selected."""
     runs = rec.runs("grid", family)
-    number = "4.1" if family == "ddpm" else "4.3"
+    number = GRID_TABLES.get(family, f"G-{family}")
     if not runs:
         report.missing.append(f"{family}: no grid trial logged yet (Table {number})")
         return None
     with_augment = len({r.data.params.get("augment") for r in runs}) > 1
-    axes = ["T", "Min-SNR-γ", "GA", "channels" if family == "ddpm" else "r"] + (["augment"] if with_augment else [])
+    channels = SWEEP_FAMILIES[family].grid_axis == "channels"
+    axes = ["T", "Min-SNR-γ", "GA", "channels" if channels else "r"] + (["augment"] if with_augment else [])
     t = grid_table(number, f"{FAMILY_NAMES[family]} grid ({len(runs)} trials): the best value of each metric at any "
                            "epoch and the configuration that reached it", _trials(rec, runs, family, with_augment),
-                   _unavailable_of(runs), study.TABLE_4_1 if family == "ddpm" else study.TABLE_4_3, axes)
+                   _unavailable_of(runs), {"ddpm": study.TABLE_4_1, "sd-lora": study.TABLE_4_3}.get(family), axes)
     status = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "RUNNING", "FAILED", "KILLED")}
     t.notes.append(f"trials: {status['FINISHED']} finished, {status['RUNNING']} running, {status['FAILED']} failed"
                    + (f", {status['KILLED']} killed" if status["KILLED"] else ""))
@@ -131,9 +134,10 @@ def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
         report.missing.append(f"{family}: {status['RUNNING']} grid trial(s) still running (Table {number} is partial)")
     chosen = rec.tags.get(f"{TAG_PREFIX}best_config.{family}")
     metric = rec.tags.get(f"{TAG_PREFIX}select_metric", rec.params.get("select_metric", "?"))
-    t.notes.append(f"selected for the final run: {chosen or 'not yet'} (by {metric}); the study retrained "
-                   f"{study.SELECTED[family]}")
-    t.notes.append(f"study values: Cuadro {number} ({'§4.1' if family == 'ddpm' else '§4.2'}), 5-epoch trials")
+    retrained = f"; the study retrained {study.SELECTED[family]}" if family in study.SELECTED else ""
+    t.notes.append(f"selected for the final run: {chosen or 'not yet'} (by {metric}){retrained}")
+    if family in GRID_TABLES:
+        t.notes.append(f"study values: Cuadro {number} ({'§4.1' if family == 'ddpm' else '§4.2'}), 5-epoch trials")
     return t
 
 
@@ -273,7 +277,7 @@ def introduction(rec: Record) -> list[str]:
              f"{p.get('final_epochs', '?')} epochs; ranked by "
              f"{rec.tags.get(f'{TAG_PREFIX}select_metric', p.get('select_metric', '?'))}; sampler "
              f"{p.get('sampler', '?')} with {p.get('sampling_steps', '?')} steps (0 = the whole chain).",
-             f"Read from the MLflow store {rec.uri} only: no model was loaded and nothing was recomputed. Each cell "
+             f"Read from the MLflow store {redact_uri(rec.uri)} only: no model was loaded and nothing was recomputed. Each cell "
              "shows the value, its sample count (n) and, in brackets, the study's published value "
              f"(from {study.SOURCE}); FID needs Inception weights: where it is unavailable, "
              f"{FID_STAND_IN} (the same Frechet distance on the attribute estimator's features) stands in, and the "

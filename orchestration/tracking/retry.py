@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any
 
+from data.catalogue import redact_uri
 from data.cli import first_line
 from orchestration.errors import SweepError
 
@@ -64,7 +65,7 @@ class RetryingClient:
     """Wraps an MlflowClient: the same methods, each retried while the server is unreachable (see the module)."""
 
     def __init__(self, client: Any, uri: str = "", limit_s: float | None = None, sleep=time.sleep):
-        self._client, self._uri = client, uri
+        self._client, self._uri = client, redact_uri(uri)  # for messages only
         self._limit = outage_limit() if limit_s is None else limit_s
         self._sleep = sleep
 
