@@ -38,7 +38,7 @@ def steps(cpu: bool, out: Path, py: str) -> list[tuple[str, list[str], int]]:
     sweep = [py, "-m", "orchestration.sweep", "--preset", "smoke", "--no-dashboard"]
     if cpu:
         return [
-            ("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 120),
+            ("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"], 120),
             ("sample", [*bench, "--tiny", "--parts", "peak,sample,loader", "--sample-images", "2", "--chains",
                         "10,100", "--sample-budget-s", "5", "--workers", "2", "--batch", "8",
                         "--json", str(out / "bench-sample.json")], 240),
@@ -52,7 +52,7 @@ def steps(cpu: bool, out: Path, py: str) -> list[tuple[str, list[str], int]]:
                "--upgrade", "--target", site, *wheels]
     return [
         ("install", ["bash", "-c", f"{' '.join(install)} && {py} -m pip check; {py} -c '{IMPORTS}'"], 45),
-        ("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 100),
+        ("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"], 100),
         ("sample", [*bench, "--parts", "peak,sample,loader", "--sample-budget-s", "45",
                     "--json", str(out / "bench-sample.json")], 75),
         ("train", [*bench, "--parts", "peak,train", "--json", str(out / "bench-train.json")], 150),
