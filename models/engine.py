@@ -74,8 +74,8 @@ class TrainConfig:
     ema_power: float = 2 / 3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    # "auto": per models.runtime's policy for training (bf16 autocast on cuda, fp32 on CPUs); "bf16": always (a CPU
-    # without native bf16 emulates it, slowly); "no": fp32
+    # "auto": models.runtime's policy for training (bf16 autocast on GPUs with native bf16, fp32 on CPUs); "bf16":
+    # always (emulated, slowly, where not native); "no": fp32
     mixed_precision: str = "auto"
     channels_last: bool | None = None  # None: auto (models.runtime's policy); True/False: on any device
     compile: bool = False  # torch.compile the family's module (cuda: inductor/triton; CPU: inductor's C++ backend)

@@ -211,7 +211,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
     """Either family as an MLflow pyfunc model (see the module docstring for input, params and output)."""
 
     def load_context(self, context) -> None:
-        from models.runtime import configure_torch
+        from models.runtime import configure_torch, resolve_device
 
         configure_torch(0)
         artifacts = dict(context.artifacts)
@@ -219,7 +219,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         base = (getattr(context, "model_config", None) or {}).get("base") or artifacts.get("base") or \
             self.info.get("base")
         self.model = Resolved(self.info["family"], Path(artifacts["pipeline"]), self.info, base=base, flavor="pyfunc")
-        self.pipe = load_resolved(self.model)
+        self.pipe = load_resolved(self.model).to(resolve_device())  # the GPU where one is visible
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from models.sampling import generate

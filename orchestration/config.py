@@ -241,11 +241,12 @@ class SweepConfig:
                                         "default: start a local one")
     gpus_per_trial: float | None = setting(None, "GPUs each trial requests (default 1 when the cluster has GPUs, "
                                                  "else 0)", minimum=0)
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | None = None  # None: 1 on CPUs, the node's CPUs per GPU on GPUs (orchestration.resources)
     threads_per_trial: int = setting(0, minimum=0)  # torch threads in a CPU trial (0: torch's default)
     # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial)
-    mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs, fp32 on CPUs "
-                                           "(models.runtime.CPU_AUTO says why); bf16; no = fp32",
+    mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs with native bf16 "
+                                           "(compute capability 8.0+), fp32 on CPUs (models.runtime.CPU_AUTO says "
+                                           "why); bf16; no = fp32",
                                    choices=MIXED_PRECISIONS)
     compile: bool = setting(False, "torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial "
                                    "on a 2-core CPU)")

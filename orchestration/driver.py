@@ -250,7 +250,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     """Run (or resume) a whole sweep, one family or the whole study. Returns what the summary shows."""
     from evaluation.actors import EvaluatorPool
     from evaluation.config import EvalConfig
-    from evaluation.estimator_cache import ensure_estimator
+    from orchestration.evaluate import estimator_task, in_task
     from orchestration.phases.guidance import joint_pareto
     from orchestration.phases.references import real_references
 
@@ -270,8 +270,9 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     print(plan.describe(), flush=True)
     if cluster["dashboard_url"]:
         print(f"Ray dashboard: http://{cluster['dashboard_url']} (token: `ray get-auth-token`)", flush=True)
-    print(f"attribute estimator (preset {cfg.estimator_preset}): trained once, then cached", flush=True)
-    estimator = ensure_estimator(data_root, cfg.estimator_preset)
+    print(f"attribute estimator (preset {cfg.estimator_preset}): trained once (a Ray task holding "
+          f"{plan.lone['cpu']:g} CPU, {plan.lone['gpu']:g} GPU), then cached", flush=True)
+    estimator = Path(in_task(estimator_task, plan.lone, data_root=str(data_root), preset=cfg.estimator_preset)["path"])
     eval_config = EvalConfig(estimator=str(estimator), inception_weights=cfg.inception_weights,
                              clip_model=cfg.clip_model, mtcnn=cfg.mtcnn, device="auto")
     # no CPU reservation: the actors score while the trial that called them waits, so they never block a trial

@@ -145,7 +145,7 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         f"{cfg.sampling_precision}{' (bf16 where the device has it natively)' if cfg.sampling_precision == 'auto' else ''}"
         f"; per trial epoch {per_epoch} images = {nfe} network evaluations",
         f"training: mixed precision {cfg.mixed_precision}"
-        f"{' (bf16 on GPUs, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
+        f"{' (bf16 on GPUs with native bf16, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
         f"torch.compile {'on' if cfg.compile else 'off'}",
         f"optimizer: AdamW, lr {cfg.lr:g} {cfg.lr_schedule}"
         + ("" if cfg.lr_schedule == "constant" else

@@ -160,6 +160,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
     from models.families import build_family
     from models.runtime import configure_torch
     from models.sampling import generate
+    from orchestration.resources import loader_workers
 
     cfg = ctx.sweep
     configure_torch(ctx.threads or cfg.threads_per_trial)
@@ -220,7 +221,10 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         return False
 
     try:
-        fit(family, train_config(cfg, spec, ctx.epochs), train_set, on_epoch=on_epoch,
+        # a GPU trial loads its batches in worker processes on the CPUs Ray gave it (the same images as without)
+        workers = loader_workers(placement.get("resources", {}))
+        fit(family, dataclasses.replace(train_config(cfg, spec, ctx.epochs), num_workers=workers), train_set,
+            on_epoch=on_epoch,
             checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)
     except DivergedError as err:
         # not retried (it would diverge again, deterministically): reported once, the driver closes the trial's

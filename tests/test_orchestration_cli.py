@@ -357,7 +357,7 @@ def test_resource_plan_fits_one_node():
         plan_resources(dataclasses.replace(CPU_DEMO, cpus_per_trial=3.0), two_cpu_nodes)
     gpu_nodes = ({"cpu": 8.0, "gpu": 1.0}, {"cpu": 8.0, "gpu": 1.0})
     plan = plan_resources(STUDY, gpu_nodes)
-    assert plan.grid == {"cpu": 1.0, "gpu": 1.0} and plan.lone == {"cpu": 1.0, "gpu": 1.0}
+    assert plan.grid == {"cpu": 8.0, "gpu": 1.0} and plan.lone == {"cpu": 8.0, "gpu": 1.0}  # the node's CPUs per GPU
     with pytest.raises(SweepError, match="trials would wait forever"):
         plan_resources(dataclasses.replace(STUDY, gpus_per_eval_actor=1.0, eval_actors=2), gpu_nodes)
     with pytest.raises(SweepError, match="no node has one"):
