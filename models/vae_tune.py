@@ -98,10 +98,14 @@ def _trainable(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Paramete
     return params
 
 
-def tune_vae(vae: AutoencoderKL, images: torch.Tensor, config: VAETuneConfig, perceptual=None,
+def tune_vae(vae: AutoencoderKL, dataset, config: VAETuneConfig, perceptual=None,
              device: str | torch.device = "cpu") -> list[dict[str, float]]:
-    """Train `vae` in place on `images` (N, 3, H, W in [-1, 1]); return one row of losses per step."""
+    """Train `vae` in place on the "image"s (3, H, W in [-1, 1]) of `dataset`'s items (a FaceDataset), drawn at
+    random with replacement; return one row of losses per step."""
     gen = torch.Generator().manual_seed(config.seed)
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=config.steps * config.batch_size,
+                                             generator=gen)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
     vae.to(device).float()
     opt = torch.optim.AdamW(_trainable(vae, config.decoder_only), lr=config.lr)
     rec_loss = torch.nn.functional.l1_loss if config.loss == "l1" else torch.nn.functional.mse_loss
@@ -109,8 +113,8 @@ def tune_vae(vae: AutoencoderKL, images: torch.Tensor, config: VAETuneConfig, pe
         perceptual = perceptual.to(device).eval()
     vae.train()
     history = []
-    for step in range(1, config.steps + 1):
-        x = images[torch.randint(len(images), (config.batch_size,), generator=gen)].to(device)
+    for step, batch in enumerate(loader, start=1):
+        x = batch["image"].to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         terms = {"rec": rec_loss(recon, x), "kl": posterior.kl().mean()}

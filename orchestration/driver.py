@@ -2,7 +2,7 @@
 
     setup: resume target, data check, Ray (+ the resource plan checked against its nodes), estimator,
            evaluation actors, MLflow parent run
-    phases: references/real, then per family: reference -> grid -> final -> cfg [-> samplers]
+    phases: references/real, then per family: [vae ->] reference -> grid -> final -> cfg [-> samplers]
     summary: the study's tables from the phases' recorded results
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
@@ -157,12 +157,17 @@ class Sweep:
 
 
 def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any]:
-    """One family's phases in order: reference -> grid -> final -> cfg [-> samplers]."""
+    """One family's phases in order: [vae (--tune-vae, sd-lora) ->] reference -> grid -> final -> cfg [-> samplers]."""
     from orchestration.phases.grid import grid_phase
     from orchestration.phases.references import family_reference
 
     cfg = sweep.cfg.for_family(family)
     out: dict[str, Any] = {"family": family}
+    if cfg.tune_vae and family == "sd-lora":  # before the reference row: the base without LoRA uses the tuned VAE too
+        from orchestration.phases.vae import vae_phase
+
+        out["vae"] = sweep.phase(f"{family}/vae", vae_phase, sweep, cfg, tags)
+        cfg = dataclasses.replace(cfg, vae=out["vae"]["vae_dir"])
     out["reference"] = sweep.phase(f"{family}/reference", family_reference, sweep, cfg, tags)
     out["grid"] = sweep.phase(f"{family}/grid", grid_phase, sweep, cfg, tags)
     best = TrialSpec.from_params(out["grid"]["best"]).resolved(cfg)

@@ -36,6 +36,10 @@ from models.vae_tune import (
 SIZE = 16
 
 
+def items(images: torch.Tensor) -> list[dict]:
+    return [{"image": image} for image in images]
+
+
 @pytest.fixture(scope="module")
 def faces() -> torch.Tensor:
     levels = sample_levels(64, np.random.default_rng(0), "uniform")
@@ -58,7 +62,7 @@ def tuned(base, faces, tmp_path_factory):
     """(the base's VAE, the same VAE tuned for 20 steps and saved, its folder, the tuning history)."""
     vae = load_pipeline_folder(base).vae
     before = load_pipeline_folder(base).vae
-    history = tune_vae(vae, faces, vae_tune_config("test", steps=20))
+    history = tune_vae(vae, items(faces), vae_tune_config("test", steps=20))
     folder = save_vae(vae, tmp_path_factory.mktemp("vae") / "tuned", {"steps": 20})
     return before, vae, folder, history
 
@@ -79,7 +83,7 @@ def test_decoder_only_keeps_the_latents(base, faces):
     with torch.no_grad():
         latents = vae.encode(faces[:8]).latent_dist.mode()
     decoder = [p.clone() for p in vae.decoder.parameters()]
-    tune_vae(vae, faces, vae_tune_config("test", steps=3, decoder_only=True))
+    tune_vae(vae, items(faces), vae_tune_config("test", steps=3, decoder_only=True))
     with torch.no_grad():
         assert torch.equal(vae.encode(faces[:8]).latent_dist.mode(), latents)
     assert any(not torch.equal(a, b) for a, b in zip(decoder, vae.decoder.parameters()))
