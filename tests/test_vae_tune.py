@@ -136,3 +136,38 @@ def test_an_sd_lora_on_the_tuned_vae_encodes_fresh_latents_and_ships_the_vae(bas
         folder.with_name("moved").rename(folder)
     flavor, why = choose_flavor(tmp_path / "lora")
     assert flavor == "pyfunc" and why
+
+
+def test_the_mlflow_model_of_an_sd_lora_on_a_tuned_vae_samples_with_that_vae(base, tuned, faces, tmp_path):
+    from models.families import load_pipeline as load_any
+    from models.mlflow_model import save_model
+
+    _, vae, folder, _ = tuned
+    fam = build_family("sd-lora", family_config("sd-lora", "test", pretrained=base, vae=str(folder)), seed=0,
+                       verbose=False)
+    fam.save_pretrained(tmp_path / "lora")
+    assert save_model(tmp_path / "mlflow", tmp_path / "lora", guidance_scale=3.0, sampler="ddim",
+                      num_inference_steps=2) == "pyfunc"
+    pipe = load_any("sd-lora", tmp_path / "mlflow")
+    assert torch.equal(reconstruct(pipe.vae, faces[:4]), reconstruct(vae, faces[:4]))
+
+
+def test_figure_3_1_has_a_row_per_vae_and_tune_vae_needs_the_sd_family(tmp_path):
+    from PIL import Image
+
+    from orchestration.config import resolve
+    from orchestration.errors import SweepError
+    from orchestration.grid import grid_trials
+    from orchestration.report.vae_figure import draw_vae_figure
+    from orchestration.trainable import model_config
+
+    rows = [np.full((3, SIZE, SIZE, 3), v, dtype=np.uint8) for v in (0, 128, 255)]
+    png = draw_vae_figure(*rows, tmp_path / "fig.png", "Figure 3.1", {"psnr": 12.0, "fd_estimator": 3.0}, {"psnr": 20.0})
+    with Image.open(png) as image:
+        assert image.width > image.height > 0
+    with pytest.raises(ValueError, match="at least one image"):
+        draw_vae_figure(rows[0][:0], rows[1], rows[2], tmp_path / "empty.png", "empty")
+    with pytest.raises(SweepError, match="--tune-vae tunes the VAE of the sd-lora family"):
+        resolve("smoke", model="ddpm", tune_vae=True)
+    cfg = resolve("smoke", model="sd-lora", tune_vae=True, vae=str(tmp_path))
+    assert cfg.vae_preset == "test" and model_config(cfg, grid_trials(cfg)[0]).vae == str(tmp_path)
