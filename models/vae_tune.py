@@ -73,8 +73,8 @@ def vae_tune_config(preset: str, **overrides: Any) -> VAETuneConfig:
 
 
 def perceptual_loss(weight: float):
-    """(LPIPS module or None, why it is unavailable or None). Never downloads: the VGG16 weights must be in
-    torch hub's cache already (torchmetrics' LPIPS ships only its linear heads)."""
+    """(LPIPS network: (a, b) in [-1, 1] -> per-image distances, or None; why it is unavailable, or None). Never
+    downloads: the VGG16 weights must be in torch hub's cache already (torchmetrics ships only LPIPS's heads)."""
     if weight == 0:
         return None, "perceptual_weight is 0"
     if importlib.util.find_spec("torchvision") is None:
@@ -86,7 +86,8 @@ def perceptual_loss(weight: float):
         return None, f"LPIPS's VGG16 weights are not in torch hub's cache ({file}); term left out"
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-    return LearnedPerceptualImagePatchSimilarity(net_type="vgg", reduction="mean"), None
+    # its network, not the metric: the metric would accumulate every step's score (and graph) in its state
+    return LearnedPerceptualImagePatchSimilarity(net_type="vgg").net, None
 
 
 def _trainable(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
@@ -120,7 +121,7 @@ def tune_vae(vae: AutoencoderKL, dataset, config: VAETuneConfig, perceptual=None
         terms = {"rec": rec_loss(recon, x), "kl": posterior.kl().mean()}
         loss = terms["rec"] + config.kl_weight * terms["kl"]
         if perceptual is not None:
-            terms["lpips"] = perceptual(recon.clamp(-1, 1), x)
+            terms["lpips"] = perceptual(recon.clamp(-1, 1), x).mean()
             loss = loss + config.perceptual_weight * terms["lpips"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
