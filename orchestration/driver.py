@@ -207,6 +207,10 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
         blocks.append(final_table(finals, unavailable, refs, f"Final models ({labels}; {cfg.final_samples} samples; "
                                                              "the study's Table 4.4 layout)"))
     for f, r in families.items():
+        if r.get("vae"):
+            from orchestration.phases.vae import vae_line
+
+            blocks.append(vae_line(f, r["vae"]))
         fin = r.get("final")
         acc = fin["values"].get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")

@@ -28,10 +28,11 @@ def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(
             "--storage-path", str(tmp_path / "results")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CONDFACE_HOME": str(home)}
     first = _run_until(args, env, tmp_path / "1.log", "sd-lora/reference")  # killed right after the vae phase
-    assert "== sd-lora: VAE tuned at 16px: 6 steps" in first and "sd-lora VAE: PSNR" in first
+    assert "== sd-lora: VAE tuned at 16px: 6 steps" in first and "sd-lora VAE, base -> tuned, on 8 validation images: psnr" in first
     second = _run_until([*args, "--resume"], env, tmp_path / "2.log", None)
     assert "[sd-lora/vae] done in an earlier run of this sweep: skipped" in second
     assert "VAE tuned at 16px: 6 steps" not in second
+    assert "sd-lora VAE, base -> tuned, on 8 validation images: psnr" in second  # the summary, from the record
 
     state = json.loads(next((tmp_path / "results").glob("*/sweep.json")).read_text())
     vae_dir = state["phases"]["sd-lora/vae"]["result"]["vae_dir"]

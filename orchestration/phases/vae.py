@@ -113,11 +113,19 @@ def vae_phase(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, str]) -
         tracker.log_artifact(run_id, png, Path(ARTIFACT).parent.name)
         tracker.log_image(run_id, png, "vae_reconstructions", step=0)
         tracker.log_artifact(run_id, out, "vae/tuned")
-    print(f"{cfg.model} VAE: PSNR {r['before']['psnr']:.2f} -> {r['after']['psnr']:.2f} dB"
-          + "".join(f", {k} {r['before'][k]:.3f} -> {r['after'][k]:.3f}" for k in ("fd_estimator", "est_acc_balanced")
-                    if k in r["before"] and k in r["after"]) + f" ({r['seconds']:.0f}s of tuning)", flush=True)
-    return {"run_id": run_id, "vae_dir": str(out), "base_vae": r["before"], "tuned_vae": r["after"],
-            "unavailable": r["unavailable"], "png": str(png), "seconds": r["seconds"]}
+    result = {"run_id": run_id, "vae_dir": str(out), "base_vae": r["before"], "tuned_vae": r["after"],
+              "unavailable": r["unavailable"], "png": str(png), "seconds": r["seconds"], "samples": cfg.final_samples}
+    print(vae_line(cfg.model, result), flush=True)
+    return result
 
 
-__all__ = ["vae_phase", "tune_and_measure"]
+def vae_line(family: str, result: dict[str, Any]) -> str:
+    """One line: the base and tuned VAEs' reconstruction metrics (the phase's result), for the terminal."""
+    before, after = result["base_vae"], result["tuned_vae"]
+    shown = [k for k in ("psnr", "fd_estimator", "est_acc_balanced") if k in before and k in after]
+    return (f"{family} VAE, base -> tuned, on {result.get('samples', '?')} validation images: "
+            + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in shown)
+            + f" ({result['seconds']:.0f}s of tuning; Figure 3.1: {result['png']})")
+
+
+__all__ = ["vae_phase", "tune_and_measure", "vae_line"]
