@@ -141,6 +141,14 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) 
     return torch.cat(out).clamp(-1, 1)
 
 
+@torch.no_grad()
+def latent_std(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """The std of the scaled latents (posterior mode x scaling_factor) of `images`: about 1 is the scale the base's
+    U-Net was trained on, so a tuned encoder that drifts from it shows here."""
+    device = next(vae.parameters()).device
+    return float((vae.encode(images.to(device)).latent_dist.mode() * vae.config.scaling_factor).std())
+
+
 def reconstruction_error(vae: AutoencoderKL, images: torch.Tensor, loss: str = "l1") -> float:
     """The mean L1 (or MSE) between `images` and their deterministic reconstructions."""
     recon = reconstruct(vae, images)
@@ -174,4 +182,4 @@ def load_vae(directory: str | Path) -> AutoencoderKL:
 
 
 __all__ = ["VAETuneConfig", "PRESETS", "vae_tune_config", "tune_vae", "reconstruct", "reconstruction_error", "psnr",
-           "perceptual_loss", "save_vae", "load_vae", "VAE_INFO_FILE"]
+           "latent_std", "perceptual_loss", "save_vae", "load_vae", "VAE_INFO_FILE"]

@@ -43,7 +43,7 @@ def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(
     assert len(vae_runs) == 1 and vae_runs[0].info.status == "FINISHED"
     run = vae_runs[0]
     for which in ("base_vae", "tuned_vae"):
-        assert {f"{which}.psnr", f"{which}.fd_estimator", f"{which}.est_acc"} <= set(run.data.metrics)
+        assert {f"{which}.{k}" for k in ("psnr", "latent_std", "fd_estimator", "est_acc")} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == list(range(1, 7))
     assert "condface.unavailable.lpips_term" in run.data.tags  # no LPIPS weights offline: said so, not faked
     assert {"vae/fig3.1_vae.png", "vae/tuned/diffusion_pytorch_model.safetensors"} <= artifact_paths(

@@ -23,6 +23,7 @@ from models.tiny_base import PRESETS as TINY
 from models.tiny_base import ensure_tiny_base
 from models.vae_tune import (
     VAE_INFO_FILE,
+    latent_std,
     load_vae,
     perceptual_loss,
     psnr,
@@ -76,6 +77,7 @@ def test_tuning_lowers_the_reconstruction_error_in_a_few_steps(tuned, faces):
     as_uint8 = [((reconstruct(v, faces).movedim(1, -1) + 1) * 127.5).round().to(torch.uint8).numpy()
                 for v in (before, after)]
     assert psnr(as_uint8[1], real) > psnr(as_uint8[0], real)
+    assert latent_std(after, faces) > 0 and latent_std(after, faces) != latent_std(before, faces)
 
 
 def test_decoder_only_keeps_the_latents(base, faces):

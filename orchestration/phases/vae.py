@@ -33,12 +33,13 @@ FIGURE_IMAGES = 8  # columns of Figure 3.1
 def _measure(vae, images, conditions, pool) -> tuple[dict[str, float], dict[str, str], np.ndarray]:
     """(metrics, unavailable, uint8 reconstructions) of `vae` on the held-out `images` (model range)."""
     from data.dataset import to_uint8
-    from models.vae_tune import psnr, reconstruct
+    from models.vae_tune import latent_std, psnr, reconstruct
 
     recon = to_uint8(reconstruct(vae, images))
     real = conditions.real_images
     scored = pool.score(recon, conditions.levels, conditions.captions, real)
-    return {"psnr": psnr(recon, real), **scored.values}, dict(scored.unavailable), recon
+    return ({"psnr": psnr(recon, real), "latent_std": latent_std(vae, images), **scored.values},
+            dict(scored.unavailable), recon)
 
 
 def tune_and_measure(lora, tune, data_root: str, out: str, n: int, seed: int, pool, threads: int = 0
