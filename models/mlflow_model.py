@@ -321,6 +321,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
                          "adapters on a Hub base only"
     if importlib.util.find_spec("mlflow.diffusers") is None:
         return "pyfunc", f"this MLflow ({mlflow.__version__}) has no diffusers flavor"
+    if (Path(pipeline_dir) / "vae").is_dir():
+        return "pyfunc", ("the LoRA trained on a tuned VAE (shipped in its folder), which MLflow's diffusers flavor "
+                          "(adapter weights on a named base) cannot carry")
     info = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())
     pretrained = info["lora_config"].get("pretrained")
     if pretrained is None or Path(pretrained).exists():

@@ -156,6 +156,10 @@ class SweepConfig:
                                            "instead of the preset's base; pixel-text takes its text encoder")
     beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
                                         "longer chain for T = 10,000")
+    tune_vae: bool = setting(False, "sd-lora: before its grid, fine-tune the base's VAE on the training images at the "
+                                    "data's resolution (§5's future work); the LoRA then trains on its latents")
+    vae_preset: str = "study"  # models.vae_tune preset of --tune-vae (steps, lr, loss: this project's choices)
+    vae: str | None = None  # a family's tuned VAE folder: set by the vae phase (orchestration.phases.vae), not by hand
 
     # --- search ----------------------------------------------------------------------------------
     search: str = setting("grid", "grid = every combination of the study's axes; optuna = TPE over them + lr, "
@@ -360,6 +364,8 @@ class SweepConfig:
         if not self.cfg_scales:
             raise SweepError("--cfg-scales must be one or more non-negative numbers, e.g. 1,2,3,4,5,7")
         storage_dir(self.storage_path)  # raises on a path that names no local directory
+        if self.tune_vae and "sd-lora" not in families:
+            raise SweepError("--tune-vae tunes the VAE of the sd-lora family: add it (--model sd-lora or all)")
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")
@@ -404,6 +410,7 @@ CPU_DEMO = dataclasses.replace(
     ddpm_preset="cpu-16",
     lora_preset="cpu-16",
     pixel_text_preset="cpu-16",
+    vae_preset="cpu",
     epochs=2,
     final_epochs=6,
     epoch_images=2048,
@@ -442,6 +449,7 @@ SMOKE = dataclasses.replace(
     lora_ranks=(2, 4),
     lora_preset="test",
     pixel_text_preset="test",
+    vae_preset="test",
     epochs=1,
     final_epochs=1,
     epoch_images=64,

@@ -157,6 +157,14 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         lines.append(f"sampler phase: {', '.join(cfg.sampler_phase_samplers)} x steps "
                      f"{', '.join('T' if s == FULL_CHAIN else str(s) for s in cfg.sampler_phase_steps)}, "
                      f"{cfg.sampler_samples} samples each")
+    if cfg.tune_vae:
+        from models.vae_tune import vae_tune_config
+
+        tune = vae_tune_config(cfg.vae_preset)
+        lines.append(f"vae phase (sd-lora, before its grid): the base's VAE tuned at {cfg.image_size}px for {tune.steps} "
+                     f"steps of {tune.batch_size} training images ({tune.loss} + {tune.kl_weight:g} KL"
+                     f"{'' if tune.perceptual_weight == 0 else ' + LPIPS where its weights are here'}"
+                     f"{', decoder only' if tune.decoder_only else ''}); every LoRA trains on its latents")
     return lines
 
 

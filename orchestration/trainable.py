@@ -61,6 +61,8 @@ def model_config(cfg: SweepConfig, spec: TrialSpec):
         overrides["rank"] = spec.lora_rank
     if cfg.family_pretrained:
         overrides["pretrained"] = cfg.family_pretrained
+    if cfg.vae:  # the VAE the vae phase tuned for this family (orchestration.phases.vae)
+        overrides["vae"] = cfg.vae
     return family_config(cfg.model, cfg.family_preset, **overrides)
 
 
