@@ -83,6 +83,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("val_loss", "held-out denoising loss", "min", "{:.5f}"),
     # reported every epoch but not selectable: Min-SNR trials weight it differently, so values do not compare
     Metric("train_loss", "training loss", "min", "{:.5f}", selectable=False),
+    # the VAE phase's reconstructions (sd-lora --tune-vae), not generated samples
+    Metric("psnr", "PSNR of VAE reconstructions", "max", "{:.2f} dB", selectable=False),
 )}
 SAMPLE_METRICS = ("fid", "fd_estimator", "mtcnn", "clip_score", "est_acc", "est_acc_balanced")
 SELECTABLE = tuple(k for k, m in METRICS.items() if m.selectable)

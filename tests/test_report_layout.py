@@ -15,10 +15,10 @@ import pytest
 
 GRIDS, FINALS, PARAMETERS = "The grids (§4.1, §4.2)", "The final models (§4.3)", "Parameters (Figure 4.9)"
 DATA, REFERENCES, SUPERRES = "The data (§3.3, §3.4)", "Reference rows (the study's §3.5)", "Super-resolution (Figure 4.10)"
-SECTION = {"3.2": DATA, "3.3": DATA, "3.4": REFERENCES, "4.1": GRIDS, "4.2": GRIDS, "4.3": FINALS, "4.4": FINALS,
+SECTION = {"3.1": DATA, "3.2": DATA, "3.3": DATA, "3.4": REFERENCES, "4.1": GRIDS, "4.2": GRIDS, "4.3": FINALS, "4.4": FINALS,
            "C": FINALS, "4.5": FINALS, "4.6": FINALS, "4.7": FINALS, "4.9": PARAMETERS, "4.10": SUPERRES}
 SHOWN = {"fig3.2_dataset.png", "fig3.3_augmentation.png", "fig3.4_real_ground_truth.png"}  # beside report.md
-FAMILY_FIGURES = {"ddpm": {"4.1", "4.3"}, "sd-lora": {"4.2", "4.4"}}
+FAMILY_FIGURES = {"ddpm": {"4.1", "4.3"}, "sd-lora": {"3.1", "4.2", "4.4"}}  # 3.1: sd-lora's vae phase
 
 
 def _png(tmp: Path, name: str) -> Path:
@@ -64,6 +64,12 @@ def _family(client, exp: str, parent: str, family: str, tmp: Path) -> None:
                  "samples/epoch_0001/attributes.png"):
         _artifact(client, final, tmp, path)
     client.set_terminated(final)
+
+    if family == "sd-lora":  # --tune-vae
+        vae = _child(client, exp, parent, "vae", family, f"{family}: VAE tuned at 16px")
+        client.log_param(vae, "image_size", 16)
+        _artifact(client, vae, tmp, "vae/fig3.1_vae.png")
+        client.set_terminated(vae)
 
     ref = _child(client, exp, parent, "reference", family, f"reference: untrained {family} (8)")
     client.log_metric(ref, "untrained.fd_estimator", 90.0)
@@ -128,9 +134,10 @@ def test_every_figure_sits_under_its_section(store, tmp_path, experiment, famili
     assert {k: html_lib.unescape(s) for k, s in in_html.items()} == expected
     assert in_md == expected
     assert all((out / name).is_file() and name in md for name in SHOWN)
+    assert ("fig3.1_vae.png" in md) == ("sd-lora" in families)
     for family in families:  # each family's logged samples are shown (not only placed)
         assert f"fig3.4_{family}_untrained.png" in md and f"untrained {family}" in md
-        for key in FAMILY_FIGURES[family]:
+        for key in FAMILY_FIGURES[family] - {"3.1"}:
             number = "4.1" if key in ("4.1", "4.2") else "4.3"
             kind = "grid" if number == "4.1" else "final"
             assert f"fig{key}_{family}_{kind}_samples.png" in md, (key, family)

@@ -59,6 +59,12 @@ def record(tmp_path_factory):
     _final(client, exp, parent, "ddpm", 1, 0.62, 14.0)
     _final(client, exp, parent, "sd-lora", 0, 0.40, 12.0)
     _final(client, exp, parent, "sd-lora", 1, 0.43, 13.0)
+    vae = _child(client, exp, parent, "vae", "sd-lora", "sd-lora: VAE tuned at 16px")
+    client.log_param(vae, "eval_samples", 100)
+    for key, value in {"base_vae.psnr": 11.4, "tuned_vae.psnr": 11.9, "base_vae.fd_estimator": 9.0,
+                       "tuned_vae.fd_estimator": 8.0, "base_vae.est_acc": 0.30, "tuned_vae.est_acc": 0.34}.items():
+        client.log_metric(vae, key, value, step=0)
+    client.set_terminated(vae)
     sr = _child(client, exp, parent, "superres", "sd-lora", "sd-lora: super-resolution")
     client.set_tag(sr, "condface.unavailable.superres", "IF stage II weights not loadable from folder /nowhere")
     client.set_terminated(sr)
@@ -82,8 +88,27 @@ def test_conclusions_compare_against_the_seed_spread_and_name_what_is_absent(rec
     assert "favours the first" in fd[5] and "does not exceed the seed-to-seed spread (4.000)" in fd[5]
     assert [c.n for c in table.rows[rows.index(acc)][2:4]] == [100, 100]
     absent = [r for r in rows if r[5].startswith("not measured")]
-    assert {("pixel-text" in r[5], "sd-lora-vae" in r[5], "if-lora" in r[5]) for r in absent} == \
-        {(True, False, False), (False, True, False), (False, False, True)}
+    assert {("pixel-text" in r[5], "if-lora" in r[5]) for r in absent} == {(True, False), (False, True)}
+    vae = rows[next(i for i, r in enumerate(rows) if r[0].startswith("tuned VAE vs base VAE")):]
+    assert [r[1] for r in vae] == ["psnr", "fd_estimator", "est_acc"]  # what the vae phase logged, nothing more
+    assert vae[0][2].startswith("11.90 dB") and vae[0][3].startswith("11.40 dB") and "favours the first" in vae[0][5]
+    assert "favours the first" in vae[1][5]  # a lower distance is better
+    assert "sampling standard error" in vae[2][5]
+
+
+def test_without_a_vae_phase_the_vae_claim_says_how_to_measure_it(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.report.conclusions import vae_rows
+    from orchestration.report.record import Record
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("novae")
+    parent = client.create_run(exp, run_name="sweep/s", tags={"condface.phase": "sweep"}).info.run_id
+    client.set_terminated(parent)
+    (row,) = vae_rows(Record.load(uri, "novae"))
+    assert "not measured" in row[5].text and "--tune-vae" in row[5].text
 
 
 def test_one_seed_says_the_spread_was_not_measured():

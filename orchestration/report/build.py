@@ -35,6 +35,7 @@ from orchestration.report.tables import (
     reference_label,
     sampler_table,
 )
+from orchestration.report.vae_figure import vae_figure
 
 Blocks = list[tuple[str, Any]]
 GRID_TABLES = {"ddpm": "4.1", "sd-lora": "4.3"}  # the study's table of each family's grid (other families: G-<family>)
@@ -308,6 +309,7 @@ def build(rec: Record) -> Report:
     report.extend(protocol_section(rec))
     report.add("h2", "The data (§3.3, §3.4)")
     report.extend([("figure", method_figures.dataset_figure(rec)), ("figure", method_figures.augmentation_figure(rec))])
+    report.extend([("figure", f) for f in [vae_figure(rec)] if f is not None])  # 3.1: only where --tune-vae ran
     report.add("h2", "Reference rows (the study's §3.5)")
     report.extend(references_section(columns))
     report.add("figure", method_figures.reference_samples_figure(rec, report))
