@@ -37,13 +37,14 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     scorer = Scorer(eval_config)
     paired = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
     # the first grid trial's model: for the DDPM its weights are random anyway; for sd-lora the adapters start
-    # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it
-    config = model_config(cfg, grid_trials(cfg)[0])
+    # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it. Only the
+    # untrained row has a family (the real-image rows are computed with the whole sweep's config).
     generated: list = []
     build = {
-        "untrained": lambda: untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
-                                           cfg.seed, sampler=cfg.sampler, ddpm_variance=cfg.ddpm_variance,
-                                           precision=cfg.sampling_precision, shown=generated),
+        "untrained": lambda: untrained_row(scorer, paired, cfg.model, model_config(cfg, grid_trials(cfg)[0]),
+                                           cfg.sampling_steps, cfg.guidance_scale, cfg.seed, sampler=cfg.sampler,
+                                           ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision,
+                                           shown=generated),
         "ground_truth": lambda: ground_truth_row(scorer, paired),
         "real_held_out": lambda: held_out_row(scorer, paired, cfg.seed),
     }
