@@ -1,8 +1,8 @@
 """Shared fixtures. Every test runs offline, on the CPU, with small data the tests build.
 
 One cache home per test session: the toy data, the estimator trained on it and the tiny SD base are built once
-and shared by every module (their caches key on content, not on when they were written). The one two-family smoke
-sweep (`two_family_sweep`) is shared by the report, model, UI and sweep tests. Tests that run a sweep, a cluster or
+and shared by every module (their caches key on content, not on when they were written). The one joint smoke
+sweep (`joint_sweep`) is shared by the report, model, UI and sweep tests. Tests that run a sweep, a cluster or
 a browser are marked `slow`; `make test-fast` leaves them out.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from tests.tools import JOINT_FAMILIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -21,8 +23,8 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ["RAY_ADDRESS"] = "local"
 
 
-SLOW_FIXTURES = {"two_family_sweep"}
-SHARED_GROUP = "two-family-sweep"
+SLOW_FIXTURES = {"joint_sweep"}
+SHARED_GROUP = "joint-sweep"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -75,8 +77,8 @@ def data(home) -> str:
 
 
 @pytest.fixture(scope="session")
-def two_family_sweep(home, data, tmp_path_factory) -> dict:
-    """One finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase, on a local Ray runtime
+def joint_sweep(home, data, tmp_path_factory) -> dict:
+    """One finished smoke sweep of several families (JOINT_FAMILIES: all but if-lora) with the sampler phase, on a local Ray runtime
     and a real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
 
     cfg, uri: the resolved config and its tracking URI; out: what run_sweep returned; parent: the sweep's run id;
@@ -88,8 +90,8 @@ def two_family_sweep(home, data, tmp_path_factory) -> dict:
     from orchestration.config import resolve
     from orchestration.driver import run_sweep
 
-    tmp = tmp_path_factory.mktemp("two-family-sweep")
-    cfg = resolve("smoke", model="ddpm,sd-lora", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+    tmp = tmp_path_factory.mktemp("joint-sweep")
+    cfg = resolve("smoke", model=JOINT_FAMILIES, data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
                   storage_path=str(tmp / "results"), sampler_phase=True)
     started = not ray.is_initialized()
     if started:

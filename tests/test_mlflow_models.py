@@ -1,4 +1,4 @@
-"""Trained models as people use them, on a finished smoke sweep of both families (one in-process sweep, shared):
+"""Trained models as people use them, on the finished joint smoke sweep (one in-process sweep of several families, shared):
 
 - the registered models are MLflow models with the alias `champion`: `mlflow.pyfunc.load_model(...).predict`
   gives base64 PNGs in a fresh process that never imports the sweep (nor, with the editable install switched
@@ -45,10 +45,10 @@ NO_CHECKOUT = ("import sys, importlib.util\n"
 
 
 @pytest.fixture(scope="module")
-def store(two_family_sweep):
-    """The session's finished smoke sweep of both families (ddpm,sd-lora): the MLflow store and what the sweep
+def store(joint_sweep):
+    """The session's finished joint smoke sweep (tests/conftest.py JOINT_FAMILIES): the MLflow store and what the sweep
     returned."""
-    return two_family_sweep
+    return joint_sweep
 
 
 def client_for(uri: str):
@@ -312,7 +312,7 @@ def test_the_mlflow_ui_shows_trials_metrics_images_and_the_champion(store, tmp_p
     exp = client.get_experiment_by_name(store["cfg"].experiment_name)
     final = store["out"]["families"]["ddpm"]["final"]
     grid = client.search_runs([exp.experiment_id], "tags.`condface.phase` = 'grid'")
-    assert len(grid) == 4
+    assert len(grid) == 2 * len(store["cfg"].families)  # two smoke trials per family
     # what a person would set up by clicking: the assistant panel closed, the sweep's nested runs expanded, the
     # key metrics and the grid axes as columns (the UI keeps this per experiment in the browser's localStorage)
     table = {"selectedColumns": ["attributes.`Dataset`", "metrics.`val_loss`", "metrics.`est_acc_balanced`",

@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 
 from tests.test_orchestration_sweep import artifact_paths, children
-from tests.tools import run_module
+from tests.tools import JOINT_EXPERIMENT, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENT = "condface-ddpm+sd-lora-smoke"
+EXPERIMENT = JOINT_EXPERIMENT
 
 
 @pytest.fixture(scope="module")
-def sweep(two_family_sweep):
+def sweep(joint_sweep):
     """The session's finished smoke sweep of the whole study (ddpm,sd-lora) with the sampler phase."""
-    return two_family_sweep
+    return joint_sweep
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tools import JOINT_FAMILIES
+
 pytestmark = pytest.mark.slow  # sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +60,8 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
     return out
 
 
-def test_mini_sweep_lands_in_mlflow(two_family_sweep, tmp_path):
-    cfg, out, client = two_family_sweep["cfg"], two_family_sweep["out"], two_family_sweep["client"]
+def test_mini_sweep_lands_in_mlflow(joint_sweep, tmp_path):
+    cfg, out, client = joint_sweep["cfg"], joint_sweep["out"], joint_sweep["client"]
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
     # every field of the resolved config is a param of the parent run: no hidden defaults; and the estimator that
@@ -73,7 +75,7 @@ def test_mini_sweep_lands_in_mlflow(two_family_sweep, tmp_path):
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "estimator")}
     assert {"estimator/estimator.safetensors", "estimator/config.json", "estimator/report.json",
             "estimator/confusion_smiling.png"} <= logged
-    assert parent.data.tags["condface.family"] == cfg.model == "ddpm,sd-lora" and parent.data.tags["condface.preset"] == "smoke"
+    assert parent.data.tags["condface.family"] == cfg.model == JOINT_FAMILIES and parent.data.tags["condface.preset"] == "smoke"
 
     runs = children(client, parent.info.run_id)
     by_phase: dict[str, list] = {}
@@ -223,13 +225,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
     assert phases["sweep"]["status"] == "done" and phases["ddpm/grid"]["status"] == "done"
 
 
-def test_mini_lora_sweep_lands_in_mlflow(two_family_sweep):
-    client = two_family_sweep["client"]
-    parent = client.get_run(two_family_sweep["parent"])
+def test_mini_lora_sweep_lands_in_mlflow(joint_sweep):
+    client = joint_sweep["client"]
+    parent = client.get_run(joint_sweep["parent"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["condface.base"].startswith("tiny offline SD base 'test'")  # no --pretrained given
-    runs = children(client, two_family_sweep["parent"])
+    runs = children(client, joint_sweep["parent"])
     grid = [r for r in runs if r.data.tags["condface.phase"] == "grid" and r.data.tags["condface.family"] == "sd-lora"]
+    assert all(r.data.tags["condface.base"].startswith("tiny offline SD base 'test'") for r in grid)  # no --pretrained
     assert sorted(r.data.params["trial.lora_rank"] for r in grid) == ["2", "4"]
     for run in grid:
         assert run.info.status == "FINISHED"

@@ -8,8 +8,6 @@ its `tokenizer/` and `text_encoder/` subfolders), from the `test` tiny base buil
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -109,30 +107,13 @@ def test_a_missing_text_encoder_is_one_clear_line(tmp_path):
         family_config("pixel-text", "huge")
 
 
-@pytest.mark.slow
-def test_smoke_sweep_trains_selects_retrains_sweeps_guidance_registers_and_reports(data, home, tmp_path):
-    """`--model pixel-text` end to end on the smoke preset (2 trials x 1 epoch at 16 px, no --pretrained: the tiny
-    base's text encoder, which the tags say)."""
+def test_in_the_joint_smoke_sweep_it_trains_selects_retrains_sweeps_guidance_registers_and_reports(joint_sweep):
+    """`--model pixel-text` end to end in the shared smoke sweep of every family (2 trials x 1 epoch at 16 px, no
+    --pretrained: the tiny base's text encoder, which the tags say)."""
     import mlflow
     import pandas as pd
-    import ray
-    from mlflow.tracking import MlflowClient
 
-    from orchestration.config import resolve
-    from orchestration.driver import run_sweep
-
-    started = time.perf_counter()
-    cfg = resolve("smoke", model="pixel-text", data=data, tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-                  storage_path=str(tmp_path / "results"))
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        if own_ray:
-            ray.shutdown()
-    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    cfg, out, client = joint_sweep["cfg"], joint_sweep["out"], joint_sweep["client"]
     runs = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
     by_phase: dict[str, list] = {}
     for run in runs:
@@ -163,4 +144,3 @@ def test_smoke_sweep_trains_selects_retrains_sweeps_guidance_registers_and_repor
     report = (out["state"].root / "report" / "report.md").read_text()
     assert "pixel-text final" in report and "untrained text DDPM" in report
     assert "fig4.8_cfg_pareto.png" in report and "| pixel-text (" in report  # Figure 4.9's table row
-    print(f"pixel-text smoke sweep: {time.perf_counter() - started:.0f} s")

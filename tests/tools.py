@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# the families of the joint smoke sweep every slow module shares (tests/conftest.py::joint_sweep), and its experiment
+JOINT_FAMILIES = "ddpm,sd-lora,pixel-text"
+JOINT_EXPERIMENT = "condface-" + JOINT_FAMILIES.replace(",", "+") + "-smoke"
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
