@@ -45,7 +45,13 @@ def _sd_lora() -> FamilySpec:
     return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily, load=load_pipeline)
 
 
-FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora}
+def _if_lora() -> FamilySpec:
+    from models.if_lora import PRESETS, IFLoRAFamily, if_lora_config, load_pipeline
+
+    return FamilySpec(presets=tuple(PRESETS), config=if_lora_config, build=IFLoRAFamily, load=load_pipeline)
+
+
+FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora, "if-lora": _if_lora}
 
 
 def family_spec(model: str) -> FamilySpec:
