@@ -14,7 +14,7 @@ Attributes: --bangs/--eyeglasses/--beard/--smiling/--age take a level 0..5. One 
 its level is drawn for each image from the training data's level frequencies, which an MLflow model
 that the sweep registered carries; for a plain folder (no frequencies saved) it is drawn uniformly.
 (Not "unconditional for that attribute": the model only ever saw the all-zero condition as a whole.)
-sd-lora: the levels become captions in the training captions' style, or --caption gives the prompt
+sd-lora, if-lora: the levels become captions in the training captions' style, or --caption gives the prompt
 itself (with no attribute flags). The DDPM takes no caption.
 
 Writes a grid with each face's levels (or the caption) under it and the settings on top; shows
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "local folder (save_pretrained folder or MLflow model)")
     for a in ATTRIBUTES:
         p.add_argument(f"--{a}", type=str, default=None, metavar="0..5", help=f"{a} level (default: any)")
-    p.add_argument("--caption", help="sd-lora only: the prompt for every image (instead of attribute levels)")
+    p.add_argument("--caption", help="sd-lora and if-lora: the prompt for every image (instead of attribute levels)")
     p.add_argument("-n", "--num-images", type=int, default=16, help="how many faces (default 16)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's, else 3)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's, else dpm++")
@@ -141,7 +141,7 @@ def labelled_grid(images: np.ndarray, labels: list[str], header: str, ncols: int
 
 def run(args: argparse.Namespace) -> Path:
     from data.synthetic_captions import level_captions
-    from models.mlflow_model import draw_levels, load_resolved, resolve_folder
+    from models.mlflow_model import TEXT_FAMILIES, draw_levels, load_resolved, resolve_folder
     from models.runtime import configure_torch
     from models.sampling import generate, save_png
 
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> Path:
     uri = tracking_uri(args.tracking_uri)
     model = resolve_folder(fetch(args.model, uri))
     if args.caption is not None and model.family == "ddpm":
-        raise ConfigError("--caption is for the sd-lora family: this DDPM is conditioned on attribute levels "
+        raise ConfigError(f"--caption is for the text families ({', '.join(TEXT_FAMILIES)}): this DDPM is "
+                          "conditioned on attribute levels "
                           f"(--{', --'.join(ATTRIBUTES)})")
     if args.caption is not None and given:
         raise ConfigError("give either --caption or attribute levels, not both")
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         freq = model.info.get("level_frequencies")
         levels = draw_levels(given, n, freq, np.random.default_rng(args.seed))
-        captions = level_captions(levels, args.seed) if model.family == "sd-lora" else None
+        captions = level_captions(levels, args.seed) if model.family in TEXT_FAMILIES else None
         labels = [level_label(row) for row in levels]
     images = generate(pipe, levels, captions, guidance, steps, args.seed, sampler, progress=True,
                       ddpm_variance=ddpm_variance, precision=precision)

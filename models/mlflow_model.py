@@ -1,8 +1,8 @@
 """Trained models in MLflow's own formats, and one loader for every form a trained model takes.
 
-**The pyfunc model (`CondfaceModel`)**, for both families: an `mlflow.pyfunc` model whose artifacts are
+**The pyfunc model (`CondfaceModel`)**, for every family: an `mlflow.pyfunc` model whose artifacts are
 the family's `save_pretrained` folder (`pipeline`), a small JSON (`condface`: family, sampling defaults,
-the training data's attribute-level frequencies) and, for an sd-lora on the tiny offline base, that
+the training data's attribute-level frequencies) and, for an sd-lora or if-lora on a tiny offline base, that
 base's folder (`base`). `code_paths` ships this project's `models` and `data` packages with it, so the
 served model needs only the packages in its requirements, never a checkout of this project.
 
@@ -36,6 +36,8 @@ machine (a local path in the flavor points into this machine's cache), and a LoR
 T (the study's T = 10,000) would be sampled by the flavor's pyfunc on the base's T = 1000 chain. Those
 (and a base in a local folder) get the pyfunc, which ships the tiny base as its `base` artifact or,
 for another base, names it in the JSON (`base`; pass `model_config={"base": ...}` to point elsewhere).
+An if-lora always gets the pyfunc: the flavor's pipeline would sample IF with its learned variance, which
+LoRA training on epsilon leaves untrained (models.if_family).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "numpy", "pandas",
                 "pillow", "mlflow")
 ANY = -1  # an input level meaning "any" (drawn from the data's level frequencies)
+TEXT_FAMILIES = ("sd-lora", "if-lora")  # conditioned on captions: levels become captions, or a `prompt` column
 # The pyfunc's code (MLflow's "models from code"): run when the model loads, with the shipped packages on sys.path.
 ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n\n"
                "mlflow.models.set_model(CondfaceModel())\n")
@@ -90,10 +93,12 @@ def download(model: str, uri: str) -> Path:
 
 
 def family_of(folder: str | Path) -> str:
-    """"ddpm" or "sd-lora" for a `save_pretrained` folder, or ConfigError."""
+    """"ddpm", "sd-lora" or "if-lora" for a `save_pretrained` folder, or ConfigError."""
+    from models.lora import LORA_INFO_FILE, lora_family
+
     folder = Path(folder)
-    if (folder / "condface_lora.json").is_file():
-        return "sd-lora"
+    if (folder / LORA_INFO_FILE).is_file():
+        return lora_family(json.loads((folder / LORA_INFO_FILE).read_text()))
     if (folder / "model_index.json").is_file():
         return "ddpm"
     raise ConfigError(f"{folder} holds no saved condface model (no model_index.json or condface_lora.json): point "
@@ -145,6 +150,10 @@ def load_resolved(model: Resolved, sampler: str = "ddpm", ddpm_variance: str = "
         from models.pipeline_ddpm import AttributeDiffusionPipeline
 
         return AttributeDiffusionPipeline.from_pretrained(str(model.pipeline_dir))
+    if model.family == "if-lora":
+        from models.if_lora import load_pipeline as load_if_pipeline
+
+        return load_if_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
     from models.sd_lora import load_pipeline
 
     return load_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
@@ -238,7 +247,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
         prompts = None
-        if self.model.family == "sd-lora" and "prompt" in frame.columns:
+        if self.model.family in TEXT_FAMILIES and "prompt" in frame.columns:
             prompts = [str(p) for p in frame["prompt"]]
             levels = None
         else:
@@ -248,7 +257,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 levels = draw_levels(given, n, self.info.get("level_frequencies"), np.random.default_rng(seed))
             except ConfigError as err:
                 raise mlflow.MlflowException.invalid_parameter_value(str(err)) from None
-            if self.model.family == "sd-lora":
+            if self.model.family in TEXT_FAMILIES:
                 prompts = level_captions(levels, seed)
         try:
             images = generate(self.pipe, levels, prompts, float(params.get("guidance_scale", 3.0)),
@@ -281,7 +290,7 @@ def signature(family: str, defaults: dict[str, Any]):
     # long (MLflow refuses ints for a double column and NaN for a long one): -1 in a row means "any" there
     inputs = [ColSpec(DataType.long, a, required=False) for a in ATTRIBUTES]
     outputs = [ColSpec(DataType.string, "image")]
-    if family == "sd-lora":
+    if family in TEXT_FAMILIES:
         inputs.append(ColSpec(DataType.string, "prompt", required=False))
         outputs.append(ColSpec(DataType.string, "prompt", required=False))
     else:
@@ -319,6 +328,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
     family = family_of(pipeline_dir)
     if family == "ddpm":
         return "pyfunc", "the attribute DDPM is a custom pipeline: MLflow's diffusers flavor holds LoRA adapters only"
+    if family == "if-lora":
+        return "pyfunc", ("IF's pipeline samples with its learned variance, which the LoRA's training (epsilon only) "
+                          "leaves untrained: the pyfunc samples with the fixed variance it trained for")
     if importlib.util.find_spec("mlflow.diffusers") is None:
         return "pyfunc", f"this MLflow ({mlflow.__version__}) has no diffusers flavor"
     info = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())
@@ -381,9 +393,9 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     with tempfile.TemporaryDirectory() as tmp:
         info_path = Path(tmp) / INFO_FILE
         artifacts = {"pipeline": str(pipeline_dir), INFO_ARTIFACT: str(info_path)}
-        if family == "sd-lora":
+        if family in ("sd-lora", "if-lora"):
             lora = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())["lora_config"]
-            base = _tiny_base_folder(lora)
+            base = _tiny_base_folder(family, lora)
             if base is not None:
                 artifacts["base"] = str(base)
             else:
@@ -400,11 +412,16 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     return "pyfunc"
 
 
-def _tiny_base_folder(lora_config: dict[str, Any]) -> Path | None:
-    """The tiny offline base's folder a LoRA trained on (None for any other base)."""
+def _tiny_base_folder(family: str, lora_config: dict[str, Any]) -> Path | None:
+    """The tiny offline base's folder a `family` LoRA trained on (None for any other base)."""
     pretrained = lora_config.get("pretrained")
     if pretrained is not None:
         return Path(pretrained) if (Path(pretrained) / "condface_base.json").is_file() else None
+    if family == "if-lora":
+        from models.tiny_if_base import PRESETS as IF_PRESETS
+        from models.tiny_if_base import ensure_tiny_if_base
+
+        return Path(ensure_tiny_if_base(IF_PRESETS[lora_config["tiny_base"]])[0])
     from models.tiny_base import PRESETS, ensure_tiny_base
 
     return Path(ensure_tiny_base(PRESETS[lora_config["tiny_base"]])[0])
