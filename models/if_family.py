@@ -4,8 +4,8 @@
 base); `models.if_lora.IFLoRAFamily` builds on it, freezes the base and trains LoRA adapters. Imports
 point one way: if_family <- tiny_if_base <- if_lora.
 
-Conditioning: T5 encoder hidden states, computed exactly as `IFPipeline.encode_prompt` does (padded to
-77 tokens, the attention mask passed to T5, no caption cleaning). The text encoder is frozen, so a
+Conditioning: T5 encoder hidden states, computed by `IFPipeline.encode_prompt` itself (lower-cased, padded
+to 77 tokens, the attention mask passed to T5; no caption cleaning, in training and in sampling alike). The text encoder is frozen, so a
 caption's embedding never changes: `CaptionEmbeddings` computes it once per distinct caption and keeps
 it IN MEMORY for the life of the family (one trial's process, every epoch of it; nothing on disk), up
 to a byte bound (least recently used evicted first). The empty caption's embedding is the "no
@@ -118,13 +118,11 @@ class IFFamily(DiffusionFamily):
             net.to(device)
         return self
 
-    @torch.no_grad()
     def _encode(self, captions: list[str]) -> torch.Tensor:
-        """T5 hidden states exactly as IFPipeline.encode_prompt computes them (no caption cleaning)."""
+        """T5 hidden states computed by `IFPipeline.encode_prompt` itself, without caption cleaning."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(captions, padding="max_length", max_length=IF_PROMPT_TOKENS, truncation=True,
-                             add_special_tokens=True, return_tensors="pt")
-        return self.text_encoder(ids.input_ids.to(device), attention_mask=ids.attention_mask.to(device))[0]
+        return self.base.encode_prompt(captions, do_classifier_free_guidance=False, device=device,
+                                       clean_caption=False)[0]
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """Caption embeddings on the family's device, from the in-memory cache where already computed."""

@@ -33,7 +33,7 @@ from diffusers import DDPMScheduler, IFPipeline
 from data.io import atomic_dir
 from models.errors import ConfigError
 from models.if_family import IFFamily, IFLoRAPipeline, if_training_scheduler
-from models.lora import LORA_INFO_FILE, LORA_TARGETS, add_lora, check_lora_settings, lora_state_dict, read_lora_info
+from models.lora import LORA_TARGETS, add_lora, check_lora_settings, lora_state_dict, read_lora_info
 from models.schedulers import make_scheduler
 from models.tiny_base import BASE_INFO_FILE
 from models.tiny_if_base import PRESETS as TINY
@@ -41,6 +41,7 @@ from models.tiny_if_base import ensure_tiny_if_base
 
 IF_I_M_ID = "DeepFloyd/IF-I-M-v1.0"
 IF_LORA_TARGETS = (*LORA_TARGETS, "add_k_proj", "add_v_proj")
+IF_LORA_INFO_FILE = "condface_if_lora.json"  # beside the weights; its name tells an if-lora folder from an sd-lora one
 REAL_BASE_HINT = (
     f"to use the real base, pass --pretrained {IF_I_M_ID} (or a local folder) after accepting its licence on the "
     f"Hub and `huggingface-cli download {IF_I_M_ID}` on a connected machine"
@@ -160,7 +161,7 @@ class IFLoRAFamily(IFFamily):
                 "base_description": self.base_description, "scheduler": dict(self.noise_scheduler.config)}
         with atomic_dir(directory) as tmp:
             IFPipeline.save_lora_weights(tmp, unet_lora_layers=lora_state_dict(self.module, peft_names=True), safe_serialization=True)
-            (tmp / LORA_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+            (tmp / IF_LORA_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **{f"lora_{k}": v for k, v in dataclasses.asdict(self.config).items()}}
@@ -171,7 +172,7 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: st
     """A fresh base with the saved LoRA weights loaded (`load_lora_weights`) and sampler `sampler`, built from the
     training schedule saved with the weights. base: a folder or hub id to load the base from instead of the one
     the weights name (e.g. the tiny base shipped inside an MLflow model)."""
-    info = read_lora_info(lora_dir, "if-lora")
+    info = read_lora_info(lora_dir, "if-lora", IF_LORA_INFO_FILE)
     config = IFLoRAConfig(**info["lora_config"])
     if base is not None:
         config = dataclasses.replace(config, pretrained=str(base))

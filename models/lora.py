@@ -3,8 +3,8 @@ and the captions a text-conditioned family trains on.
 
 Used by `models.sd_lora` (Stable Diffusion Nano, latent space) and `models.if_lora` (DeepFloyd IF stage I,
 pixel space). Each saves only its adapters (diffusers' LoRA format, safetensors) beside a JSON naming the
-family, the settings and the training schedule (`LORA_INFO_FILE`), and loads them onto a fresh base with
-the pipeline's `load_lora_weights`.
+family, the settings and the training schedule (sd-lora: `LORA_INFO_FILE`; each family its own file name, which
+tells its folders apart), and loads them onto a fresh base with the pipeline's `load_lora_weights`.
 """
 
 from __future__ import annotations
@@ -63,21 +63,12 @@ def check_lora_settings(rank: int, num_train_timesteps: int, prediction_type: st
         raise ConfigError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
 
 
-def read_lora_info(lora_dir: str | Path, family: str) -> dict[str, Any]:
-    """The JSON saved beside a `family` LoRA's weights; ConfigError if `lora_dir` holds none (or another family's)."""
-    path = Path(lora_dir) / LORA_INFO_FILE
+def read_lora_info(lora_dir: str | Path, family: str, info_file: str = LORA_INFO_FILE) -> dict[str, Any]:
+    """The JSON a `family` LoRA saved beside its weights as `info_file`; ConfigError if `lora_dir` holds none."""
+    path = Path(lora_dir) / info_file
     if not path.is_file():
-        raise ConfigError(f"{lora_dir} holds no {family} weights (no {LORA_INFO_FILE}); point at a saved LoRA folder")
-    info = json.loads(path.read_text())
-    saved = lora_family(info)
-    if saved != family:
-        raise ConfigError(f"{lora_dir} holds {saved} weights, not {family}")
-    return info
-
-
-def lora_family(info: dict[str, Any]) -> str:
-    """The family a saved LoRA belongs to (sd-lora wrote no `family` key before if-lora existed)."""
-    return str(info.get("family", "sd-lora"))
+        raise ConfigError(f"{lora_dir} holds no {family} weights (no {info_file}); point at a saved LoRA folder")
+    return json.loads(path.read_text())
 
 
 def training_captions(batch: dict[str, Any], uncond: torch.Tensor) -> list[str]:

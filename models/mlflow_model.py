@@ -94,11 +94,13 @@ def download(model: str, uri: str) -> Path:
 
 def family_of(folder: str | Path) -> str:
     """"ddpm", "sd-lora" or "if-lora" for a `save_pretrained` folder, or ConfigError."""
-    from models.lora import LORA_INFO_FILE, lora_family
+    from models.if_lora import IF_LORA_INFO_FILE
 
     folder = Path(folder)
-    if (folder / LORA_INFO_FILE).is_file():
-        return lora_family(json.loads((folder / LORA_INFO_FILE).read_text()))
+    if (folder / IF_LORA_INFO_FILE).is_file():
+        return "if-lora"
+    if (folder / "condface_lora.json").is_file():
+        return "sd-lora"
     if (folder / "model_index.json").is_file():
         return "ddpm"
     raise ConfigError(f"{folder} holds no saved condface model (no model_index.json or condface_lora.json): point "
@@ -394,7 +396,8 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
         info_path = Path(tmp) / INFO_FILE
         artifacts = {"pipeline": str(pipeline_dir), INFO_ARTIFACT: str(info_path)}
         if family in ("sd-lora", "if-lora"):
-            lora = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())["lora_config"]
+            info_file = "condface_lora.json" if family == "sd-lora" else "condface_if_lora.json"
+            lora = json.loads((Path(pipeline_dir) / info_file).read_text())["lora_config"]
             base = _tiny_base_folder(family, lora)
             if base is not None:
                 artifacts["base"] = str(base)

@@ -116,8 +116,7 @@ def generate(
     bf16 = sampling_bf16(precision, pipe.device)
 
     original = pipe.scheduler
-    # a pipeline with a VAE samples latents (SD); the others pixels (the DDPM, IF), clipped to [-1, 1]
-    space = "latent" if getattr(pipe, "vae", None) is not None else "pixel"
+    space = "latent" if getattr(pipe, "vae", None) is not None else "pixel"  # SD samples latents, the others pixels
     pipe.scheduler = make_scheduler(scheduler, original.config, space=space, ddpm_variance=ddpm_variance)
     pipe.set_progress_bar_config(disable=not progress)
     generator = torch.Generator().manual_seed(seed)

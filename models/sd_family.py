@@ -26,7 +26,6 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from data.io import atomic_dir
 from models.errors import ConfigError
 from models.family import DiffusionFamily
-from models.lora import check_image_size, training_captions
 from models.schedulers import make_scheduler
 
 
@@ -120,8 +119,13 @@ class StableDiffusionFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch["image"]
-        check_image_size(images, self.image_size, "sd-lora")
-        return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(training_captions(batch, uncond))}
+        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
+            raise ConfigError(
+                f"the data has {tuple(images.shape[-2:])} images but this sd-lora base is set up for "
+                f"{self.image_size}px; use data of that size (e.g. --data toy at {self.image_size}px)"
+            )
+        captions = ["" if drop else str(c) for c, drop in zip(batch["caption"], uncond.tolist())]
+        return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(captions)}
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         return self.module(noisy, timesteps, encoder_hidden_states=cond["encoder_hidden_states"]).sample
