@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 # --- model families ------------------------------------------------------------------------------
-FAMILIES = ("ddpm", "sd-lora")
-FAMILY_NAMES = {"ddpm": "attribute DDPM", "sd-lora": "SD Nano 2.1 + LoRA"}
-FAMILY_COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green"}
+FAMILIES = ("ddpm", "sd-lora", "if-lora")
+FAMILY_NAMES = {"ddpm": "attribute DDPM", "sd-lora": "SD Nano 2.1 + LoRA", "if-lora": "DeepFloyd IF-I-M + LoRA"}
+FAMILY_COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green", "if-lora": "tab:brown"}
+# The reference row of each family's untrained model (for a LoRA family: its base, the adapters at zero)
+UNTRAINED_LABELS = {"ddpm": "untrained DDPM", "sd-lora": "SD base (no LoRA)", "if-lora": "IF base (no LoRA)"}
 SAMPLER_STYLES = {"ddpm": ("tab:red", "o"), "ddim": ("tab:purple", "s"), "dpm++": ("tab:cyan", "^")}
 
 # --- MLflow names ----------------------------------------------------------------------------------

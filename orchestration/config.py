@@ -99,8 +99,9 @@ class SweepConfig:
     `python -m orchestration.sweep` (orchestration.sweep derives the parser from these fields)."""
 
     preset: str
-    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), or both -- "
-                                 "ddpm,sd-lora or all -- for the whole study in one sweep (default ddpm)", parse=_models)
+    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), if-lora (DeepFloyd "
+                                 "IF stage I + LoRA), several -- ddpm,sd-lora: the study -- or all, in one sweep "
+                                 "(default ddpm)", parse=_models)
     data: str = setting("toy", "'toy' (the embedded synthetic faces, default) or an image-cache directory from "
                                "data.prepare")
     image_size: int = setting(64, minimum=1)
@@ -122,6 +123,9 @@ class SweepConfig:
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
     pretrained: str | None = setting(None, "sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt "
                                            "instead of the preset's base")
+    if_lora_preset: str = "study"  # models.if_lora preset (base model, resolution)
+    if_pretrained: str | None = setting(None, "if-lora: a local DeepFloyd IF stage I folder (or hub id) to adapt "
+                                              "instead of the preset's base")
     beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
                                         "longer chain for T = 10,000")
 
@@ -322,6 +326,7 @@ CPU_DEMO = dataclasses.replace(
     channel_sets=(("small", (16, 32, 64)), ("large", (32, 64, 64))),
     ddpm_preset="cpu-16",
     lora_preset="cpu-16",
+    if_lora_preset="cpu-16",
     epochs=2,
     final_epochs=6,
     epoch_images=2048,
@@ -359,6 +364,7 @@ SMOKE = dataclasses.replace(
     channel_sets=(("small", (16, 64)), ("large", (32, 64))),
     lora_ranks=(2, 4),
     lora_preset="test",
+    if_lora_preset="test",
     epochs=1,
     final_epochs=1,
     epoch_images=64,

@@ -90,9 +90,9 @@ def check_data(cfg: SweepConfig) -> str:
     cache = FaceCache.open(data_root)
     size = cache.size
     captions = cache.manifest.get("captions")
-    if isinstance(captions, dict) and "sd-lora" in cfg.families:  # the text family trains on these
+    if isinstance(captions, dict) and {"sd-lora", "if-lora"} & set(cfg.families):  # the text families train on these
         if captions.get("waived"):
-            print("data: captions waived (data.prepare --no-captions): the sd-lora family trains on empty captions",
+            print("data: captions waived (data.prepare --no-captions): the text families train on empty captions",
                   flush=True)
         else:
             print(f"data: {captions.get('non_empty', 0):,} of {captions.get('images', 0):,} images have a non-empty "
@@ -104,18 +104,20 @@ def check_data(cfg: SweepConfig) -> str:
 
 
 def base_tags(cfg: SweepConfig) -> dict[str, str]:
-    """sd-lora: say plainly which base the adapters train on, here and as a tag of every run."""
-    if cfg.model != "sd-lora":
+    """A LoRA family: say plainly which base the adapters train on, here and as a tag of every run."""
+    if cfg.model not in ("sd-lora", "if-lora"):
         return {}
-    from models.sd_lora import REAL_BASE_HINT, base_summary
+    import importlib
+
     from orchestration.grid import grid_trials
     from orchestration.trainable import model_config
 
+    family = importlib.import_module("models.sd_lora" if cfg.model == "sd-lora" else "models.if_lora")
     lora = model_config(cfg, grid_trials(cfg)[0])
-    print(f"sd-lora base: {base_summary(lora)}", flush=True)
+    print(f"{cfg.model} base: {family.base_summary(lora)}", flush=True)
     if lora.pretrained is None:
-        print(f"sd-lora: {REAL_BASE_HINT}", flush=True)
-    return {f"{TAG_PREFIX}base": base_summary(lora)}
+        print(f"{cfg.model}: {family.REAL_BASE_HINT}", flush=True)
+    return {f"{TAG_PREFIX}base": family.base_summary(lora)}
 
 
 @dataclasses.dataclass
@@ -195,7 +197,7 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
         acc = fin["values"].get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")
         if acc is not None and ref:
-            against = "the base without LoRA" if f == "sd-lora" else "the untrained model"
+            against = "the base without LoRA" if f in ("sd-lora", "if-lora") else "the untrained model"
             blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs "
                           f"{ref:.1%} for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
         if r.get("cfg"):

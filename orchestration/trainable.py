@@ -57,6 +57,10 @@ def model_config(cfg: SweepConfig, spec: TrialSpec):
         return family_config("ddpm", cfg.ddpm_preset, image_size=cfg.image_size,
                              block_out_channels=cfg.channels[spec.channels], num_train_timesteps=spec.timesteps,
                              beta_rescale=cfg.beta_rescale)
+    if cfg.model == "if-lora":
+        extra = {"pretrained": cfg.if_pretrained} if cfg.if_pretrained else {}
+        return family_config("if-lora", cfg.if_lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps,
+                             beta_rescale=cfg.beta_rescale, **extra)
     extra = {"pretrained": cfg.pretrained} if cfg.pretrained else {}
     return family_config("sd-lora", cfg.lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps,
                          beta_rescale=cfg.beta_rescale, **extra)

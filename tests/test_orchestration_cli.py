@@ -69,7 +69,7 @@ def test_bad_model_from_the_real_command_line(tmp_path):
     out = sweep_command("--model", "gan", cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
-        "error: argument --model: expected a comma-separated list of ddpm, sd-lora, got 'gan' (see --help)"
+        "error: argument --model: expected a comma-separated list of ddpm, sd-lora, if-lora, got 'gan' (see --help)"
     ]
 
 
@@ -207,12 +207,13 @@ def test_study_dry_run_states_the_protocol(tmp_path):
     assert "rescaled by 1000/T" in rescaled.stdout and "50 steps" in rescaled.stdout
 
 
-@pytest.mark.parametrize("model", ["ddpm,sd-lora", "all"])
-def test_dry_run_lists_both_families_40_trials(model, tmp_path):
+@pytest.mark.parametrize("model, n, families", [("ddpm,sd-lora", 40, "ddpm + sd-lora"),
+                                                ("all", 64, "ddpm + sd-lora + if-lora")])
+def test_dry_run_lists_every_familys_trials(model, n, families, tmp_path):
     out = sweep("--model", model, "--preset", "study", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert len(table_rows(out.stdout)) == 40
-    assert "40 trials (ddpm + sd-lora)" in out.stdout
+    assert len(table_rows(out.stdout)) == n
+    assert f"{n} trials ({families})" in out.stdout
 
 
 def test_augment_axis_multiplies_the_grid(tmp_path):

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from data.catalogue import TAG_PREFIX
+from data.catalogue import TAG_PREFIX, UNTRAINED_LABELS
 from orchestration.config import SweepConfig
 from orchestration.phases.nested import nested_run
 from orchestration.resources import plan_resources
@@ -116,7 +116,7 @@ def family_reference(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, 
                "sampling_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
                "sampling_precision": cfg.sampling_precision,
                "guidance_scale": cfg.guidance_scale}
-    label = "SD base without LoRA" if cfg.model == "sd-lora" else "untrained DDPM"
+    label = UNTRAINED_LABELS.get(cfg.model, "untrained DDPM")
     rows = _cached_rows(
         sweep, f"reference/{cfg.model}/{_digest(depends)}", f"reference: {label} ({cfg.final_samples})",
         {f"ref.{k}": v for k, v in depends.items()}, tags,

@@ -33,6 +33,7 @@ from orchestration.report.tables import (
 )
 
 Blocks = list[tuple[str, Any]]
+GRID_TABLES = {"ddpm": "4.1", "sd-lora": "4.3"}  # the study's table of each family's grid (other families: G-<family>)
 
 
 # --- the record as the table builder's values -----------------------------------------------------
@@ -113,9 +114,9 @@ def references_section(columns: list[Column]) -> Blocks:
 
 
 def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
-    """Table 4.1 (ddpm) / 4.3 (sd-lora), with the trials' status and the configuration the sweep selected."""
+    """Table 4.1 (ddpm) / 4.3 (sd-lora) / G-<family>, with the trials' status and the configuration selected."""
     runs = rec.runs("grid", family)
-    number = "4.1" if family == "ddpm" else "4.3"
+    number = GRID_TABLES.get(family, f"G-{family}")
     if not runs:
         report.missing.append(f"{family}: no grid trial logged yet (Table {number})")
         return None
@@ -123,7 +124,7 @@ def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
     axes = ["T", "Min-SNR-γ", "GA", "channels" if family == "ddpm" else "r"] + (["augment"] if with_augment else [])
     t = grid_table(number, f"{FAMILY_NAMES[family]} grid ({len(runs)} trials): the best value of each metric at any "
                            "epoch and the configuration that reached it", _trials(rec, runs, family, with_augment),
-                   _unavailable_of(runs), study.TABLE_4_1 if family == "ddpm" else study.TABLE_4_3, axes)
+                   _unavailable_of(runs), {"ddpm": study.TABLE_4_1, "sd-lora": study.TABLE_4_3}.get(family), axes)
     status = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "RUNNING", "FAILED", "KILLED")}
     t.notes.append(f"trials: {status['FINISHED']} finished, {status['RUNNING']} running, {status['FAILED']} failed"
                    + (f", {status['KILLED']} killed" if status["KILLED"] else ""))
@@ -131,9 +132,10 @@ def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
         report.missing.append(f"{family}: {status['RUNNING']} grid trial(s) still running (Table {number} is partial)")
     chosen = rec.tags.get(f"{TAG_PREFIX}best_config.{family}")
     metric = rec.tags.get(f"{TAG_PREFIX}select_metric", rec.params.get("select_metric", "?"))
-    t.notes.append(f"selected for the final run: {chosen or 'not yet'} (by {metric}); the study retrained "
-                   f"{study.SELECTED[family]}")
-    t.notes.append(f"study values: Cuadro {number} ({'§4.1' if family == 'ddpm' else '§4.2'}), 5-epoch trials")
+    retrained = f"; the study retrained {study.SELECTED[family]}" if family in study.SELECTED else ""
+    t.notes.append(f"selected for the final run: {chosen or 'not yet'} (by {metric}){retrained}")
+    if family in GRID_TABLES:
+        t.notes.append(f"study values: Cuadro {number} ({'§4.1' if family == 'ddpm' else '§4.2'}), 5-epoch trials")
     return t
 
 

@@ -62,7 +62,7 @@ def grid_samples(rec: Record, report: Report) -> list[Figure]:
     real = rec.artifact(rec.parent, "real/epoch_samples.png")
     figs = []
     for f in _families(rec):
-        number = "4.1" if f == "ddpm" else "4.2"
+        number = {"ddpm": "4.1", "sd-lora": "4.2"}.get(f, f"G-{f}")
         chosen = rec.tags.get(f"{TAG_PREFIX}best_config.{f}")
         grid = [r for r in rec.runs("grid", f) if run_label(r) == chosen] if chosen else []
         if grid:
@@ -83,7 +83,7 @@ def final_samples(rec: Record) -> list[Figure]:
     real = rec.artifact(rec.parent, "real/final_samples.png")
     figs = []
     for f in _families(rec):
-        number = "4.3" if f == "ddpm" else "4.4"
+        number = {"ddpm": "4.3", "sd-lora": "4.4"}.get(f, f"F-{f}")
         run = rec.one("final", f)
         png = rec.artifact(run, "final_samples/final_samples.png") if run else None
         n = run.data.metrics.get("final_est_acc_n") if run else None
@@ -263,7 +263,7 @@ def params_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
             continue
         t.rows.append([label(f"{f} ({run_label(run)})")]
                       + [label(f"{int(v):,} ({params_text(int(v))})") if v else label("-")
-                         for v in (total, unet if f == "sd-lora" else total, trained)]
+                         for v in (total, unet or total, trained)]
                       + [label(", ".join(f"{k} {params_text(v)}" for k, v in theirs.items()))])
         color = FAMILY_COLORS.get(f)
         bars.append(Bar(f"{f}: total" if f == "ddpm" else f"{f}: whole pipeline", int(total), color))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.catalogue import ATTRIBUTE_ACCURACY_KEYS, SAMPLE_METRICS, finite, metric
+from data.catalogue import ATTRIBUTE_ACCURACY_KEYS, SAMPLE_METRICS, UNTRAINED_LABELS, finite, metric
 from orchestration.report.document import Cell, Table, count_key, label, metric_label, number
 
 GRID_KEYS = (*SAMPLE_METRICS, "val_loss")  # Tables 4.1-4.3: the per-epoch metrics, the held-out loss last
@@ -23,7 +23,7 @@ ACCURACIES = ("est_acc", "est_acc_balanced")
 def reference_label(row: str, family: str) -> str:
     """The study's name for a reference row: for sd-lora the "untrained" row is the base without LoRA."""
     if row == "untrained":
-        return "SD base (no LoRA)" if family == "sd-lora" else "untrained DDPM"
+        return UNTRAINED_LABELS.get(family, "untrained DDPM")
     return row
 
 
