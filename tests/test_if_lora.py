@@ -28,13 +28,13 @@ from tests.test_sd_lora import SIZE, faces
 
 
 @pytest.fixture(scope="module")
-def data() -> list[dict]:
+def items() -> list[dict]:
     return faces(32)
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, data) -> str:
-    path, description = ensure_tiny_if_base(TINY["test"], root=tmp_path_factory.mktemp("if") / "base", dataset=data)
+def base(tmp_path_factory, items) -> str:
+    path, description = ensure_tiny_if_base(TINY["test"], root=tmp_path_factory.mktemp("if") / "base", dataset=items)
     assert "tiny offline IF base" in description and "not DeepFloyd IF-I-M" in description
     return str(path)
 
@@ -44,10 +44,10 @@ def family(base: str, **overrides) -> IFLoRAFamily:
     return build_family("if-lora", config, seed=0, verbose=False)
 
 
-def one_step(fam: IFLoRAFamily, data: list[dict], **overrides) -> None:
+def one_step(fam: IFLoRAFamily, items: list[dict], **overrides) -> None:
     cfg = dict(epochs=1, batch_size=8, lr=1e-2, val_samples=0, ema=False, max_steps_per_epoch=1, progress=False,
                verbose=False)
-    fit(fam, TrainConfig(**{**cfg, **overrides}), data)
+    fit(fam, TrainConfig(**{**cfg, **overrides}), items)
 
 
 def test_the_tiny_base_is_an_if_pipeline_folder_loaded_by_the_real_loading_code(base):
@@ -80,11 +80,11 @@ def test_lora_sits_on_every_attention_projection_including_the_text_keys_and_val
     assert fam.parameter_counts()["trainable"] == expected_count
 
 
-def test_a_training_step_changes_only_lora_weights(base, data):
+def test_a_training_step_changes_only_lora_weights(base, items):
     fam = family(base)
     nets = {"unet": fam.module, "text": fam.text_encoder}
     before = {f"{k}.{n}": p.detach().clone() for k, net in nets.items() for n, p in net.named_parameters()}
-    one_step(fam, data)
+    one_step(fam, items)
     after = {f"{k}.{n}": p.detach() for k, net in nets.items() for n, p in net.named_parameters()}
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     lora_b = {n for n in before if ".lora_B." in n}
@@ -92,7 +92,7 @@ def test_a_training_step_changes_only_lora_weights(base, data):
     assert all(".lora_" in n for n in changed)
 
 
-def test_training_regresses_epsilon_only_and_samplers_use_a_fixed_variance(base, data):
+def test_training_regresses_epsilon_only_and_samplers_use_a_fixed_variance(base, items):
     fam = family(base)
     x = torch.randn(2, 3, SIZE, SIZE)
     cond = {"encoder_hidden_states": fam.encode_captions(["a", ""])}
@@ -103,18 +103,18 @@ def test_training_regresses_epsilon_only_and_samplers_use_a_fixed_variance(base,
         torch.testing.assert_close(fam.predict(x, t, cond), full[:, :3])
     assert fam.noise_scheduler.config.variance_type == "fixed_small"
     assert fam.prediction_type == "epsilon"
-    captions = [item["caption"] for item in data[:2]]
+    captions = [item["caption"] for item in items[:2]]
     for sampler in ("ddpm", "ddim", "dpm++"):
         images = generate(fam, None, captions, 3.0, 3, seed=0, scheduler=sampler)
         assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
 
 
-def test_t5_embeddings_are_computed_once_per_distinct_caption_and_match_the_pipeline(base, data):
+def test_t5_embeddings_are_computed_once_per_distinct_caption_and_match_the_pipeline(base, items):
     fam = family(base)
     calls = []
     hook = fam.text_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     try:
-        captions = [item["caption"] for item in data[:4]] * 2 + [""]
+        captions = [item["caption"] for item in items[:4]] * 2 + [""]
         first = fam.encode_captions(captions)
         assert calls == [5] and (fam.captions.hits, fam.captions.misses) == (4, 5)
         again = fam.encode_captions(captions[:4] + [""])
@@ -128,10 +128,10 @@ def test_t5_embeddings_are_computed_once_per_distinct_caption_and_match_the_pipe
     torch.testing.assert_close(first[8:], negative)
 
 
-def test_lora_save_then_load_onto_a_fresh_base_reproduces_samples(base, data, tmp_path):
+def test_lora_save_then_load_onto_a_fresh_base_reproduces_samples(base, items, tmp_path):
     fam = family(base, rank=2)
-    one_step(fam, data, lr=5e-2)
-    kwargs = dict(levels=None, captions=[item["caption"] for item in data[:3]], guidance_scale=3.0,
+    one_step(fam, items, lr=5e-2)
+    kwargs = dict(levels=None, captions=[item["caption"] for item in items[:3]], guidance_scale=3.0,
                   num_inference_steps=4, seed=7, scheduler="ddim")
     trained = generate(fam, **kwargs)
     fam.save_pretrained(tmp_path / "lora")
@@ -145,12 +145,12 @@ def test_lora_save_then_load_onto_a_fresh_base_reproduces_samples(base, data, tm
         load_sd(tmp_path / "lora")
 
 
-def test_an_if_lora_is_an_mlflow_model_that_models_generate_draws_from(base, data, tmp_path):
+def test_an_if_lora_is_an_mlflow_model_that_models_generate_draws_from(base, items, tmp_path):
     from models.generate import main as generate_main
     from models.mlflow_model import load_resolved, resolve_folder, save_model
 
     fam = family(base)
-    one_step(fam, data)
+    one_step(fam, items)
     fam.save_pretrained(tmp_path / "lora")
     flavor = save_model(tmp_path / "mlflow", tmp_path / "lora", guidance_scale=2.0, sampler="ddim",
                         num_inference_steps=3)
@@ -176,3 +176,62 @@ def test_bad_settings_are_one_line_errors(base):
     with pytest.raises(ConfigError, match="set up for 16px"):
         fam.training_inputs({"image": torch.zeros(1, 3, 32, 32), "caption": ["a"]}, torch.zeros(1, dtype=torch.bool),
                             torch.Generator())
+
+
+@pytest.mark.slow
+def test_smoke_sweep_trains_selects_retrains_sweeps_guidance_registers_and_reports(data, home, tmp_path):
+    """`--model if-lora` end to end on the smoke preset (2 trials x 1 epoch at 16 px) on the tiny offline IF base,
+    which the tags and the report say."""
+    import time
+
+    import mlflow
+    import pandas as pd
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.config import resolve
+    from orchestration.driver import run_sweep
+
+    started = time.perf_counter()
+    cfg = resolve("smoke", model="if-lora", data=data, tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+                  storage_path=str(tmp_path / "results"))
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = run_sweep(cfg, dashboard=False)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    by_phase: dict[str, list] = {}
+    for run in runs:
+        if run.data.tags.get("condface.family") == "if-lora":
+            by_phase.setdefault(run.data.tags["condface.phase"], []).append(run)
+            assert run.info.status == "FINISHED", run.info.run_name
+    # trained: one trial per LoRA rank, only the adapters train, the tiny stand-in named in the tags
+    assert sorted(int(r.data.params["trial.lora_rank"]) for r in by_phase["grid"]) == list(cfg.lora_ranks)
+    for run in by_phase["grid"]:
+        assert run.data.tags["condface.base"].startswith("tiny offline IF base 'test'")
+        assert int(run.data.params["built.params_trainable"]) < int(run.data.params["built.params_unet"])
+    # selected, retrained, swept over guidance
+    fam = out["families"]["if-lora"]
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["condface.best_config.if-lora"] == fam["grid"]["best_label"]
+    (final,) = by_phase["final"]
+    assert final.info.run_id == fam["final"]["run_id"] and "final_est_acc" in final.data.metrics
+    assert [r["guidance_scale"] for r in fam["cfg"]["rows"]] == list(cfg.cfg_scales)
+    # registered: the champion is an MLflow model (its tiny base inside) that draws a face for a prompt
+    version = client.get_model_version_by_alias("condface-if-lora", "champion")
+    assert f"models:/condface-if-lora/{version.version}" == fam["final"]["model_uri"]
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/condface-if-lora@champion")
+    prompt = "A smiling woman with big bangs."
+    drawn = model.predict(pd.DataFrame({"prompt": [prompt]}), params={"num_inference_steps": 2})
+    assert list(drawn["prompt"]) == [prompt] and len(drawn["image"][0]) > 100
+    # reported: its final column, its untrained (base) row, its parameter counts
+    report = (out["state"].root / "report" / "report.md").read_text()
+    assert "if-lora final" in report and "IF base (no LoRA)" in report and "| if-lora (" in report
+    print(f"if-lora smoke sweep: {time.perf_counter() - started:.0f} s")
