@@ -7,7 +7,6 @@ minutes on 2 cores; the record is checked through MlflowClient the way a user wo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -160,40 +159,6 @@ def test_optuna_with_asha_samples_the_continuous_settings_and_records_every_tria
     assert len(out["families"]["ddpm"]["grid"]["records"]) == 3
 
 
-def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, data, ray_runtime, monkeypatch):
-    import ray
-
-    from orchestration.driver import run_sweep
-    from orchestration.faults import FAIL_ONCE_ENV
-
-    cfg = smoke(tmp_path, data, epochs=2, final_epochs=0, max_failures=1)
-    cfg = dataclasses.replace(cfg, channel_sets=(("small", (16, 64)),))
-    # Ray workers inherit the environment their runtime started with: this test's runtime starts with the fault
-    ray.shutdown()
-    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        ray.shutdown()
-        monkeypatch.delenv(FAIL_ONCE_ENV)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # the module's, again
-    (record,) = out["families"]["ddpm"]["grid"]["records"]
-    assert record["error"] is None
-    # Tune's history: epoch 1 from the first attempt, epoch 2 from the retry, which restored epoch 1's checkpoint
-    assert [int(r["epoch"]) for r in record["history"]] == [1, 2]
-    assert record["history"][-1]["iterations_since_restore"] == 1
-    assert list((out["state"].root / "injected-failures").iterdir()), "the failure really happened"
-
-    client = client_for(cfg.tracking_uri)
-    (run,) = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] == "grid"]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["condface.retries"] == "1"
-    assert "injected failure" in run.data.tags["condface.last_error"]
-    assert "fail_once_at_epoch" not in run.data.params and "fail_once_at_epoch" not in cfg.params()
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-
-
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the driver and every process it started (its local Ray runtime): the machine 'dies'."""
     import psutil
@@ -206,11 +171,16 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, home):
+    """Two faults in one sweep: every grid trial crashes once at its second epoch (Tune retries it from the first
+    epoch's checkpoint), and the driver dies with its Ray runtime mid-grid (`--resume` restores the grid)."""
+    from orchestration.faults import FAIL_ONCE_ENV
+
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--epochs", "6",
-            "--final-epochs", "0", "--max-concurrent", "1", "--no-dashboard", "--tracking-uri", uri,
-            "--storage-path", str(tmp_path / "results")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", "CONDFACE_HOME": str(home)}
+            "--final-epochs", "0", "--max-concurrent", "1", "--max-failures", "1", "--no-dashboard",
+            "--tracking-uri", uri, "--storage-path", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", "CONDFACE_HOME": str(home),
+           FAIL_ONCE_ENV: "1"}
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 240
@@ -241,8 +211,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, data, 
     runs = children(client, parents[0].info.run_id)
     grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
     assert len(grid) == 2 and all(r.info.status == "FINISHED" for r in grid)
-    for r in grid:  # every epoch of every trial logged exactly once
+    for r in grid:  # every epoch of every trial logged exactly once, the crashed epoch's retry included
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
+        assert "fail_once_at_epoch" not in r.data.params  # a test's fault is no setting of the user's
+    (done,) = [r for r in grid if r.info.run_name == done_label]  # crashed and retried before the kill
+    assert done.data.tags["condface.retries"] == "1"
+    assert "injected failure" in done.data.tags["condface.last_error"]
+    assert (tmp_path / "first.log").read_text().count("injected failure") >= 1
     sweep_dir = Path(parents[0].data.tags["condface.storage"])
     phases = json.loads((sweep_dir / "sweep.json").read_text())["phases"]
     assert phases["sweep"]["status"] == "done" and phases["ddpm/grid"]["status"] == "done"
