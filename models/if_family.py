@@ -71,10 +71,8 @@ class CaptionEmbeddings:
         self.misses += len(missing)
         self.hits += len(captions) - len(missing)
         fresh = dict(zip(missing, self.encode(missing).cpu())) if missing else {}
-        rows = []
-        for c in captions:
-            row = fresh[c] if c in fresh else self.table[c]
-            rows.append(row)
+        rows = [fresh[c] if c in fresh else self.table[c] for c in captions]
+        for c, row in zip(captions, rows):  # after the lookups: keeping may evict a row this batch uses
             self._keep(c, row)
         return torch.stack(rows)
 

@@ -20,6 +20,7 @@ from diffusers.models.attention_processor import Attention
 from models.engine import TrainConfig, fit
 from models.errors import ConfigError
 from models.families import build_family, family_config
+from models.if_family import CaptionEmbeddings
 from models.if_lora import IF_LORA_TARGETS, IFLoRAFamily, load_base, load_pipeline
 from models.sampling import generate
 from models.tiny_if_base import PRESETS as TINY
@@ -122,6 +123,12 @@ def test_t5_embeddings_are_computed_once_per_distinct_caption_and_match_the_pipe
         torch.testing.assert_close(again, first[[0, 1, 2, 3, 8]])
     finally:
         hook.remove()
+    # bounded: the least recently used embeddings go, and a batch whose rows get evicted still gets them all
+    row_bytes = first[0].numel() * first[0].element_size()
+    small = CaptionEmbeddings(fam._encode, max_bytes=2 * row_bytes)
+    small(captions[:2])
+    torch.testing.assert_close(small([captions[2], captions[0], captions[3]]), first[[2, 0, 3]])
+    assert small.bytes <= 2 * row_bytes and list(small.table) == [captions[0], captions[3]]
     # exactly what IFPipeline encodes for the prompt, and for the default negative prompt (the empty caption)
     prompt, negative = fam.pipeline().encode_prompt(captions[:1], do_classifier_free_guidance=True)
     torch.testing.assert_close(first[:1], prompt)
