@@ -14,12 +14,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 # --- model families ------------------------------------------------------------------------------
-FAMILIES = ("ddpm", "sd-lora", "if-lora")
-FAMILY_NAMES = {"ddpm": "attribute DDPM", "sd-lora": "SD Nano 2.1 + LoRA", "if-lora": "DeepFloyd IF-I-M + LoRA"}
-FAMILY_COLORS = {"ddpm": "tab:blue", "sd-lora": "tab:green", "if-lora": "tab:brown"}
-# The reference row of each family's untrained model (for a LoRA family: its base, the adapters at zero)
-UNTRAINED_LABELS = {"ddpm": "untrained DDPM", "sd-lora": "SD base (no LoRA)", "if-lora": "IF base (no LoRA)"}
+@dataclass(frozen=True)
+class Family:
+    """What every layer says about a model family (its code is registered in models.families)."""
+
+    name: str  # how tables and figures name it
+    color: str  # its colour in every plot
+    conditioning: str  # "levels" (the 30-value attribute vector) or "caption" (text)
+    untrained: str  # the reference row of its untrained model (Table 3.1)
+
+
+# One entry per family, in the fixed order of `--model all`, of tables' columns and of plots' legends.
+FAMILY_INFO: dict[str, Family] = {
+    "ddpm": Family("attribute DDPM", "tab:blue", "levels", "untrained DDPM"),
+    "sd-lora": Family("SD Nano 2.1 + LoRA", "tab:green", "caption", "SD base (no LoRA)"),
+    "pixel-text": Family("text-conditioned DDPM (pixels, from scratch)", "tab:orange", "caption",
+                         "untrained text DDPM"),
+    "if-lora": Family("DeepFloyd IF-I-M + LoRA", "tab:brown", "caption", "IF base (no LoRA)"),
+}
+FAMILIES = tuple(FAMILY_INFO)
+FAMILY_NAMES = {k: f.name for k, f in FAMILY_INFO.items()}
+FAMILY_COLORS = {k: f.color for k, f in FAMILY_INFO.items()}
 SAMPLER_STYLES = {"ddpm": ("tab:red", "o"), "ddim": ("tab:purple", "s"), "dpm++": ("tab:cyan", "^")}
 
 # --- MLflow names ----------------------------------------------------------------------------------
@@ -86,6 +103,11 @@ def metric(key: str) -> Metric:
 def better(key: str) -> str:
     """'min' or 'max' for a catalogued metric (KeyError for an uncatalogued one: no silent default)."""
     return metric(key).better
+
+
+def text_conditioned(family: str) -> bool:
+    """Whether `family` is conditioned on captions (else on attribute levels)."""
+    return FAMILY_INFO[family].conditioning == "caption"
 
 
 def finite(value: Any) -> bool:

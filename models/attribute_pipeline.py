@@ -84,11 +84,19 @@ class AttributeDiffusionPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
+    def encode_condition(self, attributes) -> torch.Tensor:
+        """The network's condition input for the rows asked for: here the (B, 30) attribute vectors."""
+        return as_cond(attributes)
+
+    def unconditional(self, cond: torch.Tensor) -> torch.Tensor:
+        """The "no condition" input of the same shape as `cond`, the one classifier-free guidance trained: zeros."""
+        return torch.zeros_like(cond)
+
     def guided_prediction(
         self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor, guidance_scale: float
     ) -> torch.Tensor:
         """eps = s * eps(x|c) + (1 - s) * eps(x|0), both halves in ONE batched forward pass."""
-        both = self.unet(torch.cat([sample, sample]), timestep, torch.cat([cond, torch.zeros_like(cond)])).sample
+        both = self.unet(torch.cat([sample, sample]), timestep, torch.cat([cond, self.unconditional(cond)])).sample
         eps_cond, eps_uncond = both.chunk(2)
         return guidance_scale * eps_cond + (1.0 - guidance_scale) * eps_uncond
 
@@ -116,7 +124,7 @@ class AttributeDiffusionPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         device, dtype = self._execution_device, self.unet.dtype
-        cond = as_cond(attributes).to(device=device, dtype=dtype)
+        cond = self.encode_condition(attributes).to(device=device, dtype=dtype)
         size = self.unet.config.sample_size
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
         image = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma

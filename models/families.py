@@ -29,6 +29,10 @@ class FamilySpec:
     config: Callable[..., Any]  # (preset, **overrides) -> the family's frozen config dataclass
     build: Callable[[Any], DiffusionFamily]  # config -> family with freshly initialised weights
     load: Callable[[str], DiffusionPipeline]  # folder written by the family's save_pretrained -> sampling pipeline
+    # config -> one line naming the pretrained weights the family builds on (a base, a text encoder), without loading
+    # them; None: it builds on nothing pretrained. Printed by the sweep and tagged condface.base on every run.
+    base: Callable[[Any], str] | None = None
+    real_base_hint: str | None = None  # how to use the real base, said when a config falls back to a tiny stand-in
 
 
 def _ddpm() -> FamilySpec:
@@ -40,18 +44,41 @@ def _ddpm() -> FamilySpec:
 
 
 def _sd_lora() -> FamilySpec:
-    from models.sd_lora import PRESETS, SDLoRAFamily, load_pipeline, lora_config
+    from models.sd_lora import PRESETS, REAL_BASE_HINT, SDLoRAFamily, base_summary, load_pipeline, lora_config
 
-    return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily, load=load_pipeline)
+    return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily, load=load_pipeline,
+                      base=base_summary, real_base_hint=REAL_BASE_HINT)
+
+
+def _pixel_text() -> FamilySpec:
+    from models.pixel_text import (
+        PRESETS,
+        REAL_TEXT_ENCODER_HINT,
+        PixelTextFamily,
+        PixelTextPipeline,
+        pixel_text_config,
+        text_encoder_summary,
+    )
+
+    return FamilySpec(presets=tuple(PRESETS), config=pixel_text_config, build=PixelTextFamily,
+                      load=PixelTextPipeline.from_pretrained, base=text_encoder_summary,
+                      real_base_hint=REAL_TEXT_ENCODER_HINT)
 
 
 def _if_lora() -> FamilySpec:
-    from models.if_lora import PRESETS, IFLoRAFamily, if_lora_config, load_pipeline
+    from models.if_lora import PRESETS, REAL_BASE_HINT, IFLoRAFamily, base_summary, if_lora_config, load_pipeline
 
-    return FamilySpec(presets=tuple(PRESETS), config=if_lora_config, build=IFLoRAFamily, load=load_pipeline)
+    return FamilySpec(presets=tuple(PRESETS), config=if_lora_config, build=IFLoRAFamily, load=load_pipeline,
+                      base=base_summary, real_base_hint=REAL_BASE_HINT)
 
 
-FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora, "if-lora": _if_lora}
+# One entry per family, in data.catalogue.FAMILIES' order (a test checks that both name the same families).
+FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora, "pixel-text": _pixel_text,
+                                                 "if-lora": _if_lora}
+# The file a family's save_pretrained writes that tells its folders apart, checked in this order. Last, the DDPM's:
+# a DDPM folder saved before condface_ddpm.json existed holds only diffusers' model_index.json (see family_of).
+MARKERS: dict[str, str] = {"sd-lora": "condface_lora.json", "pixel-text": "condface_pixel_text.json",
+                           "if-lora": "condface_if_lora.json", "ddpm": "condface_ddpm.json"}
 
 
 def family_spec(model: str) -> FamilySpec:
@@ -78,6 +105,19 @@ def build_family(model: str, config: Any, seed: int = 0, verbose: bool = True) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return spec.build(config, **quiet)
+
+
+def family_of(folder: str | Path) -> str:
+    """The family whose save_pretrained wrote `folder` (by the file each family marks its folders with), or
+    ConfigError."""
+    folder = Path(folder)
+    for family, marker in MARKERS.items():
+        if (folder / marker).is_file():
+            return family
+    if (folder / "model_index.json").is_file():
+        return "ddpm"
+    raise ConfigError(f"{folder} holds no saved condface model (none of {', '.join(MARKERS.values())} or "
+                      "model_index.json): point at a pipeline folder, an MLflow model, or a models:/ or runs:/ URI")
 
 
 def load_pipeline(model: str, path: str | Path) -> DiffusionPipeline:

@@ -14,8 +14,8 @@ Attributes: --bangs/--eyeglasses/--beard/--smiling/--age take a level 0..5. One 
 its level is drawn for each image from the training data's level frequencies, which an MLflow model
 that the sweep registered carries; for a plain folder (no frequencies saved) it is drawn uniformly.
 (Not "unconditional for that attribute": the model only ever saw the all-zero condition as a whole.)
-sd-lora, if-lora: the levels become captions in the training captions' style, or --caption gives the prompt
-itself (with no attribute flags). The DDPM takes no caption.
+Text-conditioned families (sd-lora, pixel-text, if-lora): the levels become captions in the training captions'
+style, or --caption gives the prompt itself (with no attribute flags). The DDPM takes no caption.
 
 Writes a grid with each face's levels (or the caption) under it and the settings on top; shows
 sampling progress. Bad input exits non-zero with a one-line `error: ...`.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.catalogue import default_tracking_uri
+from data.catalogue import default_tracking_uri, text_conditioned
 from data.cli import Parser, first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from models.errors import ConfigError
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "local folder (save_pretrained folder or MLflow model)")
     for a in ATTRIBUTES:
         p.add_argument(f"--{a}", type=str, default=None, metavar="0..5", help=f"{a} level (default: any)")
-    p.add_argument("--caption", help="sd-lora and if-lora: the prompt for every image (instead of attribute levels)")
+    p.add_argument("--caption", help="text families only (sd-lora, pixel-text, if-lora): the prompt for every image (instead of attribute levels)")
     p.add_argument("-n", "--num-images", type=int, default=16, help="how many faces (default 16)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's, else 3)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's, else dpm++")
@@ -141,7 +141,7 @@ def labelled_grid(images: np.ndarray, labels: list[str], header: str, ncols: int
 
 def run(args: argparse.Namespace) -> Path:
     from data.synthetic_captions import level_captions
-    from models.mlflow_model import TEXT_FAMILIES, draw_levels, load_resolved, resolve_folder
+    from models.mlflow_model import draw_levels, load_resolved, resolve_folder
     from models.runtime import configure_torch
     from models.sampling import generate, save_png
 
@@ -152,10 +152,9 @@ def run(args: argparse.Namespace) -> Path:
     given = parse_levels(args)
     uri = tracking_uri(args.tracking_uri)
     model = resolve_folder(fetch(args.model, uri))
-    if args.caption is not None and model.family == "ddpm":
-        raise ConfigError(f"--caption is for the text families ({', '.join(TEXT_FAMILIES)}): this DDPM is "
-                          "conditioned on attribute levels "
-                          f"(--{', --'.join(ATTRIBUTES)})")
+    if args.caption is not None and not text_conditioned(model.family):
+        raise ConfigError(f"--caption is for the text-conditioned families: this {model.family} model is conditioned "
+                          f"on attribute levels (--{', --'.join(ATTRIBUTES)})")
     if args.caption is not None and given:
         raise ConfigError("give either --caption or attribute levels, not both")
     defaults = model.info.get("defaults", {})
@@ -177,7 +176,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         freq = model.info.get("level_frequencies")
         levels = draw_levels(given, n, freq, np.random.default_rng(args.seed))
-        captions = level_captions(levels, args.seed) if model.family in TEXT_FAMILIES else None
+        captions = level_captions(levels, args.seed) if text_conditioned(model.family) else None
         labels = [level_label(row) for row in levels]
     images = generate(pipe, levels, captions, guidance, steps, args.seed, sampler, progress=True,
                       ddpm_variance=ddpm_variance, precision=precision)

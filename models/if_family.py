@@ -33,10 +33,11 @@ import torch
 from diffusers import DDPMScheduler, IFPipeline
 
 from data.io import atomic_dir
+from models.errors import ConfigError
 from models.family import DiffusionFamily
-from models.lora import check_image_size, training_captions
 from models.schedulers import make_scheduler
 from models.sd_family import training_scheduler as sd_training_scheduler
+from models.text_condition import dropped_captions
 
 IF_PROMPT_TOKENS = 77  # IFPipeline.encode_prompt pads and truncates every prompt to 77 T5 tokens
 
@@ -130,8 +131,13 @@ class IFFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch["image"]
-        check_image_size(images, self.image_size, "if-lora")
-        return images.to(self.device), {"encoder_hidden_states": self.encode_captions(training_captions(batch, uncond))}
+        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
+            raise ConfigError(
+                f"the data has {tuple(images.shape[-2:])} images but this IF base is set up for {self.image_size}px; "
+                f"use data of that size (e.g. --data toy at {self.image_size}px)"
+            )
+        captions = dropped_captions(batch["caption"], uncond)
+        return images.to(self.device), {"encoder_hidden_states": self.encode_captions(captions)}
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         out = self.module(noisy, timesteps, encoder_hidden_states=cond["encoder_hidden_states"]).sample

@@ -43,7 +43,7 @@ IF_I_M_ID = "DeepFloyd/IF-I-M-v1.0"
 IF_LORA_TARGETS = (*LORA_TARGETS, "add_k_proj", "add_v_proj")
 IF_LORA_INFO_FILE = "condface_if_lora.json"  # beside the weights; its name tells an if-lora folder from an sd-lora one
 REAL_BASE_HINT = (
-    f"to use the real base, pass --pretrained {IF_I_M_ID} (or a local folder) after accepting its licence on the "
+    f"to use the real base, pass --if-pretrained {IF_I_M_ID} (or a local folder) after accepting its licence on the "
     f"Hub and `huggingface-cli download {IF_I_M_ID}` on a connected machine"
 )
 

@@ -1,5 +1,4 @@
-"""What the LoRA families share: peft adapters on a frozen diffusers U-Net, their settings and saved info,
-and the captions a text-conditioned family trains on.
+"""What the LoRA families share: peft adapters on a frozen diffusers U-Net, their settings and saved info.
 
 Used by `models.sd_lora` (Stable Diffusion Nano, latent space) and `models.if_lora` (DeepFloyd IF stage I,
 pixel space). Each saves only its adapters (diffusers' LoRA format, safetensors) beside a JSON naming the
@@ -70,16 +69,3 @@ def read_lora_info(lora_dir: str | Path, family: str, info_file: str = LORA_INFO
         raise ConfigError(f"{lora_dir} holds no {family} weights (no {info_file}); point at a saved LoRA folder")
     return json.loads(path.read_text())
 
-
-def training_captions(batch: dict[str, Any], uncond: torch.Tensor) -> list[str]:
-    """The batch's captions, with the empty caption where the engine dropped the condition (classifier-free
-    guidance: the empty caption is also what the pipelines use as the unconditional prompt)."""
-    return ["" if drop else str(c) for c, drop in zip(batch["caption"], uncond.tolist())]
-
-
-def check_image_size(images: torch.Tensor, image_size: int, family: str) -> None:
-    if tuple(images.shape[-2:]) != (image_size,) * 2:
-        raise ConfigError(
-            f"the data has {tuple(images.shape[-2:])} images but this {family} base is set up for "
-            f"{image_size}px; use data of that size (e.g. --data toy at {image_size}px)"
-        )

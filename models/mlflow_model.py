@@ -56,6 +56,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from data.catalogue import text_conditioned
 from data.cli import first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
@@ -69,7 +70,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "numpy", "pandas",
                 "pillow", "mlflow")
 ANY = -1  # an input level meaning "any" (drawn from the data's level frequencies)
-TEXT_FAMILIES = ("sd-lora", "if-lora")  # conditioned on captions: levels become captions, or a `prompt` column
+LORA_LOADERS = {"sd-lora": "models.sd_lora", "if-lora": "models.if_lora"}  # families saved as adapters on a base
 # The pyfunc's code (MLflow's "models from code"): run when the model loads, with the shipped packages on sys.path.
 ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n\n"
                "mlflow.models.set_model(CondfaceModel())\n")
@@ -93,18 +94,10 @@ def download(model: str, uri: str) -> Path:
 
 
 def family_of(folder: str | Path) -> str:
-    """"ddpm", "sd-lora" or "if-lora" for a `save_pretrained` folder, or ConfigError."""
-    from models.if_lora import IF_LORA_INFO_FILE
+    """The family of a `save_pretrained` folder (`models.families.family_of`), or ConfigError."""
+    from models.families import family_of as of
 
-    folder = Path(folder)
-    if (folder / IF_LORA_INFO_FILE).is_file():
-        return "if-lora"
-    if (folder / "condface_lora.json").is_file():
-        return "sd-lora"
-    if (folder / "model_index.json").is_file():
-        return "ddpm"
-    raise ConfigError(f"{folder} holds no saved condface model (no model_index.json or condface_lora.json): point "
-                      "at a pipeline folder, an MLflow model, or a models:/ or runs:/ URI")
+    return of(folder)
 
 
 @dataclasses.dataclass
@@ -148,17 +141,12 @@ def resolve_folder(folder: str | Path) -> Resolved:
 
 def load_resolved(model: Resolved, sampler: str = "ddpm", ddpm_variance: str = "fixed_small"):
     """The sampling pipeline of a resolved model."""
-    if model.family == "ddpm":
-        from models.pipeline_ddpm import AttributeDiffusionPipeline
+    if model.family in LORA_LOADERS:  # adapters: onto their base (shipped in the model, or named), with the sampler
+        load = importlib.import_module(LORA_LOADERS[model.family]).load_pipeline
+        return load(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
+    from models.families import family_spec
 
-        return AttributeDiffusionPipeline.from_pretrained(str(model.pipeline_dir))
-    if model.family == "if-lora":
-        from models.if_lora import load_pipeline as load_if_pipeline
-
-        return load_if_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
-    from models.sd_lora import load_pipeline
-
-    return load_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
+    return family_spec(model.family).load(str(model.pipeline_dir))
 
 
 def pipeline_folder(folder: str | Path) -> Path:
@@ -249,7 +237,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
         seed = int(params.get("seed", 0))
         prompts = None
-        if self.model.family in TEXT_FAMILIES and "prompt" in frame.columns:
+        if text_conditioned(self.model.family) and "prompt" in frame.columns:
             prompts = [str(p) for p in frame["prompt"]]
             levels = None
         else:
@@ -259,7 +247,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
                 levels = draw_levels(given, n, self.info.get("level_frequencies"), np.random.default_rng(seed))
             except ConfigError as err:
                 raise mlflow.MlflowException.invalid_parameter_value(str(err)) from None
-            if self.model.family in TEXT_FAMILIES:
+            if text_conditioned(self.model.family):
                 prompts = level_captions(levels, seed)
         try:
             images = generate(self.pipe, levels, prompts, float(params.get("guidance_scale", 3.0)),
@@ -269,7 +257,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         except (ConfigError, ValueError) as err:
             raise mlflow.MlflowException.invalid_parameter_value(first_line(err)) from None
         out = pd.DataFrame({"image": [png_base64(im) for im in images]})
-        if levels is not None and self.model.family == "ddpm":
+        if levels is not None and not text_conditioned(self.model.family):
             for i, a in enumerate(ATTRIBUTES):
                 out[a] = levels[:, i]
         else:
@@ -285,14 +273,14 @@ def check_precision(precision: str) -> str:
 
 
 def signature(family: str, defaults: dict[str, Any]):
-    """The model signature: levels by name (sd-lora: or a prompt), the sampling params, base64 PNGs out."""
+    """The model signature: levels by name (text families: or a prompt), the sampling params, base64 PNGs out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     # long (MLflow refuses ints for a double column and NaN for a long one): -1 in a row means "any" there
     inputs = [ColSpec(DataType.long, a, required=False) for a in ATTRIBUTES]
     outputs = [ColSpec(DataType.string, "image")]
-    if family in TEXT_FAMILIES:
+    if text_conditioned(family):
         inputs.append(ColSpec(DataType.string, "prompt", required=False))
         outputs.append(ColSpec(DataType.string, "prompt", required=False))
     else:
@@ -333,6 +321,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
     if family == "if-lora":
         return "pyfunc", ("IF's pipeline samples with its learned variance, which the LoRA's training (epsilon only) "
                           "leaves untrained: the pyfunc samples with the fixed variance it trained for")
+    if family != "sd-lora":
+        return "pyfunc", f"the {family} model is a whole pipeline trained here: MLflow's diffusers flavor holds LoRA " \
+                         "adapters on a Hub base only"
     if importlib.util.find_spec("mlflow.diffusers") is None:
         return "pyfunc", f"this MLflow ({mlflow.__version__}) has no diffusers flavor"
     info = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())
@@ -395,9 +386,10 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     with tempfile.TemporaryDirectory() as tmp:
         info_path = Path(tmp) / INFO_FILE
         artifacts = {"pipeline": str(pipeline_dir), INFO_ARTIFACT: str(info_path)}
-        if family in ("sd-lora", "if-lora"):
-            info_file = "condface_lora.json" if family == "sd-lora" else "condface_if_lora.json"
-            lora = json.loads((Path(pipeline_dir) / info_file).read_text())["lora_config"]
+        if family in LORA_LOADERS:
+            from models.families import MARKERS
+
+            lora = json.loads((Path(pipeline_dir) / MARKERS[family]).read_text())["lora_config"]
             base = _tiny_base_folder(family, lora)
             if base is not None:
                 artifacts["base"] = str(base)

@@ -2,7 +2,7 @@
 
 `generate` takes a family (its current weights; inside `fit` use `with report.sampling() as pipe`
 to get the EMA weights) or a loaded pipeline, and returns uint8 images. Attribute pipelines
-(the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA) on `captions`.
+(the DDPM) are conditioned on `levels`; text pipelines (SD + LoRA, the pixel text DDPM) on `captions`.
 
 Steps: `num_inference_steps=FULL_CHAIN` (0) or None samples over the whole chain, as many steps as
 the model's num_train_timesteps T -- the study's DDPM ancestral sampling (§2.1: it "necessarily"

@@ -27,6 +27,7 @@ from data.io import atomic_dir
 from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.schedulers import make_scheduler
+from models.text_condition import caption_embeddings, dropped_captions
 
 
 def set_resolution(pipe: StableDiffusionPipeline, image_size: int) -> None:
@@ -97,16 +98,9 @@ class StableDiffusionFamily(DiffusionFamily):
             net.to(device)
         return self
 
-    @torch.no_grad()
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """Caption embeddings exactly as StableDiffusionPipeline.encode_prompt computes them (no clip skip)."""
-        ids = self.tokenizer(
-            list(captions), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        )
-        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
-            else None
-        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+        return caption_embeddings(self.tokenizer, self.text_encoder, captions)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -124,7 +118,7 @@ class StableDiffusionFamily(DiffusionFamily):
                 f"the data has {tuple(images.shape[-2:])} images but this sd-lora base is set up for "
                 f"{self.image_size}px; use data of that size (e.g. --data toy at {self.image_size}px)"
             )
-        captions = ["" if drop else str(c) for c, drop in zip(batch["caption"], uncond.tolist())]
+        captions = dropped_captions(batch["caption"], uncond)
         return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(captions)}
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:

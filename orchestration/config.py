@@ -81,6 +81,26 @@ SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
 
 
+@dataclass(frozen=True)
+class SweepFamily:
+    """How the sweep builds a family's trials (one entry per family in SWEEP_FAMILIES)."""
+
+    grid_axis: str  # the grid's fourth axis: "channels" (SweepConfig.channel_sets) or "lora_rank" (lora_ranks)
+    preset_field: str  # the SweepConfig field naming the family's preset (models.families)
+    pretrained_field: str | None = None  # the SweepConfig field with a base to load instead of the preset's
+
+
+# The DDPM's axes are the study's; the pixel text DDPM has the same ones (GA, T, Min-SNR, the two channel sets), so
+# the two differ only in their conditioning. --pretrained names a Stable Diffusion base: sd-lora adapts it, the
+# pixel text DDPM takes its frozen CLIP text encoder; --if-pretrained names the DeepFloyd IF stage I base if-lora adapts.
+SWEEP_FAMILIES: dict[str, SweepFamily] = {
+    "ddpm": SweepFamily("channels", "ddpm_preset"),
+    "sd-lora": SweepFamily("lora_rank", "lora_preset", "pretrained"),
+    "pixel-text": SweepFamily("channels", "pixel_text_preset", "pretrained"),
+    "if-lora": SweepFamily("lora_rank", "if_lora_preset", "if_pretrained"),
+}
+
+
 def _models(text: str) -> str:
     """--model: one family, several joined by ",", or all."""
     return ",".join(FAMILIES) if text == "all" else ",".join(items(one_of(FAMILIES), ", ".join(FAMILIES))(text))
@@ -99,9 +119,10 @@ class SweepConfig:
     `python -m orchestration.sweep` (orchestration.sweep derives the parser from these fields)."""
 
     preset: str
-    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), if-lora (DeepFloyd "
-                                 "IF stage I + LoRA), several -- ddpm,sd-lora: the study -- or all, in one sweep "
-                                 "(default ddpm)", parse=_models)
+    model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), pixel-text (a text-"
+                                 "conditioned DDPM from scratch), if-lora (DeepFloyd IF stage I + LoRA), several "
+                                 "comma-separated (ddpm,sd-lora: the study), or all of them in one sweep (default ddpm)",
+                         parse=_models)
     data: str = setting("toy", "'toy' (the embedded synthetic faces, default) or an image-cache directory from "
                                "data.prepare")
     image_size: int = setting(64, minimum=1)
@@ -121,8 +142,9 @@ class SweepConfig:
     ddpm_preset: str = "study-large"  # models.ddpm preset whose channels the axis replaces
     lora_ranks: tuple[int, ...] = (2, 4, 8)
     lora_preset: str = "study"  # models.sd_lora preset (base model, resolution)
+    pixel_text_preset: str = "study"  # models.pixel_text preset (text encoder source; its channels: the axis)
     pretrained: str | None = setting(None, "sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt "
-                                           "instead of the preset's base")
+                                           "instead of the preset's base; pixel-text takes its text encoder")
     if_lora_preset: str = "study"  # models.if_lora preset (base model, resolution)
     if_pretrained: str | None = setting(None, "if-lora: a local DeepFloyd IF stage I folder (or hub id) to adapt "
                                               "instead of the preset's base")
@@ -245,6 +267,17 @@ class SweepConfig:
         return tuple(m.strip() for m in self.model.split(",") if m.strip())
 
     @property
+    def family_preset(self) -> str:
+        """The preset of this (one-family) sweep's family (models.families)."""
+        return getattr(self, SWEEP_FAMILIES[self.model].preset_field)
+
+    @property
+    def family_pretrained(self) -> str | None:
+        """The base this (one-family) sweep's family loads instead of its preset's (None: the preset's)."""
+        name = SWEEP_FAMILIES[self.model].pretrained_field
+        return getattr(self, name) if name else None
+
+    @property
     def joint(self) -> bool:
         return len(self.families) > 1
 
@@ -326,6 +359,7 @@ CPU_DEMO = dataclasses.replace(
     channel_sets=(("small", (16, 32, 64)), ("large", (32, 64, 64))),
     ddpm_preset="cpu-16",
     lora_preset="cpu-16",
+    pixel_text_preset="cpu-16",
     if_lora_preset="cpu-16",
     epochs=2,
     final_epochs=6,
@@ -364,6 +398,7 @@ SMOKE = dataclasses.replace(
     channel_sets=(("small", (16, 64)), ("large", (32, 64))),
     lora_ranks=(2, 4),
     lora_preset="test",
+    pixel_text_preset="test",
     if_lora_preset="test",
     epochs=1,
     final_epochs=1,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import TAG_PREFIX, default_tracking_uri
+from data.catalogue import FAMILY_INFO, TAG_PREFIX, default_tracking_uri, text_conditioned
 from data.cli import first_line
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
@@ -90,9 +90,10 @@ def check_data(cfg: SweepConfig) -> str:
     cache = FaceCache.open(data_root)
     size = cache.size
     captions = cache.manifest.get("captions")
-    if isinstance(captions, dict) and {"sd-lora", "if-lora"} & set(cfg.families):  # the text families train on these
+    text = [f for f in cfg.families if text_conditioned(f)]
+    if isinstance(captions, dict) and text:  # the text families train on these
         if captions.get("waived"):
-            print("data: captions waived (data.prepare --no-captions): the text families train on empty captions",
+            print(f"data: captions waived (data.prepare --no-captions): {', '.join(text)} train(s) on empty captions",
                   flush=True)
         else:
             print(f"data: {captions.get('non_empty', 0):,} of {captions.get('images', 0):,} images have a non-empty "
@@ -104,20 +105,16 @@ def check_data(cfg: SweepConfig) -> str:
 
 
 def base_tags(cfg: SweepConfig) -> dict[str, str]:
-    """A LoRA family: say plainly which base the adapters train on, here and as a tag of every run."""
-    if cfg.model not in ("sd-lora", "if-lora"):
-        return {}
-    import importlib
-
+    """A family built on pretrained weights (sd-lora's base, pixel-text's text encoder): which, as a tag of every
+    run (the trial table printed before says it, and how to use the real one where it is a tiny stand-in)."""
+    from models.families import family_spec
     from orchestration.grid import grid_trials
     from orchestration.trainable import model_config
 
-    family = importlib.import_module("models.sd_lora" if cfg.model == "sd-lora" else "models.if_lora")
-    lora = model_config(cfg, grid_trials(cfg)[0])
-    print(f"{cfg.model} base: {family.base_summary(lora)}", flush=True)
-    if lora.pretrained is None:
-        print(f"{cfg.model}: {family.REAL_BASE_HINT}", flush=True)
-    return {f"{TAG_PREFIX}base": family.base_summary(lora)}
+    spec = family_spec(cfg.model)
+    if spec.base is None:
+        return {}
+    return {f"{TAG_PREFIX}base": spec.base(model_config(cfg, grid_trials(cfg)[0]))}
 
 
 @dataclasses.dataclass
@@ -197,7 +194,7 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
         acc = fin["values"].get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")
         if acc is not None and ref:
-            against = "the base without LoRA" if f in ("sd-lora", "if-lora") else "the untrained model"
+            against = FAMILY_INFO[f].untrained
             blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs "
                           f"{ref:.1%} for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
         if r.get("cfg"):

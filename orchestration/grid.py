@@ -1,4 +1,4 @@
-"""The study's search space: every grid trial (16 DDPM / 24 LoRA), or the Optuna (TPE) space over the same axes.
+"""The study's search space: every grid trial (16 DDPM / 24 LoRA / 16 pixel text DDPM), or the Optuna (TPE) space over the same axes.
 
 A trial is a `TrialSpec`; at the Ray Tune boundary it travels as a flat dict (Tune's param_space) and
 comes back with `TrialSpec.from_params`. Min-SNR "off" is 0.0 in the space (Optuna and Tune both
@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import tune
 
-from orchestration.config import SweepConfig
+from orchestration.config import SWEEP_FAMILIES, SweepConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class TrialSpec:
     grad_accum: int
     timesteps: int
     min_snr_gamma: float | None
-    channels: str | None = None  # DDPM: a name from SweepConfig.channel_sets
+    channels: str | None = None  # DDPM, pixel text DDPM: a name from SweepConfig.channel_sets
     lora_rank: int | None = None  # SD + LoRA
     augment: str | None = None  # the augmentation axis (None: the sweep's --augment)
     lr: float | None = None  # None: the sweep's lr
@@ -76,7 +76,8 @@ def trial_label(spec: TrialSpec, cfg: SweepConfig) -> str:
 
 
 def _last_axis(cfg: SweepConfig) -> tuple[str, list]:
-    if cfg.model == "ddpm":
+    """The family's fourth grid axis (config.SWEEP_FAMILIES) and its values."""
+    if SWEEP_FAMILIES[cfg.model].grid_axis == "channels":
         return "channels", [name for name, _ in cfg.channel_sets]
     return "lora_rank", list(cfg.lora_ranks)
 
@@ -158,7 +159,7 @@ def trial_table(cfg: SweepConfig) -> str:
     """Every trial the sweep will run (each family's, for a joint sweep) and its protocol lines."""
     if cfg.joint:
         tables = [_family_table(cfg.for_family(f)) for f in cfg.families]
-        head = f"the study, both families in one sweep: {num_trials(cfg)} trials ({' + '.join(cfg.families)})"
+        head = f"one sweep of {len(cfg.families)} families: {num_trials(cfg)} trials ({' + '.join(cfg.families)})"
         return "\n\n".join([head, *tables, "\n".join(protocol_lines(cfg))])
     return _family_table(cfg) + "\n" + "\n".join(protocol_lines(cfg))
 
@@ -194,4 +195,20 @@ def _family_table(cfg: SweepConfig) -> str:
         lines.append(f"  lr              log-uniform [{cfg.lr_range[0]:g}, {cfg.lr_range[1]:g}]")
         lines.append(f"  p_uncond        uniform [{cfg.p_uncond_range[0]:g}, {cfg.p_uncond_range[1]:g}]")
         lines.append(f"  guidance_scale  uniform [{cfg.guidance_range[0]:g}, {cfg.guidance_range[1]:g}]")
+    base = base_line(cfg)
+    if base:
+        lines.append(base)
     return "\n".join(lines)
+
+
+def base_line(cfg: SweepConfig) -> str | None:
+    """Which pretrained weights a (one-family) sweep's family builds on, said without loading them (None: none)."""
+    from models.families import family_spec
+    from orchestration.trainable import model_config
+
+    spec = family_spec(cfg.model)
+    if spec.base is None:
+        return None
+    config = model_config(cfg, grid_trials(cfg)[0])
+    stand_in = getattr(config, "pretrained", "") is None and spec.real_base_hint
+    return f"{cfg.model} base: {spec.base(config)}" + (f"\n{cfg.model}: {spec.real_base_hint}" if stand_in else "")

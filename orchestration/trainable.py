@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestration.config import SweepConfig
+from orchestration.config import SWEEP_FAMILIES, SweepConfig
 from orchestration.faults import diverges, fail_once
 from orchestration.grid import TrialSpec, trial_label
 
@@ -51,19 +51,17 @@ class TrialContext:
 # Configuration of one trial: pure functions, also used by the driver to log params
 # --------------------------------------------------------------------------------------------------
 def model_config(cfg: SweepConfig, spec: TrialSpec):
+    """The family config of one trial: the family's preset with the trial's axes (config.SWEEP_FAMILIES)."""
     from models.families import family_config
 
-    if cfg.model == "ddpm":
-        return family_config("ddpm", cfg.ddpm_preset, image_size=cfg.image_size,
-                             block_out_channels=cfg.channels[spec.channels], num_train_timesteps=spec.timesteps,
-                             beta_rescale=cfg.beta_rescale)
-    if cfg.model == "if-lora":
-        extra = {"pretrained": cfg.if_pretrained} if cfg.if_pretrained else {}
-        return family_config("if-lora", cfg.if_lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps,
-                             beta_rescale=cfg.beta_rescale, **extra)
-    extra = {"pretrained": cfg.pretrained} if cfg.pretrained else {}
-    return family_config("sd-lora", cfg.lora_preset, rank=spec.lora_rank, num_train_timesteps=spec.timesteps,
-                         beta_rescale=cfg.beta_rescale, **extra)
+    overrides: dict[str, Any] = {"num_train_timesteps": spec.timesteps, "beta_rescale": cfg.beta_rescale}
+    if SWEEP_FAMILIES[cfg.model].grid_axis == "channels":
+        overrides.update(image_size=cfg.image_size, block_out_channels=cfg.channels[spec.channels])
+    else:
+        overrides["rank"] = spec.lora_rank
+    if cfg.family_pretrained:
+        overrides["pretrained"] = cfg.family_pretrained
+    return family_config(cfg.model, cfg.family_preset, **overrides)
 
 
 def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
@@ -168,7 +166,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     spec = trial_spec(config, ctx)
-    # quiet: the driver already said which base a sd-lora sweep adapts, once (and tags every run with it)
+    # quiet: the driver already said which pretrained base a family uses, once (and tags every run with it)
     family = build_family(cfg.model, model_config(cfg, spec), seed=cfg.seed, verbose=False)
     train_set = FaceDataset(ctx.data_root, "train", augment=spec.augment, limit=ctx.epoch_images)
     val_set = FaceDataset(ctx.data_root, "val")
@@ -267,9 +265,10 @@ def samples_png(images, path: Path) -> None:
 
 def _attribute_png(pipe, cfg: SweepConfig, spec: TrialSpec, path: Path) -> None:
     """The study's picture: one row per attribute, level 0..5 left to right (DDPM: levels; SD: captions)."""
+    from data.catalogue import text_conditioned
     from data.synthetic_captions import level_captions
     from models.sampling import attribute_grid, attribute_sweep, save_png
 
-    captions = level_captions(attribute_sweep()) if cfg.model != "ddpm" else None
+    captions = level_captions(attribute_sweep()) if text_conditioned(cfg.model) else None
     save_png(attribute_grid(pipe, spec.guidance_scale, cfg.sampling_steps, cfg.seed, cfg.sampler, captions=captions,
                             ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision), path)

@@ -281,7 +281,7 @@ def test_generate_draws_labelled_grids_from_every_kind_of_model_reference(store,
 @pytest.mark.parametrize("args, message", [
     (["--model", "models:/condface-ddpm@champion", "--hair", "2"], "unknown option --hair"),
     (["--model", "models:/condface-ddpm@champion", "--age", "6"], "--age must be a level 0..5"),
-    (["--model", "models:/condface-ddpm@champion", "--caption", "a face"], "--caption is for the sd-lora family"),
+    (["--model", "models:/condface-ddpm@champion", "--caption", "a face"], "--caption is for the text-conditioned families"),
     (["--model", "models:/condface-ddpm@nobody"], "cannot get models:/condface-ddpm@nobody"),
     (["--model", "models:/no-such-model/1"], "cannot get models:/no-such-model/1"),
     (["--model", "/no/such/folder"], "no model at /no/such/folder"),

@@ -66,10 +66,12 @@ def test_dry_run_optuna_describes_the_space(tmp_path):
 
 
 def test_bad_model_from_the_real_command_line(tmp_path):
+    from data.catalogue import FAMILIES
+
     out = sweep_command("--model", "gan", cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
-        "error: argument --model: expected a comma-separated list of ddpm, sd-lora, if-lora, got 'gan' (see --help)"
+        f"error: argument --model: expected a comma-separated list of {', '.join(FAMILIES)}, got 'gan' (see --help)"
     ]
 
 
@@ -207,13 +209,34 @@ def test_study_dry_run_states_the_protocol(tmp_path):
     assert "rescaled by 1000/T" in rescaled.stdout and "50 steps" in rescaled.stdout
 
 
-@pytest.mark.parametrize("model, n, families", [("ddpm,sd-lora", 40, "ddpm + sd-lora"),
-                                                ("all", 64, "ddpm + sd-lora + if-lora")])
-def test_dry_run_lists_every_familys_trials(model, n, families, tmp_path):
-    out = sweep("--model", model, "--preset", "study", "--dry-run", cwd=tmp_path)
+def test_dry_run_lists_both_families_40_trials(tmp_path):
+    out = sweep("--model", "ddpm,sd-lora", "--preset", "study", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert len(table_rows(out.stdout)) == n
-    assert f"{n} trials ({families})" in out.stdout
+    assert len(table_rows(out.stdout)) == 40
+    assert "40 trials (ddpm + sd-lora)" in out.stdout
+
+
+def test_model_all_is_every_registered_family_in_order(tmp_path):
+    from data.catalogue import FAMILIES
+    from models.families import FAMILIES as REGISTERED
+    from orchestration.config import SWEEP_FAMILIES
+
+    assert list(FAMILIES) == list(REGISTERED) == list(SWEEP_FAMILIES)  # one entry per family in each registry
+    cfg = resolve("study", model="all")
+    assert cfg.families == FAMILIES and "pixel-text" in FAMILIES
+    out = sweep("--model", "all", "--preset", "study", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    per_family = {f: len(grid_trials(cfg.for_family(f))) for f in FAMILIES}
+    assert per_family["pixel-text"] == per_family["ddpm"] == 16  # the DDPM's axes: GA x T x Min-SNR x channels
+    assert per_family["if-lora"] == per_family["sd-lora"] == 24  # SD + LoRA's axes: GA x T x Min-SNR x rank
+    assert len(table_rows(out.stdout)) == sum(per_family.values())
+    assert f"{sum(per_family.values())} trials ({' + '.join(FAMILIES)})" in out.stdout
+    assert "pixel-text base: the CLIP text encoder of bguisard/stable-diffusion-nano-2-1" in out.stdout
+    tiny = sweep("--model", "pixel-text", "--preset", "cpu-demo", "--dry-run", cwd=tmp_path)
+    assert "tiny offline SD base 'cpu-16'" in tiny.stdout and "--pretrained" in tiny.stdout
+    assert "if-lora base: DeepFloyd/IF-I-M-v1.0 (pretrained DeepFloyd IF stage I base)" in out.stdout
+    tiny_if = sweep("--model", "if-lora", "--preset", "cpu-demo", "--dry-run", cwd=tmp_path)
+    assert "tiny offline IF base 'cpu-16'" in tiny_if.stdout and "--if-pretrained" in tiny_if.stdout
 
 
 def test_augment_axis_multiplies_the_grid(tmp_path):

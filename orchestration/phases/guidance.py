@@ -4,7 +4,7 @@ What the study plotted (Figure 4.8): FID (or its stand-in `fd_estimator` when In
 is better) against the *plain* estimator accuracy (higher is better); the class-balanced accuracy is a
 second panel. A scale is on the Pareto front (by plain accuracy) when no other scale is at least as good
 on both axes and better on one. Logged as the nested run `cfg-sweep` of each family (one step per scale);
-a joint sweep also plots both families' curves on the same axes on the parent run.
+a joint sweep also plots every family's curve on the same axes on the parent run.
 """
 
 from __future__ import annotations
@@ -133,11 +133,11 @@ def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: 
 
 
 def joint_pareto(sweep, families: dict[str, dict]) -> str | None:
-    """Both families' CFG curves on the same axes, logged to the parent run."""
+    """Every family's CFG curve on the same axes, logged to the parent run."""
     curves = {f: r["cfg"]["rows"] for f, r in families.items() if r.get("cfg")}
     if len(curves) < 2:
         return None
-    png = plot_pareto(curves, "guidance scale sweep: both families", sweep.state.root / "cfg_pareto_joint.png")
+    png = plot_pareto(curves, f"guidance scale sweep: {len(curves)} families", sweep.state.root / "cfg_pareto_joint.png")
     sweep.tracker.log_artifact(sweep.parent, png, "cfg")
     sweep.tracker.log_json(sweep.parent, curves, "cfg/cfg_pareto_joint.json")  # the plotted points, per family
     return str(png)

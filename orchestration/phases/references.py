@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from data.catalogue import TAG_PREFIX, UNTRAINED_LABELS
+from data.catalogue import FAMILY_INFO, TAG_PREFIX
 from orchestration.config import SweepConfig
 from orchestration.phases.nested import nested_run
 from orchestration.resources import plan_resources
@@ -116,7 +116,7 @@ def family_reference(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, 
                "sampling_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
                "sampling_precision": cfg.sampling_precision,
                "guidance_scale": cfg.guidance_scale}
-    label = UNTRAINED_LABELS.get(cfg.model, "untrained DDPM")
+    label = FAMILY_INFO[cfg.model].untrained
     rows = _cached_rows(
         sweep, f"reference/{cfg.model}/{_digest(depends)}", f"reference: {label} ({cfg.final_samples})",
         {f"ref.{k}": v for k, v in depends.items()}, tags,

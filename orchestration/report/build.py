@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, finite
+from orchestration.config import SWEEP_FAMILIES
 from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
 from orchestration.report import figures
@@ -43,7 +44,7 @@ def _axes(run, family: str, with_augment: bool) -> list[Cell]:
     ga = p.get("trial.grad_accum", "?")
     cells = [label(p.get("trial.timesteps", "?")), label("off" if snr in ("none", "0.0", "0") else snr),
              label("off" if ga == "1" else ga)]
-    if family == "ddpm":
+    if SWEEP_FAMILIES[family].grid_axis == "channels":
         cells.append(label(f"{p.get('trial.channels', '?')} [{p.get('trial.channels_list', 'none')}]"))
     else:
         cells.append(label(p.get("trial.lora_rank", "?")))
@@ -121,7 +122,8 @@ def family_grid_table(rec: Record, report: Report, family: str) -> Table | None:
         report.missing.append(f"{family}: no grid trial logged yet (Table {number})")
         return None
     with_augment = len({r.data.params.get("augment") for r in runs}) > 1
-    axes = ["T", "Min-SNR-γ", "GA", "channels" if family == "ddpm" else "r"] + (["augment"] if with_augment else [])
+    channels = SWEEP_FAMILIES[family].grid_axis == "channels"
+    axes = ["T", "Min-SNR-γ", "GA", "channels" if channels else "r"] + (["augment"] if with_augment else [])
     t = grid_table(number, f"{FAMILY_NAMES[family]} grid ({len(runs)} trials): the best value of each metric at any "
                            "epoch and the configuration that reached it", _trials(rec, runs, family, with_augment),
                    _unavailable_of(runs), {"ddpm": study.TABLE_4_1, "sd-lora": study.TABLE_4_3}.get(family), axes)

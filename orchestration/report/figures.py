@@ -215,7 +215,7 @@ def pareto_figure(curves: dict[str, list[dict[str, Any]]]) -> Figure:
     """Figure 4.8: every family's CFG curve on the same axes (the guidance phase's own plot)."""
     from orchestration.phases.guidance import plot_pareto, quality_metric
 
-    title = "guidance scale sweep" + (": both families" if len(curves) > 1 else "")
+    title = "guidance scale sweep" + (f": {len(curves)} families" if len(curves) > 1 else "")
     png = _png_of_file(lambda path: plot_pareto(curves, title, path), "pareto.png")
     quality = quality_metric([r for rows in curves.values() for r in rows])
     return Figure("4.8", "the CFG Pareto curves: image quality against estimator accuracy",
@@ -266,8 +266,9 @@ def params_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
                          for v in (total, unet or total, trained)]
                       + [label(", ".join(f"{k} {params_text(v)}" for k, v in theirs.items()))])
         color = FAMILY_COLORS.get(f)
-        bars.append(Bar(f"{f}: total" if f == "ddpm" else f"{f}: whole pipeline", int(total), color))
-        if unet:
+        # a family with frozen parts (a VAE, a text encoder) counts its whole pipeline, then its U-Net
+        bars.append(Bar(f"{f}: whole pipeline" if unet and unet != total else f"{f}: total", int(total), color))
+        if unet and unet != total:
             bars.append(Bar(f"{f}: U-Net", int(unet), color))
         bars.append(Bar(f"{f}: trained", int(trained), color))
         bars += [Bar(f"study {f}: {k}", v, "lightgray") for k, v in theirs.items()]
@@ -276,7 +277,7 @@ def params_section(rec: Record, report: Report) -> list[tuple[str, Any]]:
     t.notes.append("study values: §4.3 (Figura 4.9) and §3.1.2: DDPM 112.10M trained (said of its final "
                    "[256,512,768,768] model; diffusers gives that set 284.9M and [128,256,512,512] 112.2M), SD Nano's "
                    "U-Net 865.91M, LoRA r = 4 830K")
-    return [("table", t), ("figure", Figure("4.9", "parameter counts: total and trained, both families (gray: the "
+    return [("table", t), ("figure", Figure("4.9", "parameter counts: total and trained, every family (gray: the "
                                                     "study's)", [Panel("parameter counts", _params_png(bars),
                                                                        "fig4.9_parameters.png")]))]
 

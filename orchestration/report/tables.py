@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.catalogue import ATTRIBUTE_ACCURACY_KEYS, SAMPLE_METRICS, UNTRAINED_LABELS, finite, metric
+from data.catalogue import ATTRIBUTE_ACCURACY_KEYS, FAMILY_INFO, SAMPLE_METRICS, finite, metric
 from orchestration.report.document import Cell, Table, count_key, label, metric_label, number
 
 GRID_KEYS = (*SAMPLE_METRICS, "val_loss")  # Tables 4.1-4.3: the per-epoch metrics, the held-out loss last
@@ -21,9 +21,10 @@ ACCURACIES = ("est_acc", "est_acc_balanced")
 
 
 def reference_label(row: str, family: str) -> str:
-    """The study's name for a reference row: for sd-lora the "untrained" row is the base without LoRA."""
+    """The study's name for a reference row: a family's "untrained" row is its untrained model (for sd-lora: the
+    base without LoRA)."""
     if row == "untrained":
-        return UNTRAINED_LABELS.get(family, "untrained DDPM")
+        return FAMILY_INFO[family].untrained if family in FAMILY_INFO else f"untrained {family}"
     return row
 
 

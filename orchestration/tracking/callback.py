@@ -126,7 +126,7 @@ class MlflowTrialCallback(Callback):
                                            f"{TAG_PREFIX}gpu_ids": ",".join(placement.get("gpu_ids", []))})
         if report.get("describe"):  # the built model's own description: parameter counts, scheduler settings
             self.tracker.log_params(run_id, {f"built.{k}": v for k, v in report["describe"].items()}, only_new=True)
-            if "base" in report["describe"]:  # sd-lora: say plainly which base the adapters were trained on
+            if "base" in report["describe"]:  # say plainly which pretrained weights it builds on (tiny stand-in?)
                 self.tracker.set_tags(run_id, {f"{TAG_PREFIX}base": report["describe"]["base"]})
         for png in sorted(path.glob("*.png")):
             self.tracker.log_artifact(run_id, png, f"samples/epoch_{epoch:03d}")
