@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,29 @@ def condface_home() -> Path:
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
     """The embedded MLflow store: an SQLite file in the working directory."""
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlruns.db'}"
+
+
+HIDDEN = "***"  # what a password looks like wherever a URI is printed, logged or stored
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*:)[^/?#\s]*(?=@)")
+_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd|token|secret|access_token|api_key)=)[^&#\s]*")
+
+
+def redact_uri(text: str | None) -> str | None:
+    """`text` (a URI, or a message holding URIs) fit to print, log or store: the password of every URI's user info
+    (`http://user:pw@host`, `postgresql://user:pw@host/db`) and password or token query values shown as ***."""
+    if not text or "://" not in text:
+        return text
+    text = _USERINFO_PASSWORD.sub(lambda m: m["head"] + HIDDEN, text)
+    return _QUERY_SECRET.sub(lambda m: m["head"] + HIDDEN, text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(`uri` without its user info, username, password): `http://user:pw@host:5000` -> (`http://host:5000`, ...).
+    Percent-escapes in the user info are decoded (a password with `@` or `:` is written %40, %3A)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    user, _, host = parts.netloc.rpartition("@")
+    name, colon, password = user.partition(":")
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, urllib.parse.unquote(name) or None, urllib.parse.unquote(password) if colon else None

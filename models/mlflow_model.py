@@ -56,7 +56,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data.catalogue import text_conditioned
+from data.catalogue import redact_uri, text_conditioned
 from data.cli import first_line
 from data.schema import ATTRIBUTES, NUM_LEVELS
 from data.synthetic_captions import level_captions
@@ -82,15 +82,15 @@ ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n
 def download(model: str, uri: str) -> Path:
     """The local copy of `model` (models:/, runs:/ or mlflow-artifacts: URI) from the MLflow store at `uri`."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"no MLflow store at {uri}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+        raise ConfigError(f"no MLflow store at {redact_uri(uri)}: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
     except mlflow.MlflowException as err:
-        raise ConfigError(f"cannot get {model} from {uri}: {first_line(err.message)}") from None
+        raise ConfigError(redact_uri(f"cannot get {model} from {uri}: {first_line(err.message)}")) from None
     except OSError as err:
-        raise ConfigError(f"cannot get {model} from {uri}: {err}") from None
+        raise ConfigError(redact_uri(f"cannot get {model} from {uri}: {err}")) from None
 
 
 def family_of(folder: str | Path) -> str:

@@ -66,9 +66,12 @@ Every field below is logged as an MLflow param of the sweep's parent run: there 
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
-from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE
+from data.catalogue import FAMILIES, MIXED_PRECISIONS, SELECTABLE, redact_uri
 from data.cli import field_problems, items, number, one_of, setting
 from orchestration.errors import SweepError
 
@@ -241,10 +244,11 @@ class SweepConfig:
 
     # --- tracking & storage ----------------------------------------------------------------------
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: sqlite:///./mlruns.db, an embedded "
-                                             "store here)")
+                                             "store here); a server's credentials: MLFLOW_TRACKING_USERNAME/_PASSWORD "
+                                             "or a mode-600 file named by CONDFACE_MLFLOW_CREDENTIALS, not the URI")
     experiment: str | None = setting(None, "MLflow experiment and Ray run name (default condface-<model>-<preset>)")
-    storage_path: str = setting("ray_results", "where Ray Tune keeps trial results and checkpoints (a shared "
-                                               "filesystem on clusters)")
+    storage_path: str = setting("ray_results", "where Ray Tune keeps trial results and checkpoints: a directory or "
+                                               "file:// URI (a shared filesystem on clusters)")
     checkpoint_artifacts: str = setting("best", "which trial checkpoints MLflow keeps: none, each trial's best "
                                                 "epoch, or all", choices=CHECKPOINT_POLICIES)
     # MLflow gets each trial's EMA weights only (study-large 1.1 GB, study-small 0.45 GB: the 16-trial grid ~12.7 GB);
@@ -296,6 +300,11 @@ class SweepConfig:
         return self.registered_model or f"condface-{self.model}"
 
     @property
+    def storage_dir(self) -> Path:
+        """--storage-path as the local directory it names (SweepError when it names none)."""
+        return storage_dir(self.storage_path)
+
+    @property
     def sampler_samples(self) -> int:
         return self.sampler_phase_samples or self.final_samples
 
@@ -314,8 +323,8 @@ class SweepConfig:
         return f"{self.experiment_name}-{self.search}"
 
     def params(self) -> dict[str, str]:
-        """Flat name -> string of every field, as MLflow params."""
-        return {f.name: _fmt(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Flat name -> string of every field, as MLflow params (a password in a URI shown as ***)."""
+        return {f.name: redact_uri(_fmt(getattr(self, f.name))) for f in dataclasses.fields(self)}
 
     def validate(self) -> SweepConfig:
         """Raise SweepError (one line, with the fix) for values that cannot work; return self."""
@@ -336,10 +345,31 @@ class SweepConfig:
             raise SweepError(f"--p-uncond must be in [0, 1), got {self.p_uncond}")
         if not self.cfg_scales:
             raise SweepError("--cfg-scales must be one or more non-negative numbers, e.g. 1,2,3,4,5,7")
+        storage_dir(self.storage_path)  # raises on a path that names no local directory
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")
         return self
+
+
+def storage_dir(path: str) -> Path:
+    """A storage path as a local directory: a path (~ expanded) or a file:// URI of this machine (file:///x is /x).
+    Remote URIs are refused: the driver reads trial PNGs, checkpoints and the final pipeline back as local files,
+    so on s3:// they would be silently missing."""
+    parsed = urllib.parse.urlparse(path)
+    if not path.strip():
+        raise SweepError("--storage-path is empty: pass a directory (a shared filesystem on clusters)")
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise SweepError(f"--storage-path {path}: a file:// URI on another host ({parsed.netloc}) is not a "
+                             "directory here; mount it and pass the mount point, e.g. file:///mnt/results")
+        if not parsed.path:
+            raise SweepError(f"--storage-path {path} names no directory: pass e.g. file:///mnt/results")
+        return Path(urllib.request.url2pathname(parsed.path))
+    if "://" in path:
+        raise SweepError(f"--storage-path {path}: remote storage is not supported (the driver reads trial results "
+                         "back as local files); mount it on every node (NFS, s3fs, gcsfuse) and pass the mount point")
+    return Path(path).expanduser()
 
 
 def _fmt(value) -> str:
@@ -435,4 +465,4 @@ def resolve(preset: str = DEFAULT_PRESET, **overrides) -> SweepConfig:
     return dataclasses.replace(base, **changes).validate()
 
 
-__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "FULL_CHAIN", "resolve"]
+__all__ = ["SweepConfig", "PRESETS", "DEFAULT_PRESET", "FULL_CHAIN", "resolve", "storage_dir"]

@@ -6,8 +6,8 @@
     summary: the study's tables from the phases' recorded results
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
-(Tune phases with Tuner.restore; the final phase restores its finished training, logs each metric once
-and reuses its model version; the other phases rerun, logging each step once). MLflow is written only here.
+(Tune phases with Tuner.restore; the final phase restores its finished training and reuses its model version;
+the sampling phases read back the steps MLflow has and sample only the others). MLflow is written only here.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from orchestration.tracking.client import Tracker
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
 RUNTIME_FIELDS = ("address", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
                   "eval_actors", "cpus_per_trial", "final_workers")
+# Runtime settings that pick the training code: the sweep's own value unless the command names one
+TRAINING_PATH_FIELDS = ("final_workers",)
 
 
 def _terminate(signum, frame):
@@ -54,6 +56,9 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine
+        from orchestration.ray_token import private_local_token
+
+        private_local_token()  # before Ray writes the token with the process's umask
         ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
     if threading.current_thread() is threading.main_thread():
         # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
@@ -70,7 +75,8 @@ def _family_tags(cfg: SweepConfig) -> dict[str, str]:
 def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str]) -> tuple[SweepConfig, SweepState]:
     """The stored sweep's config with this command's runtime settings; says which other flags it ignores."""
     state = SweepState.find(cfg, resume_from)
-    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None}
+    keep = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if getattr(cfg, k) is not None
+            and (k in explicit or k not in TRAINING_PATH_FIELDS)}
     ignored = sorted(k for k in explicit - set(RUNTIME_FIELDS)
                      if k in {f.name for f in dataclasses.fields(SweepConfig)} | {"preset"}
                      and getattr(cfg, k, None) != getattr(state.config, k, None))
@@ -78,7 +84,13 @@ def resume_config(cfg: SweepConfig, resume_from: str | None, explicit: set[str])
         print("--resume keeps the sweep's own settings; ignored: " + ", ".join(
             f"--{k.replace('_', '-')} {getattr(cfg, k)} (the sweep has {getattr(state.config, k)})" for k in ignored),
             flush=True)
-    return dataclasses.replace(state.config, **keep), state
+    for k in TRAINING_PATH_FIELDS:
+        if k not in explicit and getattr(cfg, k) != getattr(state.config, k):
+            print(f"--resume keeps --{k.replace('_', '-')} {getattr(state.config, k)}: the sweep's own (name the "
+                  "flag to change it)", flush=True)
+    merged = dataclasses.replace(state.config, **keep)
+    state.keep_training_path(merged)
+    return merged, state
 
 
 def check_data(cfg: SweepConfig) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.catalogue import split_credentials
 from data.io import atomic_write_text
 from orchestration.config import SweepConfig
 from orchestration.errors import SweepError
@@ -37,7 +38,7 @@ class SweepState:
 
     @classmethod
     def create(cls, config: SweepConfig, tracking_uri: str) -> SweepState:
-        storage = Path(config.storage_path).resolve()
+        storage = config.storage_dir.resolve()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root = storage / f"{config.run_name}-{stamp}"
         n = 1
@@ -53,7 +54,7 @@ class SweepState:
     def find(cls, config: SweepConfig, target: str | None = None) -> SweepState:
         """The sweep `--resume [target]` means: the named one (a directory, or a directory name under the
         storage path), else the only unfinished sweep of this experiment; several -> an error listing them."""
-        storage = Path(config.storage_path).resolve()
+        storage = config.storage_dir.resolve()
         if target:
             root = Path(target) if Path(target).is_dir() else storage / target
             if not (root / STATE_FILE).is_file():
@@ -100,6 +101,24 @@ class SweepState:
         self.phases[phase] = {"status": "done", "finished": time.time(), "result": result}
         self.save()
 
+    def keep_training_path(self, cfg: SweepConfig) -> None:
+        """Refuse a resumed config whose --final-workers would switch a final run cut short to another trainer, else
+        record the value its final runs train with. 1 worker trains in one Tune trial, more in Ray Train, and
+        neither reads the other's checkpoints: the run would restart from scratch while MLflow keeps the epochs
+        logged before, which then no longer match the registered model. Refused rather than carried over: the
+        operator named the flag, and runtime flags are honoured on resume (a refusal costs seconds, before Ray)."""
+        before, after = self.config.final_workers, cfg.final_workers
+        cut = [f for f in self.config.families if self.status(f"{f}/final") == "running"]
+        if cut and (before > 1) != (after > 1):
+            trainer = {True: "Ray Train", False: "a Tune trial"}
+            raise SweepError(f"--final-workers {after} would restart the {' and '.join(cut)} final run cut short "
+                             f"with --final-workers {before} (its checkpoints are {trainer[before > 1]}'s, which "
+                             f"{trainer[after > 1]} cannot read): resume with --final-workers {before} or without "
+                             "the flag")
+        if after != before:
+            self.config = dataclasses.replace(self.config, final_workers=after)
+            self.save()
+
     @classmethod
     def load(cls, root: str | Path) -> SweepState:
         root = Path(root)
@@ -114,9 +133,12 @@ class SweepState:
                    phases=raw.get("phases", {}))
 
     def save(self) -> None:
+        config = dataclasses.asdict(self.config)
+        if config.get("tracking_uri"):  # never a credential on disk: a resumed sweep takes them as the first did
+            config["tracking_uri"] = split_credentials(config["tracking_uri"])[0]
         data = {
-            "config": dataclasses.asdict(self.config),
-            "tracking_uri": self.tracking_uri,
+            "config": config,
+            "tracking_uri": split_credentials(self.tracking_uri)[0],
             "parent_run_id": self.parent_run_id,
             "phases": self.phases,
         }

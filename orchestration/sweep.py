@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from data.catalogue import default_tracking_uri
@@ -22,9 +21,10 @@ from orchestration.errors import SweepError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-# MLflow's own HTTP retries back off silently for ~4 min per call; the Tracker's retries (orchestration.tracking.retry)
-# take over after 2, say that the server is unreachable, and bound the wait (CONDFACE_MLFLOW_OUTAGE_S)
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+# MLflow's own HTTP retries back off silently for ~4 min per call and re-send creates blindly; the Tracker's retries
+# (orchestration.tracking.retry) do it all: they say that the server is unreachable, bound the wait
+# (CONDFACE_MLFLOW_OUTAGE_S) and look for what a create made before sending it again
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 # Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint: wanted (exact resume), not a warning.
@@ -87,15 +87,16 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def check_storage(path: str) -> None:
-    """A local (or mounted shared) directory. Remote URIs are refused: the driver reads trial PNGs, checkpoints
-    and the final pipeline back as local paths, so on s3:// they would be silently missing."""
-    if "://" in path and not path.startswith("file://"):
-        raise SweepError(f"--storage-path {path}: remote storage is not supported (the driver reads trial results "
-                         "back as local files); mount it on every node (NFS, s3fs, gcsfuse) and pass the mount point")
-    path = path[len("file://"):] if path.startswith("file://") else path
+    """A local (or mounted shared) directory we can write (a file:// URI names one; remote URIs are refused by
+    the config, orchestration.config.storage_dir)."""
+    from orchestration.config import storage_dir
     from orchestration.tracking.checks import check_writable_dir
 
-    check_writable_dir(Path(path), what=f"--storage-path {path}",
+    directory = storage_dir(path)
+    if directory.exists() and not directory.is_dir():
+        raise SweepError(f"--storage-path {path} is a file, not a directory: pass a directory (a shared filesystem "
+                         "on clusters)")
+    check_writable_dir(directory, what=f"--storage-path {path}",
                        fix="pass a writable directory (a shared filesystem on clusters)")
 
 
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err} (see --help)")
     try:
         cfg = config_from_args(args)
+        from orchestration.tracking.credentials import take_credentials
+
+        cfg = dataclasses.replace(cfg, tracking_uri=take_credentials(cfg.tracking_uri))
         if cfg.dry_run:
             from orchestration.grid import trial_table
 

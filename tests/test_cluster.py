@@ -1,16 +1,18 @@
 """The sweep on a real cluster on this machine (infra/local_cluster.py): a Ray head + one more Ray node started
 with `ray start`, PostgreSQL, an MLflow server on it with basic-auth, a shared storage path.
 
-The record is read back the way any client would: through the tracking server's REST API. Skipped only where
+The record is read back the way any client would: through the tracking server's REST API. The cluster's secrets
+(Ray token, PostgreSQL and MLflow passwords) are looked for where they must never be: every command line (`ps`),
+the state file, the logs, a Ray job's stored runtime_env, the MLflow record, the sweep's directory, the output. Skipped only where
 PostgreSQL is not installed, and failed instead in CI (.ci/run installs it: apt-get install -y postgresql).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import local_cluster as lc
 from tests.tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 JOB_EXCLUDES = ["/.venv", "/.cache", "/mlruns.db", "/mlartifacts", "/ray_results", "/reports", "/.local-cluster",
                 "/tests/artifacts"]
 
-
-def _cluster_module():
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "infra" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lc = _cluster_module()
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
@@ -98,7 +92,7 @@ def rest(cluster: dict, endpoint: str, params: dict | None = None, body: dict | 
         url += "?" + urllib.parse.urlencode(params)
     headers = {"Content-Type": "application/json"}
     if auth:
-        headers.update(lc.basic_auth_header(cluster["mlflow"]["username"], cluster["mlflow"]["password"]))
+        headers.update(lc.basic_auth_header(*lc.mlflow_login(cluster)))
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers,
                                  method="POST" if body is not None else "GET")
     try:
@@ -127,6 +121,22 @@ def history(cluster: dict, run: dict, key: str) -> list[int]:
                                                         "max_results": 25000})
     assert status == 200, status
     return sorted(m["step"] for m in got.get("metrics", []))
+
+
+def secrets_of(cluster: dict) -> dict[str, str]:
+    """Every secret the cluster generated: the Ray token, PostgreSQL's and MLflow's passwords, the UI's key."""
+    found = json.loads((Path(cluster["dir"]) / lc.SECRETS).read_text())
+    found["ray_token"] = Path(cluster["ray"]["token_path"]).read_text().strip()
+    return found
+
+
+def command_lines() -> str:
+    """Every process's command line on this machine, as every local user sees them."""
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+
+
+def leaked(text: str, cluster: dict) -> list[str]:
+    return [name for name, value in secrets_of(cluster).items() if value in text]
 
 
 def trained_runs(runs: list[dict]) -> list[dict]:
@@ -168,13 +178,33 @@ def test_the_servers_refuse_requests_without_credentials(cluster):
         assert lc.http_status(dashboard + path, {"Authorization": f"Bearer {token}"}) == 200, path
     code = ("import mlflow, sys; c = mlflow.MlflowClient(sys.argv[1]); "
             "print('experiments', len(c.search_experiments()))")
+    user, password = lc.mlflow_login(cluster)
     with_creds = subprocess.run([sys.executable, "-c", code, cluster["mlflow"]["uri"]], capture_output=True, text=True,
-                                env=client_env(cluster), timeout=120)
+                                env=client_env(cluster, MLFLOW_TRACKING_USERNAME=user,
+                                               MLFLOW_TRACKING_PASSWORD=password), timeout=120)
     assert with_creds.returncode == 0 and "experiments" in with_creds.stdout, with_creds.stderr[-2000:]
     anonymous = {k: v for k, v in client_env(cluster).items() if not k.startswith("MLFLOW_TRACKING_")}
+    anonymous.pop("CONDFACE_MLFLOW_CREDENTIALS")
     without = subprocess.run([sys.executable, "-c", code, cluster["mlflow"]["uri"]], capture_output=True, text=True,
                              env={**anonymous, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, timeout=120)
     assert without.returncode != 0 and "401" in without.stderr, without.stderr[-2000:]
+
+
+def test_no_secret_in_a_command_line_the_state_file_or_a_log(cluster):
+    """While every server runs: no secret in any process's command line (`ps`: PostgreSQL's password reaches MLflow
+    through its environment), none in the state file or the servers' logs; every file holding one is mode 600."""
+    assert not leaked(command_lines(), cluster)
+    mlflow_args = " ".join(lc.psutil.Process(cluster["mlflow"]["pid"]).cmdline())
+    assert "mlflow server" in mlflow_args and "--backend-store-uri" not in mlflow_args, mlflow_args
+    directory = Path(cluster["dir"])
+    assert not leaked((directory / lc.STATE).read_text(), cluster)
+    for log in [*Path(cluster["logs"]).glob("*.log"), Path(cluster["postgres"]["log"])]:
+        assert not leaked(log.read_text(errors="replace"), cluster), log
+    files = lc.secret_files(cluster)
+    assert {f.name for f in files} >= {lc.STATE, lc.SECRETS, lc.CREDENTIALS, "mlflow_auth.ini", "ray_auth_token"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert "password" not in "".join(lc.client_env(cluster).values()).lower()  # `env` prints paths only
 
 
 def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(cluster, data, tmp_path):
@@ -184,15 +214,22 @@ def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(
     ray = str(Path(sys.executable).parent / "ray")
     env = client_env(cluster)
     job = f"condface-job-{int(time.time())}"
-    runtime_env = {"env_vars": {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                                                    "CONDFACE_HOME")},
+    # MLflow's credentials: only the path of their mode-600 file travels with the job (infra/README.md)
+    runtime_env = {"env_vars": {k: env[k] for k in ("CONDFACE_MLFLOW_CREDENTIALS", "CONDFACE_HOME")},
                    "excludes": JOB_EXCLUDES}
     entry = sweep_args(cluster, data, "cluster-job", "--epochs", "2")[1:]  # `python -m orchestration.sweep ...`
     entry[entry.index("--address") + 1] = "auto"  # the job's driver runs on the head node
+    seen_in_ps: list[str] = []
+
+    def watch(text: str) -> bool:  # the submitter, the job's driver and every server, while the job runs
+        seen_in_ps.extend(leaked(command_lines(), cluster))
+        return False
+
     rc, text = run([ray, "job", "submit", "--address", cluster["ray"]["dashboard"], "--submission-id", job,
                     "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--", "python", *entry],
-                   env, tmp_path / "submit.log")
+                   env, tmp_path / "submit.log", watch)
     assert rc == 0, text[-4000:]
+    assert not seen_in_ps and not leaked(text, cluster), seen_in_ps
     status = subprocess.run([ray, "job", "status", "--address", cluster["ray"]["dashboard"], job], env=env,
                             capture_output=True, text=True, timeout=120)
     assert re.search(r"Job '\S+' succeeded", status.stdout + status.stderr), status.stdout + status.stderr
@@ -200,10 +237,13 @@ def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(
     req = urllib.request.Request(f"{cluster['ray']['dashboard']}/api/jobs/{job}",
                                  headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=30) as resp:  # the Jobs REST API, with the dashboard's token
-        assert json.loads(resp.read())["status"] == "SUCCEEDED"
+        info = resp.read().decode()
+        assert json.loads(info)["status"] == "SUCCEEDED"
+        assert not leaked(info, cluster)  # the job's stored runtime_env holds no password
     logs = subprocess.run([ray, "job", "logs", "--address", cluster["ray"]["dashboard"], job], env=env,
                           capture_output=True, text=True, timeout=120)
     assert logs.returncode == 0 and re.search(r"total wall time: \d+ s", logs.stdout), logs.stdout[-3000:]
+    assert not leaked(logs.stdout, cluster)
     assert "Ray: 2 node(s)" in logs.stdout
 
     runs = assert_complete(cluster, "cluster-job", epochs=2, final_epochs=1)
@@ -223,9 +263,16 @@ def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(c
     reported once the server is back. (c) Then the driver dies (SIGKILL) at the first trial report after the
     outage: mid-grid, or, when the grid's last reports were flushed together, just as the final run's Tune
     experiment was made. `--resume` against the same cluster and server continues where it stopped and finishes
-    the sweep. The record has every epoch of every trial exactly once."""
+    the sweep. The record has every epoch of every trial exactly once.
+    (d) Both commands pass MLflow's credentials in --tracking-uri (http://admin:PW@...), the only place they are:
+    the password is in no MLflow param or tag, no file of the sweep's directory (sweep.json, the report) and
+    not in the output, which shows it as ***."""
     args = sweep_args(cluster, data, "cluster-faults", "--epochs", "2")
+    user, password = lc.mlflow_login(cluster)
+    uri = args[args.index("--tracking-uri") + 1]
+    args[args.index("--tracking-uri") + 1] = uri.replace("http://", f"http://{user}:{password}@")
     env = client_env(cluster, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # our retries, not MLflow's silent ones
+    env.pop("CONDFACE_MLFLOW_CREDENTIALS")
     seen: dict[str, float] = {}
 
     def watch(text: str) -> bool:
@@ -250,7 +297,17 @@ def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(c
     # run's start, the grid is skipped as done and the final run starts afresh)
     assert re.search(r"^\[ddpm/(grid|final)\] cut short in an earlier run: continuing", second, re.M) or \
         re.search(r"^\[ddpm/grid\] done in an earlier run: skipped", second, re.M), second[-3000:]
-    assert_complete(cluster, "cluster-faults", epochs=2, final_epochs=1)
+    runs = assert_complete(cluster, "cluster-faults", epochs=2, final_epochs=1)
+    assert f"{uri.replace('http://', f'http://{user}:***@')}: the credentials were moved" in first
+    assert password not in first + second
+    assert password not in json.dumps([r["data"] for r in runs])  # every run's params and tags
+    (parent,) = [r for r in runs if tags(r).get("condface.phase") == "sweep"]
+    assert {p["key"]: p["value"] for p in parent["data"]["params"]}["tracking_uri"] == uri
+    sweep_dir = Path(tags(parent)["condface.storage"])
+    assert (sweep_dir / "sweep.json").is_file()
+    for path in sweep_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert password.encode() not in path.read_bytes(), path
 
 
 def test_a_node_killed_mid_trial(cluster, data, tmp_path):

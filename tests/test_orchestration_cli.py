@@ -90,6 +90,9 @@ def test_bad_model_from_the_real_command_line(tmp_path):
         (["--select-metric", "mtcnn"], ["--select-metric mtcnn", "MTCNN is off", "--mtcnn"]),
         (["--select-metric", "clip_score"], ["--select-metric clip_score", "--clip-model"]),
         (["--storage-path", "s3://bucket/sweeps"], ["remote storage is not supported", "mount"]),
+        (["--storage-path", "file://fileserver/sweeps"], ["another host", "mount"]),
+        (["--storage-path", "{file}"], ["is a file, not a directory"]),
+        (["--storage-path", ""], ["--storage-path is empty"]),
         (["--sampling-steps", "zero"], ["--sampling-steps"]),
     ],
 )
@@ -284,6 +287,51 @@ def test_resume_finds_the_sweep_it_is_told_and_lists_ambiguity(tmp_path, capsys)
     merged, state = resume_config(asked, old.root.name, {"epochs", "max_concurrent"})
     assert merged.epochs == cfg.epochs and merged.max_concurrent == 3 and state.root == old.root
     assert "ignored: --epochs 7 (the sweep has 1)" in capsys.readouterr().out
+
+
+def test_a_file_uri_storage_path_is_the_directory_it_names(tmp_path, monkeypatch):
+    """--storage-path file:///x is /x (never ./file:/x under the working directory), for a new sweep and --resume."""
+    from orchestration.state import SweepState
+    from orchestration.sweep import check_storage
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "shared" / "results"
+    for uri in (target.as_uri(), f"file://localhost{target}"):
+        cfg = resolve("smoke", storage_path=uri)
+        check_storage(cfg.storage_path)
+        state = SweepState.create(cfg, "sqlite:///x.db")
+        assert state.root.parent == target, state.root
+        assert SweepState.find(dataclasses.replace(cfg, resume=True), state.root.name).root == state.root
+        state.done("sweep", True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"], "a storage path became a relative folder"
+
+
+def test_resume_keeps_the_final_run_on_the_trainer_it_started_on(tmp_path, capsys):
+    """--final-workers 1 trains the final run in a Tune trial, more in Ray Train; neither reads the other's
+    checkpoints, so a final run cut short is never switched: a named change is refused (one line, both values, the
+    fix), an unnamed flag keeps the sweep's value (the preset's default would switch it)."""
+    from orchestration.driver import resume_config
+    from orchestration.state import SweepState
+
+    cfg = resolve("smoke", storage_path=str(tmp_path), final_workers=2)
+    state = SweepState.create(cfg, "sqlite:///x.db")
+    state.done("ddpm/grid", {})
+    state.start("ddpm/final")  # cut short while Ray Train trained it
+    one = dataclasses.replace(cfg, final_workers=1, resume=True)
+    with pytest.raises(SweepError) as refused:
+        resume_config(one, state.root.name, {"final_workers"})
+    message = str(refused.value)
+    assert "\n" not in message and "--final-workers 1 would restart the ddpm final run" in message, message
+    assert message.endswith("resume with --final-workers 2 or without the flag"), message
+    merged, _ = resume_config(one, state.root.name, set())  # the flag not named: the preset's 1 is not a request
+    assert merged.final_workers == 2 and "--resume keeps --final-workers 2" in capsys.readouterr().out
+    merged, _ = resume_config(dataclasses.replace(one, final_workers=4), state.root.name, {"final_workers"})
+    assert merged.final_workers == 4, "2 -> 4 workers stays on Ray Train, which restores its own checkpoint"
+    assert SweepState.load(state.root).config.final_workers == 4, "the sweep records what its final runs train with"
+    state = SweepState.load(state.root)
+    state.done("ddpm/final", {})  # no final run cut short: any value is honoured
+    merged, _ = resume_config(one, state.root.name, {"final_workers"})
+    assert merged.final_workers == 1
 
 
 def test_resource_plan_fits_one_node():

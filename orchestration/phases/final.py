@@ -23,17 +23,21 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import CHAMPION_ALIAS, TAG_PREFIX, better
+import numpy as np
+
+from data.catalogue import CHAMPION_ALIAS, TAG_PREFIX, better, finite
 from orchestration.errors import SweepError
 from orchestration.evaluate import Scored, run_remote
 from orchestration.faults import reached
 from orchestration.grid import TrialSpec, trial_label
+from orchestration.phases.recorded import recorded_final_evaluation
 from orchestration.phases.tune import make_callback, run_phase, trial_history
 from orchestration.resources import final_worker_resources, plan_resources
 from orchestration.tracking.client import Tracker
 from orchestration.trainable import TrialContext, run_data_parallel, run_trial, samples_png
 
 FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final evaluation log once per run
+CONFUSION_ARTIFACT = "final_samples/final_confusion.json"
 
 
 def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str) -> dict[str, Any]:
@@ -75,18 +79,7 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
     run_id = tracker.find_run(f"{sweep.parent}/final/{result.metrics['trial_id']}")
     reached(f"{cfg.model}/final:trained")
 
-    print(f"{cfg.model} final evaluation: {cfg.final_samples} samples at guidance {spec.guidance_scale:g}", flush=True)
-    scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=sweep.data_root,
-                        n=cfg.final_samples, seed=cfg.seed + 1,
-                        settings=[(cfg.sampler, cfg.sampling_steps, spec.guidance_scale)], pool=sweep.pool,
-                        ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)[0]
-    tracker.log_metrics(run_id, {**{f"final_{k}": v for k, v in scored.values.items()},
-                                 **{f"final_{k}": v for k, v in scored.counts.items()}},
-                        step=0, step_metric=FINAL_EVAL_STEP)
-    tracker.log_unavailable(run_id, scored.unavailable)
-    tracker.set_tags(run_id, {f"{TAG_PREFIX}final_guidance_scale": spec.guidance_scale,
-                              f"{TAG_PREFIX}final_samples": cfg.final_samples})
-    _log_samples(tracker, run_id, scored, root / "final_samples.png")
+    scored = evaluate_final(sweep, cfg, resources, spec, run_id, pipeline_dir, root)
     sampling = {"guidance_scale": spec.guidance_scale, "sampler": cfg.sampler,
                 "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
                 "precision": cfg.sampling_precision}
@@ -99,6 +92,35 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
             "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
             "unavailable": scored.unavailable, "counts": scored.counts, "history": trial_history(result),
             "confusion": scored.tables.get("est_confusion")}
+
+
+def evaluate_final(sweep, cfg, resources: dict[str, float], spec: TrialSpec, run_id: str, pipeline_dir: Path,
+                   root: Path) -> Scored:
+    """The final-comparison set (study: 100 samples) sampled and scored once per run: its values and counts as
+    `final_<metric>` (with the step metric FINAL_EVAL_STEP, logged last: a run that has it has the rest), the
+    sample grid and confusion matrices as artifacts. A continued phase whose run has it reads it back from MLflow
+    (orchestration.phases.recorded; no images then) instead of sampling again. Returns what MLflow holds."""
+    tracker: Tracker = sweep.tracker
+    if 0 in tracker.logged_steps(run_id, FINAL_EVAL_STEP):
+        print(f"{cfg.model} final evaluation: in MLflow from the earlier run, read back (not sampled again)",
+              flush=True)
+        held = recorded_final_evaluation(tracker, run_id, "final_", FINAL_EVAL_STEP, CONFUSION_ARTIFACT)
+        none = np.zeros((0,), dtype=np.uint8)
+        return Scored(spec.guidance_scale, held["values"], held["unavailable"], held["counts"], none, none,
+                      cfg.sampler, tables={"est_confusion": held["confusion"]} if held["confusion"] else {})
+    print(f"{cfg.model} final evaluation: {cfg.final_samples} samples at guidance {spec.guidance_scale:g}", flush=True)
+    scored = run_remote(resources, model=cfg.model, pipeline_dir=str(pipeline_dir), data_root=sweep.data_root,
+                        n=cfg.final_samples, seed=cfg.seed + 1,
+                        settings=[(cfg.sampler, cfg.sampling_steps, spec.guidance_scale)], pool=sweep.pool,
+                        ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)[0]
+    tracker.log_unavailable(run_id, scored.unavailable)
+    tracker.set_tags(run_id, {f"{TAG_PREFIX}final_guidance_scale": spec.guidance_scale,
+                              f"{TAG_PREFIX}final_samples": cfg.final_samples})
+    _log_samples(tracker, run_id, scored, root / "final_samples.png")
+    tracker.log_metrics(run_id, {**{f"final_{k}": v for k, v in scored.values.items()},
+                                 **{f"final_{k}": v for k, v in scored.counts.items()}},
+                        step=0, step_metric=FINAL_EVAL_STEP)
+    return dataclasses.replace(scored, values={k: v for k, v in scored.values.items() if finite(v)})
 
 
 def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags: dict[str, str],
@@ -161,4 +183,4 @@ def _log_samples(tracker: Tracker, run_id: str, scored: Scored, path: Path) -> N
                  "the level asked for (rows) against the level the estimator read")
         tracker.log_artifact(run_id, plot_confusions(confusion, title, path.with_name("final_confusion.png")),
                              "final_samples")
-        tracker.log_json(run_id, confusion, "final_samples/final_confusion.json")
+        tracker.log_json(run_id, confusion, CONFUSION_ARTIFACT)

@@ -9,14 +9,13 @@ a joint sweep also plots every family's curve on the same axes on the parent run
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from data.catalogue import FAMILY_COLORS, FID_STAND_IN, TAG_PREFIX
+from data.catalogue import FAMILY_COLORS, FID_STAND_IN, TAG_PREFIX, finite
 from orchestration.config import SweepConfig
 from orchestration.evaluate import run_remote
 from orchestration.phases.nested import nested_run
+from orchestration.phases.recorded import recorded_rows
 from orchestration.resources import plan_resources
 
 ACCURACY = "est_acc"  # the study's Pareto axis
@@ -86,23 +85,34 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def score_final_model(sweep, cfg: SweepConfig, final: dict, run_id: str, settings: list[tuple[str, int, float]],
-                      n: int, seed: int, step_metric: str, extra: Callable[[dict], dict[str, Any]]) -> list[dict]:
-    """The final model sampled and scored under each (sampler, steps, guidance scale) setting, in one Ray task on
-    the same seeded conditions; setting i is step i of `run_id` (`step_metric`, so a rerun logs each once) with its
-    values, sample counts and `extra(row)`. Returns the settings' rows (Scored.record() dicts)."""
+                      n: int, seed: int, step_metric: str, extras: dict[str, str]) -> list[dict]:
+    """The final model sampled and scored under each (sampler, steps, guidance scale) setting, on the same seeded
+    conditions; setting i is step i of `run_id` (`step_metric`) with its values, sample counts and the row fields
+    `extras` names (metric -> field). Settings the run already has (a continued phase) are read back from MLflow,
+    the others sampled in one Ray task. Returns the settings' rows (Scored.record() dicts) as MLflow holds them."""
     tracker = sweep.tracker
+    rows = recorded_rows(tracker, run_id, settings, step_metric, extras)
+    missing = [i for i in range(len(settings)) if i not in rows]
+    if rows:
+        print(f"  {len(rows)} of {len(settings)} settings are in MLflow from the earlier run: read back, "
+              f"{'sampling the other ' + str(len(missing)) if missing else 'nothing sampled again'}", flush=True)
+    if not missing:
+        return [rows[i] for i in range(len(settings))]
     scored = run_remote(plan_resources(cfg).lone, model=cfg.model, pipeline_dir=final["pipeline_dir"],
-                        data_root=sweep.data_root, n=n, seed=seed, settings=settings, pool=sweep.pool,
-                        ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
-    rows = [r.record() for r in scored]
-    for i, row in enumerate(rows):
-        tracker.log_metrics(run_id, {**row["values"], **row["counts"], **extra(row)}, step=i, step_metric=step_metric)
-    tracker.log_unavailable(run_id, rows[0]["unavailable"] if rows else {})
-    return rows
+                        data_root=sweep.data_root, n=n, seed=seed, settings=[settings[i] for i in missing],
+                        pool=sweep.pool, ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision)
+    fresh = [r.record() for r in scored]
+    tracker.log_unavailable(run_id, fresh[0]["unavailable"])  # before the steps: a logged step is a whole row
+    for i, row in zip(missing, fresh):
+        tracker.log_metrics(run_id, {**row["values"], **row["counts"], **{m: row[f] for m, f in extras.items()}},
+                            step=i, step_metric=step_metric)
+        rows[i] = {**row, "values": {k: v for k, v in row["values"].items() if finite(v)}}  # what MLflow holds
+    return [rows[i] for i in range(len(settings))]
 
 
 def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
-    """The CFG phase as a unit: rerun when continued (each scale is logged once: step = scale index)."""
+    """The CFG phase as a unit: continued, it reads back the scales MLflow has (step = scale index) and samples
+    the others; the figure, the Pareto front and cfg_sweep.json are then made again from all of them."""
     tracker = sweep.tracker
     out_dir = sweep.state.dir(f"{cfg.model}/cfg")
     params = {"cfg_scales": cfg.cfg_scales, "cfg_samples": cfg.cfg_samples, "sampler": cfg.sampler,
@@ -114,8 +124,7 @@ def run_cfg_sweep(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: 
         print(f"\n== {cfg.model} CFG sweep: scales {', '.join(f'{s:g}' for s in cfg.cfg_scales)}, {cfg.cfg_samples} "
               "samples each ==", flush=True)
         rows = score_final_model(sweep, cfg, final, run_id, [(cfg.sampler, cfg.sampling_steps, s) for s in cfg.cfg_scales],
-                                 cfg.cfg_samples, cfg.seed + 2, "scale_index",
-                                 lambda row: {"guidance_scale": row["guidance_scale"]})
+                                 cfg.cfg_samples, cfg.seed + 2, "scale_index", {"guidance_scale": "guidance_scale"})
         for row in rows:
             print(f"  scale {row['guidance_scale']:g}: " + "  ".join(
                 f"{k} {v:.4g}" for k, v in sorted(row["values"].items()) if not k.startswith("est_acc_")

@@ -42,7 +42,8 @@ def plot_samplers(rows: list[dict], quality: str, title: str, path: Path) -> Pat
 
 
 def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, tags: dict[str, str]) -> dict:
-    """The sampler phase as a unit: rerun when continued (each setting is logged once: step = setting index)."""
+    """The sampler phase as a unit: continued, it reads back the settings MLflow has (step = setting index) and
+    samples the others."""
     tracker = sweep.tracker
     scale = final["guidance_scale"]
     settings = [(s, n, scale) for s in cfg.sampler_phase_samplers for n in cfg.sampler_phase_steps]
@@ -54,7 +55,7 @@ def run_sampler_phase(continuing: bool, sweep, cfg: SweepConfig, final: dict, ta
                     {**tags, f"{TAG_PREFIX}phase": "samplers"}, params) as run_id:
         print(f"\n== {cfg.model} sampler phase: {described}; {cfg.sampler_samples} samples each ==", flush=True)
         rows = score_final_model(sweep, cfg, final, run_id, settings, cfg.sampler_samples, cfg.seed + 3,
-                                 "setting_index", lambda row: {"nfe": row["steps"], "seconds": row["seconds"]})
+                                 "setting_index", {"nfe": "steps", "seconds": "seconds"})
         quality = quality_metric(rows)
         png = plot_samplers(rows, quality, f"{cfg.model}: the final model under each sampler ({cfg.sampler_samples} "
                                            f"samples, guidance {scale:g})",

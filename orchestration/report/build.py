@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, finite
+from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, finite, redact_uri
 from orchestration.config import SWEEP_FAMILIES
 from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
@@ -277,7 +277,7 @@ def introduction(rec: Record) -> list[str]:
              f"{p.get('final_epochs', '?')} epochs; ranked by "
              f"{rec.tags.get(f'{TAG_PREFIX}select_metric', p.get('select_metric', '?'))}; sampler "
              f"{p.get('sampler', '?')} with {p.get('sampling_steps', '?')} steps (0 = the whole chain).",
-             f"Read from the MLflow store {rec.uri} only: no model was loaded and nothing was recomputed. Each cell "
+             f"Read from the MLflow store {redact_uri(rec.uri)} only: no model was loaded and nothing was recomputed. Each cell "
              "shows the value, its sample count (n) and, in brackets, the study's published value "
              f"(from {study.SOURCE}); FID needs Inception weights: where it is unavailable, "
              f"{FID_STAND_IN} (the same Frechet distance on the attribute estimator's features) stands in, and the "

@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a wrong server answers at once, not in minutes
     from orchestration.report.build import write_report
+    from orchestration.tracking.credentials import take_credentials
 
     try:
-        out, report = write_report(args.tracking_uri or default_tracking_uri(), args.experiment, args.run, args.out)
+        uri = take_credentials(args.tracking_uri) or default_tracking_uri()
+        out, report = write_report(uri, args.experiment, args.run, args.out)
     except SweepError as err:
         sys.exit(f"error: {err}")
     print(f"report: {out / 'report.html'}  (Markdown: {out / 'report.md'}, {len(report.tables)} tables)")

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import PARENT_TAG, TAG_PREFIX
+from data.catalogue import PARENT_TAG, TAG_PREFIX, redact_uri
 from data.cli import first_line
 from orchestration.errors import SweepError
 
@@ -32,7 +32,7 @@ def check_source(uri: str, timeout_s: float = 5.0) -> None:
         try:
             socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
         except OSError as err:
-            raise SweepError(f"cannot reach the MLflow server at {uri} ({err.strerror or err}): start it or pass "
+            raise SweepError(f"cannot reach the MLflow server at {redact_uri(uri)} ({err.strerror or err}): start it or pass "
                              "the sweep's --tracking-uri") from None
     elif parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)

@@ -7,6 +7,7 @@ import socket
 import urllib.parse
 from pathlib import Path
 
+from data.catalogue import redact_uri
 from orchestration.errors import SweepError
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -24,12 +25,12 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
-        check_writable_dir(path.parent, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
+        check_writable_dir(path.parent, what=f"MLflow store {redact_uri(uri)}", fix="pass a writable --tracking-uri")
     elif parsed.scheme in ("http", "https"):
         check_server(uri, "start it (`mlflow server ...`) or drop --tracking-uri to use the embedded store", timeout_s)
     elif parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
-        check_writable_dir(path, what=f"MLflow store {uri}", fix="pass a writable --tracking-uri")
+        check_writable_dir(path, what=f"MLflow store {redact_uri(uri)}", fix="pass a writable --tracking-uri")
     # other schemes (databricks, ...) are checked by MLflow itself on first use
 
 
@@ -41,7 +42,7 @@ def check_server(uri: str, fix: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
     except OSError as err:
-        raise SweepError(f"cannot reach the MLflow server at {uri} ({err.strerror or err}): {fix}") from None
+        raise SweepError(f"cannot reach the MLflow server at {redact_uri(uri)} ({err.strerror or err}): {fix}") from None
 
 
 def check_writable_dir(path: Path, what: str, fix: str) -> None:
@@ -56,7 +57,7 @@ def check_writable_dir(path: Path, what: str, fix: str) -> None:
 
 
 def mlflow_ui_command(uri: str) -> str:
-    cmd = f"mlflow ui --backend-store-uri {uri}"
+    cmd = f"mlflow ui --backend-store-uri {redact_uri(uri)}"
     if uri.startswith("sqlite:///"):
         cmd += f" --default-artifact-root {artifact_root(uri)}"
     return cmd

@@ -42,11 +42,11 @@ class Tracker:
 
     # --- runs ---------------------------------------------------------------------------------
     def find_run(self, key: str) -> str | None:
-        """The run tagged with this key in this experiment (any status), or None."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TAG_PREFIX}key` = '{key}'", max_results=1
-        )
-        return runs[0].info.run_id if runs else None
+        """The run tagged with this key in this experiment (any status), or None; the oldest if there are several
+        (a record written before creates were idempotent), so every caller picks the same one."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG_PREFIX}key` = '{key}'",
+                                       max_results=100)
+        return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)).info.run_id if runs else None
 
     def open_run(self, key: str, name: str, parent: str | None = None, tags: dict[str, str] | None = None,
                  params: dict[str, Any] | None = None) -> str:

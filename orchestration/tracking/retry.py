@@ -12,22 +12,36 @@ restart the server, then `--resume`): the trials' results stay in the Ray storag
 writes each epoch once (the Tracker skips steps a run already has).
 
 MLflow's own HTTP retries (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default 7: ~4 minutes of silent backoff per call)
-are lowered by `python -m orchestration.sweep` to 2, so an outage is reported after seconds, here.
+are turned off by `python -m orchestration.sweep` (0), so an outage is reported at once, here.
+
+Creates are idempotent. A create the server committed but whose answer was lost (a timeout, a 503 from a proxy)
+would be applied again by a retry -- MLflow's own HTTP layer re-sends POSTs too, and MLflow offers no idempotency
+key. So a run, model version or logged model is created with a key of its own (the tag CREATE_KEY_TAG, a fresh
+uuid per call); a retry first looks for what the key made, and after a create every extra one the key made (a
+re-sent POST) is deleted, the oldest kept. Experiments and registered models are unique by name: a retried create
+returns the one that exists.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+from data.catalogue import TAG_PREFIX, redact_uri
 from data.cli import first_line
 from orchestration.errors import SweepError
 
 OUTAGE_ENV = "CONDFACE_MLFLOW_OUTAGE_S"
 DEFAULT_OUTAGE_S = 900.0
 _RETRY_STATUS = (429, 502, 503, 504)
+CREATE_KEY_TAG = f"{TAG_PREFIX}create_key"
+KEYED_CREATES = ("create_run", "create_model_version", "create_logged_model")  # found by their key tag
+NAMED_CREATES = ("create_experiment", "create_registered_model")  # unique by name
 
 
 def outage_limit() -> float:
@@ -64,7 +78,7 @@ class RetryingClient:
     """Wraps an MlflowClient: the same methods, each retried while the server is unreachable (see the module)."""
 
     def __init__(self, client: Any, uri: str = "", limit_s: float | None = None, sleep=time.sleep):
-        self._client, self._uri = client, uri
+        self._client, self._uri = client, redact_uri(uri)  # for messages only
         self._limit = outage_limit() if limit_s is None else limit_s
         self._sleep = sleep
 
@@ -75,15 +89,47 @@ class RetryingClient:
 
         @functools.wraps(attr)
         def call(*args, **kwargs):
-            return self._call(name, attr, args, kwargs)
+            if name in KEYED_CREATES or name in NAMED_CREATES:
+                return self._call(name, self._once(name, attr, args, kwargs))
+            return self._call(name, lambda: attr(*args, **kwargs))
 
         return call
 
-    def _call(self, name: str, fn, args, kwargs):
+    def _once(self, name: str, fn, args, kwargs) -> Callable[[], Any]:
+        """One attempt of the create `name`, such that repeating it never creates twice (see the module)."""
+        key = uuid.uuid4().hex
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        if name in KEYED_CREATES:
+            bound.arguments["tags"] = {**(bound.arguments.get("tags") or {}), CREATE_KEY_TAG: key}
+        tried = False
+
+        def attempt():
+            nonlocal tried
+            made = made_by(self._client, name, bound.arguments, key) if tried else []
+            if not made:
+                tried = True
+                try:
+                    result = fn(*bound.args, **bound.kwargs)
+                except Exception as err:
+                    exists = name in NAMED_CREATES and getattr(err, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
+                    made = made_by(self._client, name, bound.arguments, key) if exists else []
+                    if not made:
+                        raise
+                    return made[0]
+                made = made_by(self._client, name, bound.arguments, key) if name in KEYED_CREATES else []
+                if not made:
+                    return result
+            for extra in made[1:]:
+                drop(self._client, name, extra)
+            return made[0]
+
+        return attempt
+
+    def _call(self, name: str, attempt: Callable[[], Any]):
         started, delay = None, 1.0
         while True:
             try:
-                result = fn(*args, **kwargs)
+                result = attempt()
             except Exception as err:
                 if not unreachable(err):
                     raise
@@ -107,8 +153,44 @@ class RetryingClient:
             return result
 
 
+def made_by(client: Any, name: str, args: dict[str, Any], key: str) -> list:
+    """What the create `name` with these arguments made so far, oldest first: the runs, model versions or logged
+    models tagged with `key`; the experiment id or registered model of that name. [] when nothing."""
+    from mlflow.exceptions import MlflowException
+
+    tagged = f"tags.`{CREATE_KEY_TAG}` = '{key}'"
+    if name == "create_run":
+        runs = client.search_runs([args["experiment_id"]], filter_string=tagged, max_results=100)
+        return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if name == "create_model_version":
+        versions = client.search_model_versions(f"name = '{args['name']}' and {tagged}")
+        return sorted(versions, key=lambda v: int(v.version))
+    if name == "create_logged_model":
+        models = client.search_logged_models([args["experiment_id"]], filter_string=tagged, max_results=100)
+        return sorted(models, key=lambda m: (m.creation_timestamp or 0, m.model_id))
+    if name == "create_experiment":
+        experiment = client.get_experiment_by_name(args["name"])
+        return [experiment.experiment_id] if experiment is not None else []
+    try:
+        return [client.get_registered_model(args["name"])]
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+
+
+def drop(client: Any, name: str, extra: Any) -> None:
+    """Delete what a re-sent create made a second time."""
+    if name == "create_run":
+        client.delete_run(extra.info.run_id)
+    elif name == "create_model_version":
+        client.delete_model_version(extra.name, extra.version)
+    elif name == "create_logged_model":
+        client.delete_logged_model(extra.model_id)
+
+
 def _line(err: BaseException) -> str:
     return first_line(err)[:200]
 
 
-__all__ = ["RetryingClient", "unreachable", "OUTAGE_ENV"]
+__all__ = ["RetryingClient", "unreachable", "OUTAGE_ENV", "CREATE_KEY_TAG"]
