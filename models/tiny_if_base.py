@@ -4,7 +4,10 @@ The real base (`DeepFloyd/IF-I-M-v1.0`, gated on the Hub) cannot be downloaded o
 `if-lora` family falls back to this one, saved as a real `IFPipeline` folder (model_index.json, tokenizer/,
 text_encoder/, unet/, scheduler/) and loaded by the same `IFPipeline.from_pretrained(path)` as the real one:
 
-- tokenizer: `T5Tokenizer` (a Unigram model trained here on the training captions; IF: T5 v1.1's);
+- tokenizer: `T5Tokenizer` (IF: T5 v1.1's) over a Unigram vocabulary made here from the training captions:
+  their words (at most `vocab_size`), scored by frequency, with single characters as the fallback, so a
+  synthetic caption is at most ~50 tokens and fits IF's 77 (the tokenizers library's Unigram trainer
+  left these captions nearly character-level, >77 tokens, and the truncation cut off their last sentence);
 - text encoder: `T5EncoderModel` (gated-GELU feed-forward as T5 v1.1), trained briefly to read the five
   levels out of a caption, then frozen (`models.tiny_base.pretrain_text_encoder`, with the attention
   mask IF passes to T5) -- a stand-in for T5's pretrained semantics;
@@ -28,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +57,15 @@ class TinyIFBaseConfig:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    vocab_size: int = 512
+    vocab_size: int = 512  # the caption tokenizer's vocabulary (words + characters + 4 special pieces)
     text_steps: int = 300
     text_lr: float = 2e-3
-    unet_epochs: int = 2
+    # A training step of this pixel-space U-Net costs ~7x one of the SD stand-in's latent U-Net (docs/measurements.md),
+    # so it pretrains on half the images for one epoch (untuned: a first budget, not a measured optimum)
+    unet_epochs: int = 1
     unet_lr: float = 2e-3
     batch_size: int = 32
-    train_images: int | None = 20000
+    train_images: int | None = 10000
     p_uncond: float = 0.1
     caption_truth: float = 0.0  # fraction of pretraining images shown with their own caption (the rest: shuffled)
     seed: int = 0
@@ -96,7 +103,7 @@ def build_components(config: TinyIFBaseConfig, captions: list[str]):
     from models.if_family import IF_PROMPT_TOKENS
 
     torch.manual_seed(config.seed)
-    tokenizer = T5Tokenizer().train_new_from_iterator(captions, vocab_size=config.vocab_size)
+    tokenizer = caption_tokenizer(T5Tokenizer, captions, config.vocab_size)
     tokenizer.model_max_length = IF_PROMPT_TOKENS
     text_encoder = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer), d_model=config.text_hidden, d_kv=config.text_hidden // config.text_heads,
@@ -123,6 +130,18 @@ def build_components(config: TinyIFBaseConfig, captions: list[str]):
         sample_max_value=1.5, clip_sample=True,
     )
     return tokenizer, text_encoder, unet, scheduler
+
+
+def caption_tokenizer(cls, captions: list[str], vocab_size: int):
+    """A `cls` (T5Tokenizer) whose Unigram vocabulary is the captions' most frequent lower-cased words (IFPipeline
+    lower-cases prompts), scored by log frequency, plus their characters as a low-scored fallback."""
+    words = Counter(w for c in captions for w in c.lower().split())
+    chars = Counter(ch for c in captions for ch in c.lower() if not ch.isspace())
+    total = sum(words.values()) + sum(chars.values())
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, math.log(n / total)) for w, n in words.most_common(max(1, vocab_size - len(chars) - 4))]
+    vocab += [(ch, math.log(n / total) - 10.0) for ch, n in chars.most_common()] + [("\u2581", -20.0)]
+    return cls(vocab=vocab, extra_ids=0)
 
 
 def build_tiny_if_base(config: TinyIFBaseConfig, dataset, out: str | Path) -> Path:

@@ -51,7 +51,7 @@ def one_step(fam: IFLoRAFamily, items: list[dict], **overrides) -> None:
     fit(fam, TrainConfig(**{**cfg, **overrides}), items)
 
 
-def test_the_tiny_base_is_an_if_pipeline_folder_loaded_by_the_real_loading_code(base):
+def test_the_tiny_base_is_an_if_pipeline_folder_loaded_by_the_real_loading_code(base, items):
     index = json.loads((Path(base) / "model_index.json").read_text())
     assert index["_class_name"] == "IFPipeline"
     assert index["text_encoder"] == ["transformers", "T5EncoderModel"]
@@ -63,6 +63,8 @@ def test_the_tiny_base_is_an_if_pipeline_folder_loaded_by_the_real_loading_code(
     assert unet.addition_embed_type == "text" and unet.encoder_hid_dim_type == "text_proj"
     assert unet.mid_block_type == "UNetMidBlock2DSimpleCrossAttn"
     assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    lengths = [len(ids) for ids in pipe.tokenizer([item["caption"].lower() for item in items]).input_ids]
+    assert max(lengths) <= 77  # every caption fits IF's 77 tokens whole (its last sentence is the age)
     with pytest.raises(ConfigError, match="cannot load the IF stage I base .* offline"):
         load_base(family_config("if-lora", "study"))  # the real hub id, offline and not in the cache
 
