@@ -4,7 +4,10 @@ PY     := $(VENV)/bin/python
 # CPU wheel (on disk on the project's machines). On a GPU machine: make TORCH="torch==2.13.0 --index-url <your CUDA index>"
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint bench clean
+# the GPU machine's python (torch + CUDA there); here: make gpu-check GPU_PY=.venv/bin/python ARGS=--cpu
+GPU_PY ?= python3
+
+.PHONY: setup demo test test-fast lint bench gpu-bundle gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +36,15 @@ lint: setup
 bench: setup
 	$(PY) -m data.bench
 	$(PY) -m models.bench
+
+# here, online: the wheels the GPU machine lacks, into gpu-bundle/ (git-ignored; carry it with the tree, <= 64 MiB)
+gpu-bundle: setup
+	$(PY) infra/gpu_bundle.py
+
+# there, in the repository root: install the bundle, pytest -m gpu, the study-scale benchmark, a smoke sweep;
+# writes $$OUT/gpu-check.json and $$OUT/gpu-check.log within 8 minutes (ARGS=--cpu: the same steps at CPU size)
+gpu-check:
+	$(GPU_PY) infra/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -84,11 +84,14 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("val_loss", "held-out denoising loss", "min", "{:.5f}"),
     # reported every epoch but not selectable: Min-SNR trials weight it differently, so values do not compare
     Metric("train_loss", "training loss", "min", "{:.5f}", selectable=False),
+    # the VAE phase's reconstructions (sd-lora --tune-vae), not generated samples
+    Metric("psnr", "PSNR of VAE reconstructions", "max", "{:.2f} dB", selectable=False),
 )}
 SAMPLE_METRICS = ("fid", "fd_estimator", "mtcnn", "clip_score", "est_acc", "est_acc_balanced")
 SELECTABLE = tuple(k for k, m in METRICS.items() if m.selectable)
-# "fid" is the study's selection metric; when Inception weights are missing FID is unavailable and its
-# stand-in (a Frechet distance on the estimator's features) ranks instead.
+# The study ranked its grids by several metrics and retrained the configurations with the best estimator accuracy
+# (§4.1, §4.2); when Inception weights are missing FID is unavailable and its stand-in (a Frechet distance on the
+# estimator's features) takes its place wherever FID is asked for.
 FID_STAND_IN = "fd_estimator"
 ATTRIBUTE_ACCURACY_KEYS = ("est_acc_bangs", "est_acc_eyeglasses", "est_acc_beard", "est_acc_smiling", "est_acc_age")
 

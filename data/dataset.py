@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class FaceDataset(Dataset):
     """Items: {"image": float32 (3,H,W) in [-1,1], "levels": int64 (5,), "cond": float32 (30,), "caption": str}.
 
-    Augmentation is reseeded in each DataLoader worker from torch's per-worker seed and the epoch
-    (`set_epoch`), so workers never repeat each other and a run seeded with torch.manual_seed,
-    interrupted and resumed at an epoch boundary, draws the same augmentations.
+    Augmentation is seeded per item from torch's seed in the process that made the dataset or called
+    `set_epoch` (before the DataLoader starts its workers), the epoch and the item's index: the same images
+    come out with any number of DataLoader workers, and a run seeded with torch.manual_seed, interrupted and
+    resumed at an epoch boundary, draws the same augmentations.
     """
 
     def __init__(
@@ -46,27 +46,23 @@ class FaceDataset(Dataset):
             raise DataError(f"split {split!r} of {self.cache.root} is empty: rebuild the cache or choose another split")
         self.split, self.augment_name = split, augment
         self.augment = build_augmentation(augment)
-        self._seeded_pid: int | None = None
-        self.epoch = 0
+        self.epoch, self.seed = 0, torch.initial_seed()
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the augmentation for this epoch (the training engine calls it), so a resumed run repeats it."""
-        self.epoch = epoch
-        self._seeded_pid = None
+        self.epoch, self.seed = epoch, torch.initial_seed()
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _maybe_reseed(self) -> None:
-        if self.augment is not None and self._seeded_pid != os.getpid():
-            self.augment.set_random_seed((torch.initial_seed() + 1_000_003 * self.epoch) % 2**32)
-            self._seeded_pid = os.getpid()
+    def _seed_item(self, i: int) -> None:
+        self.augment.set_random_seed(int(np.random.SeedSequence((self.seed, self.epoch, i)).generate_state(1)[0]))
 
     def __getitem__(self, i: int) -> dict:
         j = int(self.indices[i])
         image = np.asarray(self.cache.images[j])
         if self.augment is not None:
-            self._maybe_reseed()
+            self._seed_item(i)
             image = self.augment(image=image)["image"]
         levels = self.cache.levels[j]
         return {

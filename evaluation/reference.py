@@ -55,10 +55,11 @@ def held_out_row(scorer: Scorer, paired: PairedSet, seed: int, batch_size: int =
 
 def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, steps: int,
                   guidance_scale: float, seed: int, sampler: str = "ddpm", batch_size: int = 256,
-                  ddpm_variance: str = "fixed_small", precision: str = "no") -> MetricResult:
+                  ddpm_variance: str = "fixed_small", precision: str = "no", shown: list | None = None) -> MetricResult:
     """A freshly built `model` family of `config` (`models.families.family_config`), sampled with `sampler`
     (`ddpm_variance`, `precision`: as `models.sampling.generate`) on the scorer's device: random weights for the
-    DDPM; for sd-lora the base with zero-initialised adapters, i.e. the base itself."""
+    DDPM; for sd-lora the base with zero-initialised adapters, i.e. the base itself. `shown`, when given, receives
+    each chunk of generated images as it is scored (for a figure of what the row scored)."""
     from models.families import build_family
     from models.sampling import generate
 
@@ -71,7 +72,13 @@ def untrained_row(scorer: Scorer, paired: PairedSet, model: str, config: Any, st
                  seed=seed + i, scheduler=sampler, ddpm_variance=ddpm_variance, precision=precision)
         for i, (levels, captions, _) in enumerate(paired.batches(batch_size))
     )
-    return score_set(scorer, images, paired, batch_size)
+    return score_set(scorer, images if shown is None else _kept(images, shown), paired, batch_size)
+
+
+def _kept(chunks, into: list):
+    for chunk in chunks:
+        into.append(chunk)
+        yield chunk
 
 
 def format_rows(rows: dict[str, MetricResult]) -> str:

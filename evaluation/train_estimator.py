@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--mixed-precision", default=None, choices=MIXED_PRECISIONS,
-                   help="training autocast (default: the preset's, auto = bf16 on GPUs, on CPUs per models.runtime.CPU_AUTO)")
+                   help="training autocast (default: the preset's, auto = bf16 on GPUs with native bf16, on CPUs per models.runtime.CPU_AUTO)")
     p.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
                    help="channels_last memory format while training (default: the preset's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")

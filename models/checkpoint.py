@@ -179,7 +179,7 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all()  # one state per visible GPU, in device order
     return state
 
 
@@ -193,7 +193,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     })
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # a resumed trial or worker may see fewer (or more) GPUs than the run that saved (Ray sets
+        # CUDA_VISIBLE_DEVICES per worker): restore the devices both have; a CPU-only run ignores the GPUs' states
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved.cpu(), index)
 
 
 def _as_tuple(x: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -46,6 +46,8 @@ from models.objective import heldout_loss, training_loss
 from models.runtime import MIXED_PRECISIONS, autocast_dtype, resolve_device, use_channels_last
 
 DIVERGENCE_CHECK_EVERY = 10  # on an accelerator: optimizer steps between checks of the loss for NaN/inf
+LR_SCHEDULERS = tuple(str(k.value) for k in TYPE_TO_SCHEDULER_FUNCTION)
+DEFAULT_WARMUP_STEPS = 500  # diffusers' training examples' --lr_warmup_steps
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_scheduler: str = "constant"  # any name diffusers.optimization.get_scheduler knows
-    lr_warmup_steps: int = 0
+    # any name diffusers.optimization.get_scheduler knows; the study names none ("una tasa de aprendizaje inicial
+    # de 10^-4"): constant is this project's reading, cosine with warm-up what diffusers' training examples use
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int | None = None  # None: DEFAULT_WARMUP_STEPS, at most a tenth of the run (ignored by constant)
     grad_clip: float | None = 1.0
     min_snr_gamma: float | None = None  # the study's grid: None (off) or 5.0
     p_uncond: float = 0.1  # classifier-free guidance: probability of training with the empty condition
@@ -70,8 +74,8 @@ class TrainConfig:
     ema_power: float = 2 / 3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    # "auto": per models.runtime's policy for training (bf16 autocast on cuda, fp32 on CPUs); "bf16": always (a CPU
-    # without native bf16 emulates it, slowly); "no": fp32
+    # "auto": models.runtime's policy for training (bf16 autocast on GPUs with native bf16, fp32 on CPUs); "bf16":
+    # always (emulated, slowly, where not native); "no": fp32
     mixed_precision: str = "auto"
     channels_last: bool | None = None  # None: auto (models.runtime's policy); True/False: on any device
     compile: bool = False  # torch.compile the family's module (cuda: inductor/triton; CPU: inductor's C++ backend)
@@ -237,8 +241,9 @@ def _set_up(family: DiffusionFamily, cfg: TrainConfig, n_train: int, checkpoint_
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
     )
-    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                             num_training_steps=cfg.epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup_steps(cfg, total),
+                             num_training_steps=total)
     ema = (EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power,
                     foreach=device.type == "cuda") if cfg.ema else None)
     train = TrainingState(family, named, optimizer, lr_sched, ema)
@@ -266,6 +271,14 @@ def _check_data_parallel(cfg: TrainConfig, world: int) -> None:
     if cfg.epoch_time_budget_s is not None:
         raise ConfigError("epoch_time_budget_s cannot be used with data-parallel workers (they would stop at "
                           "different steps): cap epochs with max_steps_per_epoch instead")
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """The learning-rate warm-up of a run of `total_steps` optimizer steps: `lr_warmup_steps` when given, else
+    diffusers' examples' 500 steps, shortened to a tenth of the run (a 300-step CPU run warms up for 30)."""
+    if cfg.lr_warmup_steps is not None:
+        return cfg.lr_warmup_steps
+    return min(DEFAULT_WARMUP_STEPS, total_steps // 10)
 
 
 def distributed() -> tuple[int, int]:
@@ -442,6 +455,11 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.lr_scheduler in LR_SCHEDULERS,
+         f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {cfg.lr_scheduler!r}"),
+        (cfg.lr_warmup_steps is None or cfg.lr_warmup_steps >= 0,
+         f"lr_warmup_steps must be >= 0 (None: {DEFAULT_WARMUP_STEPS}, at most a tenth of the run), got "
+         f"{cfg.lr_warmup_steps}"),
         (cfg.loss_every >= 0, f"loss_every must be >= 0 (0: off), got {cfg.loss_every}"),
         (0.0 <= cfg.p_uncond <= 1.0, f"p_uncond must be in [0, 1], got {cfg.p_uncond}"),
         (cfg.min_snr_gamma is None or cfg.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {cfg.min_snr_gamma}"),

@@ -213,7 +213,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
     """Either family as an MLflow pyfunc model (see the module docstring for input, params and output)."""
 
     def load_context(self, context) -> None:
-        from models.runtime import configure_torch
+        from models.runtime import configure_torch, resolve_device
 
         configure_torch(0)
         artifacts = dict(context.artifacts)
@@ -221,7 +221,7 @@ class CondfaceModel(mlflow.pyfunc.PythonModel):
         base = (getattr(context, "model_config", None) or {}).get("base") or artifacts.get("base") or \
             self.info.get("base")
         self.model = Resolved(self.info["family"], Path(artifacts["pipeline"]), self.info, base=base, flavor="pyfunc")
-        self.pipe = load_resolved(self.model)
+        self.pipe = load_resolved(self.model).to(resolve_device())  # the GPU where one is visible
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from models.sampling import generate
@@ -326,6 +326,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
                          "adapters on a Hub base only"
     if importlib.util.find_spec("mlflow.diffusers") is None:
         return "pyfunc", f"this MLflow ({mlflow.__version__}) has no diffusers flavor"
+    if (Path(pipeline_dir) / "vae").is_dir():
+        return "pyfunc", ("the LoRA trained on a tuned VAE (shipped in its folder), which MLflow's diffusers flavor "
+                          "(adapter weights on a named base) cannot carry")
     info = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())
     pretrained = info["lora_config"].get("pretrained")
     if pretrained is None or Path(pretrained).exists():

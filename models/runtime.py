@@ -23,7 +23,8 @@ Workload = Literal["train", "sample", "estimator"]
 
 @dataclass(frozen=True)
 class CpuAuto:
-    """What "auto" turns on for a workload on a CPU (on cuda "auto" is always bf16 autocast and channels_last)."""
+    """What "auto" turns on for a workload on a CPU (on cuda "auto" is channels_last, and bf16 autocast where the GPU
+    has native bf16: `cuda_supports_bf16`)."""
 
     bf16: bool  # only where the CPU has native bf16 (cpu_supports_bf16)
     channels_last: bool
@@ -46,8 +47,10 @@ def use_bf16(mode: str, device: torch.device | str, workload: Workload) -> bool:
         raise ConfigError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {mode!r}")
     if mode != "auto":
         return mode == "bf16"
-    kind = torch.device(device).type
-    return kind == "cuda" or (kind == "cpu" and CPU_AUTO[workload].bf16 and cpu_supports_bf16())
+    device = torch.device(device)
+    if device.type == "cuda":
+        return cuda_supports_bf16(device)
+    return device.type == "cpu" and CPU_AUTO[workload].bf16 and cpu_supports_bf16()
 
 
 def autocast_dtype(mode: str, device: torch.device | str, workload: Workload) -> torch.dtype | None:
@@ -93,6 +96,13 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+def cuda_supports_bf16(device: torch.device | str = "cuda") -> bool:
+    """True where the GPU computes in bf16 natively: compute capability 8.0 or newer (A100, H100, RTX 30xx/40xx).
+    Older GPUs (V100 7.0, T4 7.5) emulate bf16, slower than fp32, so "auto" never picks it there."""
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """"auto"/None -> cuda when a CUDA device is visible (inside a Ray task: the GPU it was given), else cpu.
     An explicit "cuda"/"cuda:N" without a visible GPU is a one-line ConfigError naming the fix."""
@@ -119,4 +129,4 @@ def allow_hub_downloads() -> None:
 
 
 __all__ = ["CPU_AUTO", "MIXED_PRECISIONS", "allow_hub_downloads", "autocast_dtype", "configure_torch",
-           "cpu_supports_bf16", "resolve_device", "use_bf16", "use_channels_last"]
+           "cpu_supports_bf16", "cuda_supports_bf16", "resolve_device", "use_bf16", "use_channels_last"]

@@ -18,7 +18,7 @@ batch, and per image the network sees 2 x steps image-rows with guidance, steps 
 convention of `models.bench`).
 
 Precision: `precision` "no" (fp32, the default of a plain `generate` call), "bf16" (autocast, always) or "auto"
-(bf16 on GPUs, and on CPUs with native bf16: sampling promises no bit-level equivalences, and bf16 was faster at no
+(bf16 on GPUs and CPUs with native bf16: sampling promises no bit-level equivalences, and bf16 was faster at no
 measured cost in quality, see docs/measurements.md). The sweep samples with its `sampling_precision` ("auto");
 the scheduler arithmetic stays in fp32, only the denoiser runs in bf16.
 """

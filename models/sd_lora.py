@@ -48,6 +48,7 @@ from models.tiny_base import PRESETS as TINY
 from models.tiny_base import ensure_tiny_base
 
 NANO_ID = "bguisard/stable-diffusion-nano-2-1"
+TUNED_VAE_DIR = "vae"  # in a saved LoRA folder: the tuned VAE the adapters trained with (when there was one)
 # The U-Net of Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1 unet/config.json; Nano 2.1 keeps the
 # architecture of 2-1-base): 865,910,724 parameters, the study's 865.91M. Used to count without weights.
 SD2_UNET_CONFIG: dict[str, Any] = dict(
@@ -75,6 +76,7 @@ class LoRAConfig:
     num_train_timesteps: int = 1000
     prediction_type: str | None = None  # None: the base scheduler's (what the base was trained for)
     beta_rescale: bool = False  # True: the base's betas scaled by T_base/T (a finer chain, not the study's longer one)
+    vae: str | None = None  # a tuned AutoencoderKL folder (models.vae_tune) replacing the base's VAE; None: the base's
 
     def __post_init__(self) -> None:
         check_lora_settings(self.rank, self.num_train_timesteps, self.prediction_type)
@@ -127,7 +129,18 @@ def count_sd2_parameters(rank: int) -> tuple[int, int]:
 
 
 def load_base(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
-    """(the base pipeline in fp32 on CPU, a one-line description of which base it is)."""
+    """(the base pipeline in fp32 on CPU, a one-line description of which base it is), with `config.vae` in place
+    of the base's VAE when set."""
+    pipe, description = _load_base_pipeline(config)
+    if config.vae is not None:
+        from models.vae_tune import load_vae
+
+        pipe.register_modules(vae=load_vae(config.vae))
+        description += f", with its VAE tuned at {config.image_size}px ({config.vae})"
+    return pipe, description
+
+
+def _load_base_pipeline(config: LoRAConfig) -> tuple[StableDiffusionPipeline, str]:
     if config.pretrained is None:
         path, description = ensure_tiny_base(TINY[config.tiny_base])
         return load_pipeline_folder(path), description
@@ -191,6 +204,8 @@ class SDLoRAFamily(StableDiffusionFamily):
         with atomic_dir(directory) as tmp:
             StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=self.lora_state_dict(),
                                                       safe_serialization=True)
+            if self.config.vae is not None:  # the tuned VAE travels with the adapters that trained on its latents
+                self.vae.save_pretrained(tmp / TUNED_VAE_DIR, safe_serialization=True)
             (tmp / LORA_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
 
     def describe(self) -> dict[str, Any]:
@@ -208,6 +223,8 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: st
     config = LoRAConfig(**info["lora_config"])
     if base is not None:
         config = dataclasses.replace(config, pretrained=str(base))
+    if (lora_dir / TUNED_VAE_DIR).is_dir():
+        config = dataclasses.replace(config, vae=str(lora_dir / TUNED_VAE_DIR))
     pipe, _ = load_base(config)
     set_resolution(pipe, config.image_size)
     pipe.load_lora_weights(lora_dir)

@@ -3,7 +3,14 @@
 `study` -- the study's protocol, for a GPU cluster (section numbers are the study's text; its published values are
 in orchestration/report/study_numbers.py)
     64x64 images, channels {[128,256,512,512], [256,512,768,768]} (DDPM) or LoRA rank {2,4,8},
-    5 epochs per trial over the whole training split, batch 32, lr 1e-4, p_uncond 0.1 (§3.6, §4).
+    5 epochs per trial over the whole training split, batch 32, initial lr 1e-4, p_uncond 0.1 (§3.5, §4).
+    * This project's choices where the study states none (the report's protocol section names them too):
+      AdamW with weight decay 0 (the study names no optimizer), an EMA of the weights (decay 0.9999) that
+      sampling uses, gradient clipping at norm 1, a constant lr (`lr_schedule`; the study's "tasa de
+      aprendizaje inicial" implies a schedule it does not name; cosine with warm-up is the alternative),
+      guidance 3 for the per-epoch and final samples (`guidance_scale`), CFG scales 1,2,3,4,5,7 swept
+      (`cfg_scales`; the study plots scales without listing them), and the DDPM sampler's variance
+      (`ddpm_variance`, fixed_large) used for SD's samples too.
     * Selection (§4.1, §4.2): the study retrained, for each family, the configuration with the best
       *attribute-estimator accuracy* of its grid -- DDPM "GA: No, T: 10^3, Min-SNR: No, [256,512,768,768]"
       (Table 4.1's estimator row; its FID row is T = 1e4) and SD+LoRA "GA: No, T: 10^3, Min-SNR: 5, r: 4"
@@ -82,6 +89,7 @@ FULL_CHAIN = 0  # sampling_steps 0: as many steps as the model's T (the study's 
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 CHECKPOINT_POLICIES = ("none", "best", "all")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,10 @@ class SweepConfig:
                                               "instead of the preset's base")
     beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
                                         "longer chain for T = 10,000")
+    tune_vae: bool = setting(False, "sd-lora: before its grid, fine-tune the base's VAE on the training images at the "
+                                    "data's resolution (§5's future work); the LoRA then trains on its latents")
+    vae_preset: str = "study"  # models.vae_tune preset of --tune-vae (steps, lr, loss: this project's choices)
+    vae: str | None = None  # a family's tuned VAE folder: set by the vae phase (orchestration.phases.vae), not by hand
 
     # --- search ----------------------------------------------------------------------------------
     search: str = setting("grid", "grid = every combination of the study's axes; optuna = TPE over them + lr, "
@@ -176,7 +188,14 @@ class SweepConfig:
     lr: float = setting(1e-4, "learning rate of every grid trial (Optuna samples lr from the preset's lr_range "
                               "instead)", above=0)
     final_lr: float | None = None  # None: the selected trial's lr
+    lr_schedule: str = setting("constant", "learning-rate schedule: constant (study preset: the study gives only "
+                                           "'an initial lr of 1e-4', §3.5) or cosine after a linear warm-up (diffusers' "
+                                           "training examples)", choices=LR_SCHEDULES)
+    lr_warmup_steps: int | None = setting(None, "cosine's warm-up in optimizer steps (default: 500, at most a tenth "
+                                                "of each run)", minimum=0)
     p_uncond: float = 0.1
+    # this project's choices where the study states none (the report's protocol section lists them): AdamW with
+    # weight decay 0 (models.engine.TrainConfig), EMA of the weights, gradient clipping at norm 1
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
     val_samples: int = setting(256, minimum=0)  # held-out denoising loss on this many fixed validation items
@@ -222,17 +241,21 @@ class SweepConfig:
                                                    minimum=0, parse=items(_steps, "step counts like 10,20,50,T"))
     sampler_phase_samples: int | None = setting(None, "samples per sampler setting (default: --final-samples)",
                                                 minimum=1)
+    superres: str | None = setting(None, "DeepFloyd IF stage II (DeepFloyd/IF-II-M-v1.0 in the local Hugging Face "
+                                         "cache, or a folder) to upscale 8 final samples to 256 px, the study's "
+                                         "Figure 4.10 (default: none)")
 
     # --- resources -------------------------------------------------------------------------------
     address: str | None = setting(None, "attach to a running Ray cluster (host:port, ray://host:port or auto); "
                                         "default: start a local one")
     gpus_per_trial: float | None = setting(None, "GPUs each trial requests (default 1 when the cluster has GPUs, "
                                                  "else 0)", minimum=0)
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | None = None  # None: 1 on CPUs, the node's CPUs per GPU on GPUs (orchestration.resources)
     threads_per_trial: int = setting(0, minimum=0)  # torch threads in a CPU trial (0: torch's default)
     # the engine's speed options (models.engine.TrainConfig; logged as train.* params of every trial)
-    mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs, fp32 on CPUs "
-                                           "(models.runtime.CPU_AUTO says why); bf16; no = fp32",
+    mixed_precision: str = setting("auto", "training precision: auto = bf16 autocast on GPUs with native bf16 "
+                                           "(compute capability 8.0+), fp32 on CPUs (models.runtime.CPU_AUTO says "
+                                           "why); bf16; no = fp32",
                                    choices=MIXED_PRECISIONS)
     compile: bool = setting(False, "torch.compile each trial's network (pays on GPUs; a minute of warm-up per trial "
                                    "on a 2-core CPU)")
@@ -346,6 +369,8 @@ class SweepConfig:
         if not self.cfg_scales:
             raise SweepError("--cfg-scales must be one or more non-negative numbers, e.g. 1,2,3,4,5,7")
         storage_dir(self.storage_path)  # raises on a path that names no local directory
+        if self.tune_vae and "sd-lora" not in families:
+            raise SweepError("--tune-vae tunes the VAE of the sd-lora family: add it (--model sd-lora or all)")
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")
@@ -391,6 +416,7 @@ CPU_DEMO = dataclasses.replace(
     lora_preset="cpu-16",
     pixel_text_preset="cpu-16",
     if_lora_preset="cpu-16",
+    vae_preset="cpu",
     epochs=2,
     final_epochs=6,
     epoch_images=2048,
@@ -430,6 +456,7 @@ SMOKE = dataclasses.replace(
     lora_preset="test",
     pixel_text_preset="test",
     if_lora_preset="test",
+    vae_preset="test",
     epochs=1,
     final_epochs=1,
     epoch_images=64,

@@ -2,7 +2,7 @@
 
     setup: resume target, data check, Ray (+ the resource plan checked against its nodes), estimator,
            evaluation actors, MLflow parent run
-    phases: references/real, then per family: reference -> grid -> final -> cfg [-> samplers]
+    phases: references/real, then per family: [vae ->] reference -> grid -> final -> cfg [-> samplers]
     summary: the study's tables from the phases' recorded results
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
@@ -157,12 +157,18 @@ class Sweep:
 
 
 def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any]:
-    """One family's phases in order: reference -> grid -> final -> cfg [-> samplers]."""
+    """One family's phases in order: [vae (--tune-vae, sd-lora) ->] reference -> grid -> final -> cfg [-> samplers]
+    [-> superres]."""
     from orchestration.phases.grid import grid_phase
     from orchestration.phases.references import family_reference
 
     cfg = sweep.cfg.for_family(family)
     out: dict[str, Any] = {"family": family}
+    if cfg.tune_vae and family == "sd-lora":  # before the reference row: the base without LoRA uses the tuned VAE too
+        from orchestration.phases.vae import vae_phase
+
+        out["vae"] = sweep.phase(f"{family}/vae", vae_phase, sweep, cfg, tags)
+        cfg = dataclasses.replace(cfg, vae=out["vae"]["vae_dir"])
     out["reference"] = sweep.phase(f"{family}/reference", family_reference, sweep, cfg, tags)
     out["grid"] = sweep.phase(f"{family}/grid", grid_phase, sweep, cfg, tags)
     best = TrialSpec.from_params(out["grid"]["best"]).resolved(cfg)
@@ -177,6 +183,10 @@ def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any
             from orchestration.phases.samplers import run_sampler_phase
 
             out["samplers"] = sweep.phase(f"{family}/samplers", run_sampler_phase, sweep, cfg, out["final"], tags)
+        if cfg.superres:
+            from orchestration.phases.superres import run_superres
+
+            out["superres"] = sweep.phase(f"{family}/superres", run_superres, sweep, cfg, out["final"], tags)
     return out
 
 
@@ -202,6 +212,10 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
         blocks.append(final_table(finals, unavailable, refs, f"Final models ({labels}; {cfg.final_samples} samples; "
                                                              "the study's Table 4.4 layout)"))
     for f, r in families.items():
+        if r.get("vae"):
+            from orchestration.phases.vae import vae_line
+
+            blocks.append(vae_line(f, r["vae"]))
         fin = r.get("final")
         acc = fin["values"].get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")
@@ -246,7 +260,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     """Run (or resume) a whole sweep, one family or the whole study. Returns what the summary shows."""
     from evaluation.actors import EvaluatorPool
     from evaluation.config import EvalConfig
-    from evaluation.estimator_cache import ensure_estimator
+    from orchestration.evaluate import estimator_task, in_task
     from orchestration.phases.guidance import joint_pareto
     from orchestration.phases.references import real_references
 
@@ -266,8 +280,9 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     print(plan.describe(), flush=True)
     if cluster["dashboard_url"]:
         print(f"Ray dashboard: http://{cluster['dashboard_url']} (token: `ray get-auth-token`)", flush=True)
-    print(f"attribute estimator (preset {cfg.estimator_preset}): trained once, then cached", flush=True)
-    estimator = ensure_estimator(data_root, cfg.estimator_preset)
+    print(f"attribute estimator (preset {cfg.estimator_preset}): trained once (a Ray task holding "
+          f"{plan.lone['cpu']:g} CPU, {plan.lone['gpu']:g} GPU), then cached", flush=True)
+    estimator = Path(in_task(estimator_task, plan.lone, data_root=str(data_root), preset=cfg.estimator_preset)["path"])
     eval_config = EvalConfig(estimator=str(estimator), inception_weights=cfg.inception_weights,
                              clip_model=cfg.clip_model, mtcnn=cfg.mtcnn, device="auto")
     # no CPU reservation: the actors score while the trial that called them waits, so they never block a trial

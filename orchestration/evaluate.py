@@ -85,6 +85,18 @@ def user_error(err: BaseException | None) -> bool:
     return isinstance(err, (DataError, EvalError, ConfigError, SweepError))
 
 
+def estimator_task(data_root: str, preset: str, threads: int = 0) -> dict[str, Any]:
+    """`ensure_estimator` where Ray put this task: {"path": the estimator's directory, "resources": what the task
+    held}. Trained on the task's device, the GPU it was given or its CPUs, never in the driver."""
+    from evaluation.estimator_cache import ensure_estimator
+    from models.runtime import configure_torch
+    from orchestration.trainable import where_am_i
+
+    configure_torch(threads)
+    path = ensure_estimator(data_root, preset)
+    return {"path": str(path), "resources": where_am_i().get("resources", {})}
+
+
 def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:
     """`sample_and_score` in a Ray task holding `resources`."""
     return in_task(sample_and_score, resources, **kwargs)

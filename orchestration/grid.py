@@ -145,13 +145,26 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
         f"{cfg.sampling_precision}{' (bf16 where the device has it natively)' if cfg.sampling_precision == 'auto' else ''}"
         f"; per trial epoch {per_epoch} images = {nfe} network evaluations",
         f"training: mixed precision {cfg.mixed_precision}"
-        f"{' (bf16 on GPUs, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
+        f"{' (bf16 on GPUs with native bf16, fp32 on CPUs)' if cfg.mixed_precision == 'auto' else ''}, "
         f"torch.compile {'on' if cfg.compile else 'off'}",
+        f"optimizer: AdamW, lr {cfg.lr:g} {cfg.lr_schedule}"
+        + ("" if cfg.lr_schedule == "constant" else
+           f" after {cfg.lr_warmup_steps if cfg.lr_warmup_steps is not None else 'min(500, a tenth of the run)'} "
+           "warm-up steps") + f", EMA {cfg.ema_decay:g}, gradient clipping {cfg.grad_clip:g} (this project's choices "
+        "where the study states none)",
     ]
     if cfg.sampler_phase:
         lines.append(f"sampler phase: {', '.join(cfg.sampler_phase_samplers)} x steps "
                      f"{', '.join('T' if s == FULL_CHAIN else str(s) for s in cfg.sampler_phase_steps)}, "
                      f"{cfg.sampler_samples} samples each")
+    if cfg.tune_vae:
+        from models.vae_tune import vae_tune_config
+
+        tune = vae_tune_config(cfg.vae_preset)
+        lines.append(f"vae phase (sd-lora, before its grid): the base's VAE tuned at {cfg.image_size}px for {tune.steps} "
+                     f"steps of {tune.batch_size} training images ({tune.loss} + {tune.kl_weight:g} KL"
+                     f"{'' if tune.perceptual_weight == 0 else ' + LPIPS where its weights are here'}"
+                     f"{', decoder only' if tune.decoder_only else ''}); every LoRA trains on its latents")
     return lines
 
 

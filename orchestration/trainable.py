@@ -61,6 +61,8 @@ def model_config(cfg: SweepConfig, spec: TrialSpec):
         overrides["rank"] = spec.lora_rank
     if cfg.family_pretrained:
         overrides["pretrained"] = cfg.family_pretrained
+    if cfg.vae:  # the VAE the vae phase tuned for this family (orchestration.phases.vae)
+        overrides["vae"] = cfg.vae
     return family_config(cfg.model, cfg.family_preset, **overrides)
 
 
@@ -69,6 +71,7 @@ def train_config(cfg: SweepConfig, spec: TrialSpec, epochs: int):
 
     return TrainConfig(
         epochs=epochs, batch_size=cfg.batch_size, grad_accum=spec.grad_accum, lr=spec.lr,
+        lr_scheduler=cfg.lr_schedule, lr_warmup_steps=cfg.lr_warmup_steps,
         min_snr_gamma=spec.min_snr_gamma, p_uncond=spec.p_uncond, ema_decay=cfg.ema_decay,
         grad_clip=cfg.grad_clip, seed=cfg.seed, val_samples=cfg.val_samples, mixed_precision=cfg.mixed_precision,
         compile=cfg.compile, progress=False,
@@ -159,6 +162,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
     from models.families import build_family
     from models.runtime import configure_torch
     from models.sampling import generate
+    from orchestration.resources import loader_workers
 
     cfg = ctx.sweep
     configure_torch(ctx.threads or cfg.threads_per_trial)
@@ -219,7 +223,10 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         return False
 
     try:
-        fit(family, train_config(cfg, spec, ctx.epochs), train_set, on_epoch=on_epoch,
+        # a GPU trial loads its batches in worker processes on the CPUs Ray gave it (the same images as without)
+        workers = loader_workers(placement.get("resources", {}))
+        fit(family, dataclasses.replace(train_config(cfg, spec, ctx.epochs), num_workers=workers), train_set,
+            on_epoch=on_epoch,
             checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)
     except DivergedError as err:
         # not retried (it would diverge again, deterministically): reported once, the driver closes the trial's

@@ -121,6 +121,21 @@ def test_dataloader_workers_differ_and_batch(cache_dir):
     assert b["image"].shape == (8, 3, 16, 16) and b["cond"].shape == (8, 30) and len(b["caption"]) == 8
 
 
+def test_dataloader_workers_load_the_same_augmented_batches_as_the_main_process(cache_dir):
+    """A GPU trial loads with worker processes (orchestration.resources.loader_workers): the batches, augmentation
+    included, are the ones a CPU trial's in-process loading draws."""
+    def epoch_batches(workers):
+        torch.manual_seed(5)
+        ds = FaceDataset(cache_dir[0], "train", augment="study")
+        ds.set_epoch(2)
+        loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers,
+                            generator=torch.Generator().manual_seed(7))
+        return torch.cat([b["image"] for b in loader])
+
+    alone, pooled = epoch_batches(0), epoch_batches(3)
+    assert pooled.shape == (32, 3, 16, 16) and torch.equal(alone, pooled)
+
+
 def test_unknown_augmentation_and_data_spec(cache_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown augmentation"):
         FaceDataset(cache_dir[0], augment="heavy")

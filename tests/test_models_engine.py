@@ -103,6 +103,39 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed.history[-1]["val_loss"] == pytest.approx(straight.history[-1]["val_loss"], abs=1e-6)
 
 
+def test_warmup_is_diffusers_500_steps_at_most_a_tenth_of_the_run():
+    from models.engine import warmup_steps
+
+    cosine = dataclasses.replace(QUIET, lr_scheduler="cosine")
+    assert warmup_steps(cosine, 100_000) == 500 and warmup_steps(cosine, 300) == 30
+    assert warmup_steps(dataclasses.replace(cosine, lr_warmup_steps=7), 300) == 7
+
+
+def test_cosine_schedule_is_diffusers_and_resumes_exactly(tmp_path):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    cfg = dataclasses.replace(QUIET, epochs=3, lr_scheduler="cosine")  # 6 steps per epoch, 18 in all: warm-up 1
+    data = RandomFaces(48)
+    fam = micro_family()
+    straight = fit(fam, cfg, data)
+    expected = flat_params(fam.module)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 1, 18)
+    lrs = []
+    for _ in range(18):
+        optimizer.step()
+        schedule.step()
+        lrs.append(schedule.get_last_lr()[0])
+    assert [h["lr"] for h in straight.history] == [lrs[5], lrs[11], lrs[17]]
+    assert lrs[0] == cfg.lr and lrs[11] < lrs[5] < cfg.lr
+
+    fit(micro_family(), cfg, data, checkpoint_dir=tmp_path, on_epoch=lambda r: r.epoch == 0)
+    resumed_family = micro_family(seed=99)
+    resumed = fit(resumed_family, cfg, data, checkpoint_dir=tmp_path)  # the schedule continues from the checkpoint
+    assert [h["lr"] for h in resumed.history] == [lrs[11], lrs[17]]
+    torch.testing.assert_close(flat_params(resumed_family.module), expected, atol=1e-6, rtol=0)
+
+
 def test_checkpoint_contents_are_safe_formats(tmp_path):
     fam = micro_family()
     fit(fam, dataclasses.replace(QUIET, epochs=2), RandomFaces(32), checkpoint_dir=tmp_path)
@@ -186,6 +219,8 @@ def test_max_steps_per_epoch_caps_the_epoch():
         (dict(min_snr_gamma=-1.0), "min_snr_gamma"),
         (dict(batch_size=64), "fewer than batch_size"),
         (dict(mixed_precision="fp8"), "mixed_precision"),
+        (dict(lr_scheduler="warmup"), "lr_scheduler"),
+        (dict(lr_warmup_steps=-1), "lr_warmup_steps"),
     ],
 )
 def test_bad_settings_raise_one_line_errors(overrides, message):

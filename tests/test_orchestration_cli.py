@@ -185,6 +185,23 @@ def test_the_engines_speed_options_reach_every_trial_and_its_params(tmp_path):
     assert out.returncode == 0 and "training: mixed precision no, torch.compile off" in out.stdout, out.stderr
 
 
+def test_the_lr_schedule_reaches_every_trial_and_the_study_keeps_it_constant():
+    from orchestration.sweep import build_parser, config_from_args
+    from orchestration.trainable import TrialContext, train_config, trial_params
+
+    cfg = config_from_args(build_parser().parse_args(["--lr-schedule", "cosine", "--lr-warmup-steps", "50"]))
+    spec = grid_trials(cfg)[0].resolved(cfg)
+    train = train_config(cfg, spec, epochs=1)
+    assert (train.lr_scheduler, train.lr_warmup_steps) == ("cosine", 50)
+    ctx = TrialContext(sweep=cfg, phase="grid", data_root="", epochs=1, epoch_images=64)
+    _, params = trial_params(spec.params(), ctx)
+    assert (params["train.lr_scheduler"], params["train.lr_warmup_steps"]) == ("cosine", 50)
+    study = train_config(STUDY, grid_trials(STUDY)[0].resolved(STUDY), epochs=1)
+    assert (study.lr_scheduler, CPU_DEMO.lr_schedule) == ("constant", "constant")
+    with pytest.raises(SweepError, match="lr.schedule"):
+        resolve("cpu-demo", lr_schedule="linear")
+
+
 def test_the_sampling_precision_reaches_trials_and_is_checked(tmp_path):
     from orchestration.sweep import build_parser, config_from_args
     from orchestration.trainable import TrialContext, trial_params
@@ -344,7 +361,7 @@ def test_resource_plan_fits_one_node():
         plan_resources(dataclasses.replace(CPU_DEMO, cpus_per_trial=3.0), two_cpu_nodes)
     gpu_nodes = ({"cpu": 8.0, "gpu": 1.0}, {"cpu": 8.0, "gpu": 1.0})
     plan = plan_resources(STUDY, gpu_nodes)
-    assert plan.grid == {"cpu": 1.0, "gpu": 1.0} and plan.lone == {"cpu": 1.0, "gpu": 1.0}
+    assert plan.grid == {"cpu": 8.0, "gpu": 1.0} and plan.lone == {"cpu": 8.0, "gpu": 1.0}  # the node's CPUs per GPU
     with pytest.raises(SweepError, match="trials would wait forever"):
         plan_resources(dataclasses.replace(STUDY, gpus_per_eval_actor=1.0, eval_actors=2), gpu_nodes)
     with pytest.raises(SweepError, match="no node has one"):
@@ -374,7 +391,7 @@ def test_reference_rows_are_keyed_by_everything_they_depend_on(tmp_path, monkeyp
 
     def fake(cfg, data_root, eval_config, resources, rows):
         calls.append((cfg.sampler, cfg.pretrained))
-        return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}
+        return {"untrained": {"est_acc": 0.1 * len(calls)}}, {}, {}
 
     monkeypatch.setattr(references, "compute_references", fake)
     monkeypatch.setattr(references, "plan_resources", lambda cfg: SimpleNamespace(lone={"cpu": 1.0}))

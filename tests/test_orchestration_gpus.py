@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
     import ray
 
     from orchestration.driver import run_sweep
+    from orchestration.evaluate import estimator_task, in_task
     from orchestration.resources import plan_resources
 
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
@@ -26,7 +28,10 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
         cfg = smoke(tmp_path, data)
         plan = plan_resources(cfg)
         # the lone work (final run, references, final evaluation, CFG sweep) asks for a GPU, not every CPU
-        assert plan.grid == {"cpu": 1.0, "gpu": 1.0} and plan.lone == {"cpu": 1.0, "gpu": 1.0}
+        assert plan.grid == {"cpu": 2.0, "gpu": 1.0} and plan.lone == {"cpu": 2.0, "gpu": 1.0}  # CPUs per GPU
+        # the attribute estimator trains in a Ray task holding the GPU, never in the driver
+        trained = in_task(estimator_task, plan.lone, data_root=data, preset=cfg.estimator_preset)
+        assert trained["resources"] == {"CPU": 2.0, "GPU": 1.0} and Path(trained["path"]).is_dir()
         with pytest.raises(SweepError, match="trials would wait forever"):
             plan_resources(dataclasses.replace(cfg, gpus_per_eval_actor=0.5))  # 0.5 + a 1-GPU trial > 1 GPU
         out = run_sweep(cfg, dashboard=False)

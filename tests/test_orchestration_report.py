@@ -379,3 +379,35 @@ def test_study_numbers_are_the_sources():
         for key, value in table.items():
             want = printed(key, value)
             assert want in text or (value == 0.0 and "\t0.0\n" in text), (key, want)
+
+
+def test_the_studys_method_figures_and_conclusions_from_the_sweep(sweep, tmp_path):
+    """Figures 3.2-3.4 are logged by the sweep (artifacts the report shows, and images of the runs); Figure 4.10
+    says why it is absent; the conclusions compare the two final models with their sample counts."""
+    from orchestration.report.build import write_report
+    from orchestration.report.superres import NOT_REQUESTED
+
+    client, parent, cfg = sweep["client"], sweep["parent"], sweep["cfg"]
+    logged = artifact_paths(client, parent)
+    assert {"real/dataset.png", "real/augmentation.png", "real/augmentation.json"} <= logged
+    for key in ("figure_3.2_dataset", "figure_3.3_augmentation"):
+        assert any(p.startswith(f"images/{key}+step+0+") for p in logged), key
+    refs = {r.data.tags["condface.family"]: r for r in children(client, parent)
+            if r.data.tags["condface.phase"] == "reference"}
+    for family, row in (("ddpm", "untrained"), ("sd-lora", "untrained"), ("real", "ground_truth")):
+        paths = artifact_paths(client, refs[family].info.run_id)
+        assert f"reference/{row}.png" in paths and any(p.startswith(f"images/reference_{row}+") for p in paths)
+
+    out, report = write_report(cfg.tracking_uri, EXPERIMENT, parent, tmp_path / "report")
+    md = (out / "report.md").read_text()
+    for name in ("fig3.2_dataset.png", "fig3.3_augmentation.png", "fig3.4_ddpm_untrained.png",
+                 "fig3.4_sd-lora_untrained.png", "fig3.4_real_ground_truth.png"):
+        assert (out / name).is_file() and f"({name})" in md, name
+    assert "#### Figure 4.10" in md and NOT_REQUESTED in md
+    assert "This run's comparisons are about this machine's stand-ins, not the real models" in md
+    conclusions = next(t for t in report.tables if t.key == "5")
+    rows = [[c.text for c in r] for r in conclusions.rows]
+    start = next(i for i, r in enumerate(rows) if r[0].startswith("attribute DDPM vs SD Nano"))
+    assert rows[start][1] == "est_acc"
+    assert [c.n for c in conclusions.rows[start][2:4]] == [cfg.final_samples, cfg.final_samples]
+    assert "seed-to-seed spread not measured" in rows[start][5]

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 GRIDS, FINALS, PARAMETERS = "The grids (§4.1, §4.2)", "The final models (§4.3)", "Parameters (Figure 4.9)"
-SECTION = {"4.1": GRIDS, "4.2": GRIDS, "4.3": FINALS, "4.4": FINALS, "C": FINALS, "4.5": FINALS, "4.6": FINALS,
-           "4.7": FINALS, "4.9": PARAMETERS}
-FAMILY_FIGURES = {"ddpm": {"4.1", "4.3"}, "sd-lora": {"4.2", "4.4"}}
+DATA, REFERENCES, SUPERRES = "The data (§3.3, §3.4)", "Reference rows (the study's §3.5)", "Super-resolution (Figure 4.10)"
+SECTION = {"3.1": DATA, "3.2": DATA, "3.3": DATA, "3.4": REFERENCES, "4.1": GRIDS, "4.2": GRIDS, "4.3": FINALS, "4.4": FINALS,
+           "C": FINALS, "4.5": FINALS, "4.6": FINALS, "4.7": FINALS, "4.9": PARAMETERS, "4.10": SUPERRES}
+SHOWN = {"fig3.2_dataset.png", "fig3.3_augmentation.png", "fig3.4_real_ground_truth.png"}  # beside report.md
+FAMILY_FIGURES = {"ddpm": {"4.1", "4.3"}, "sd-lora": {"3.1", "4.2", "4.4"}}  # 3.1: sd-lora's vae phase
 
 
 def _png(tmp: Path, name: str) -> Path:
@@ -63,8 +65,15 @@ def _family(client, exp: str, parent: str, family: str, tmp: Path) -> None:
         _artifact(client, final, tmp, path)
     client.set_terminated(final)
 
-    ref = _child(client, exp, parent, "reference", family, f"reference:{family}")
+    if family == "sd-lora":  # --tune-vae
+        vae = _child(client, exp, parent, "vae", family, f"{family}: VAE tuned at 16px")
+        client.log_param(vae, "image_size", 16)
+        _artifact(client, vae, tmp, "vae/fig3.1_vae.png")
+        client.set_terminated(vae)
+
+    ref = _child(client, exp, parent, "reference", family, f"reference: untrained {family} (8)")
     client.log_metric(ref, "untrained.fd_estimator", 90.0)
+    _artifact(client, ref, tmp, "reference/untrained.png")
     client.set_terminated(ref)
 
 
@@ -73,13 +82,14 @@ def make_sweep(client, tmp: Path, experiment: str, families: list[str]) -> None:
     parent = client.create_run(exp, run_name="sweep/test", tags={"condface.phase": "sweep"}).info.run_id
     for key, value in {"model": ",".join(families), "final_epochs": "1", "sampler_phase": "False"}.items():
         client.log_param(parent, key, value)
-    for name in ("epoch_samples", "final_samples", "attributes"):
+    for name in ("epoch_samples", "final_samples", "attributes", "dataset", "augmentation"):
         _artifact(client, parent, tmp, f"real/{name}.png")
     for family in families:
         _family(client, exp, parent, family, tmp)
     real = _child(client, exp, parent, "reference", "real", "reference:real")
     client.log_metric(real, "ground_truth.fd_estimator", 0.0)
     client.log_metric(real, "real_held_out.fd_estimator", 5.0)
+    _artifact(client, real, tmp, "reference/ground_truth.png")
     client.set_terminated(real)
     client.set_terminated(parent)
 
@@ -123,8 +133,11 @@ def test_every_figure_sits_under_its_section(store, tmp_path, experiment, famili
 
     assert {k: html_lib.unescape(s) for k, s in in_html.items()} == expected
     assert in_md == expected
+    assert all((out / name).is_file() and name in md for name in SHOWN)
+    assert ("fig3.1_vae.png" in md) == ("sd-lora" in families)
     for family in families:  # each family's logged samples are shown (not only placed)
-        for key in FAMILY_FIGURES[family]:
+        assert f"fig3.4_{family}_untrained.png" in md and f"untrained {family}" in md
+        for key in FAMILY_FIGURES[family] - {"3.1"}:
             number = "4.1" if key in ("4.1", "4.2") else "4.3"
             kind = "grid" if number == "4.1" else "final"
             assert f"fig{key}_{family}_{kind}_samples.png" in md, (key, family)

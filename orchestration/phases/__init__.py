@@ -1,6 +1,7 @@
 """The sweep's phases, each a unit with a JSON result recorded in `sweep.json` (see orchestration.driver).
 
     references/real        ground truth + real held-out rows (shared by every family)
+    sd-lora/vae            (--tune-vae) the base's VAE tuned at the data's resolution; the family then uses it
     <family>/reference     the family's untrained row (sd-lora: the base without LoRA)
     <family>/grid          the study's grid (or Optuna) as a Ray Tune experiment
     <family>/final         the best configuration retrained, evaluated once, registered once

@@ -19,10 +19,13 @@ from orchestration.phases.nested import nested_run
 from orchestration.resources import plan_resources
 
 ROWS = ("untrained", "ground_truth", "real_held_out")
+SHOWN = 8  # images of each group the reference run logs (reference/<row>.png: the study's Figure 3.4)
+SHOWN_ROWS = ("untrained", "ground_truth")
 
 
 def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int,
-                rows: tuple[str, ...] = ROWS) -> tuple[dict, dict]:
+                rows: tuple[str, ...] = ROWS) -> tuple[dict, dict, dict]:
+    """({row: metrics}, unavailable, {row: its first SHOWN images (uint8)} for the rows in SHOWN_ROWS)."""
     from evaluation.conditions import paired_conditions
     from evaluation.reference import ground_truth_row, held_out_row, untrained_row
     from evaluation.scorer import Scorer
@@ -34,12 +37,14 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     scorer = Scorer(eval_config)
     paired = paired_conditions(data_root, cfg.final_samples, split="val", seed=cfg.seed + 1)
     # the first grid trial's model: for the DDPM its weights are random anyway; for sd-lora the adapters start
-    # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it
-    config = model_config(cfg, grid_trials(cfg)[0])
+    # at zero, so this is the base (--pretrained or the preset's) exactly as every trial starts from it. Only the
+    # untrained row has a family (the real-image rows are computed with the whole sweep's config).
+    generated: list = []
     build = {
-        "untrained": lambda: untrained_row(scorer, paired, cfg.model, config, cfg.sampling_steps, cfg.guidance_scale,
-                                           cfg.seed, sampler=cfg.sampler, ddpm_variance=cfg.ddpm_variance,
-                                           precision=cfg.sampling_precision),
+        "untrained": lambda: untrained_row(scorer, paired, cfg.model, model_config(cfg, grid_trials(cfg)[0]),
+                                           cfg.sampling_steps, cfg.guidance_scale, cfg.seed, sampler=cfg.sampler,
+                                           ddpm_variance=cfg.ddpm_variance, precision=cfg.sampling_precision,
+                                           shown=generated),
         "ground_truth": lambda: ground_truth_row(scorer, paired),
         "real_held_out": lambda: held_out_row(scorer, paired, cfg.seed),
     }
@@ -47,12 +52,16 @@ def _references(cfg: SweepConfig, data_root: str, eval_config: Any, threads: int
     unavailable: dict[str, str] = {}
     for result in results.values():
         unavailable.update(result.unavailable)
-    return {name: dict(r.values) for name, r in results.items()}, unavailable
+    shown = {"untrained": generated[0][:SHOWN] if generated else None,
+             "ground_truth": paired.real_images[:SHOWN]}
+    return ({name: dict(r.values) for name, r in results.items()}, unavailable,
+            {name: shown[name] for name in rows if name in SHOWN_ROWS and shown[name] is not None})
 
 
 def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resources: dict[str, float],
                        rows: tuple[str, ...] = ROWS):
-    """({row: metrics} for the named rows of ROWS, unavailable), in a Ray task holding `resources`."""
+    """({row: metrics} for the named rows of ROWS, unavailable, {row: images shown}), in a Ray task holding
+    `resources`."""
     from orchestration.evaluate import in_task
 
     return in_task(_references, resources, cfg=cfg, data_root=data_root, eval_config=eval_config, rows=rows)
@@ -72,11 +81,27 @@ def _cached_rows(sweep, key: str, name: str, params: dict[str, Any], tags: dict[
         return rows
     with nested_run(tracker, key, name, sweep.parent, {**tags, f"{TAG_PREFIX}phase": "reference"}, params) as run_id:
         tracker.set_tags(sweep.parent, {f"{TAG_PREFIX}reference_run.{tags[f'{TAG_PREFIX}family']}": run_id})
-        rows, unavailable = compute()
+        rows, unavailable, shown = compute()
         for row, values in rows.items():
             tracker.log_metrics(run_id, {f"{row}.{k}": v for k, v in values.items()})
         tracker.log_unavailable(run_id, unavailable)
+        _log_shown(tracker, run_id, shown)
     return rows
+
+
+def _log_shown(tracker, run_id: str, shown: dict) -> None:
+    """Each row's first images as reference/<row>.png, an artifact and an image of the run (Figure 3.4)."""
+    import tempfile
+    from pathlib import Path
+
+    from orchestration.trainable import samples_png
+
+    with tempfile.TemporaryDirectory(prefix="condface-ref-") as tmp:
+        for row, images in shown.items():
+            png = Path(tmp) / f"{row}.png"
+            samples_png(images, png)
+            tracker.log_artifact(run_id, png, "reference")
+            tracker.log_image(run_id, png, key=f"reference_{row}", step=0)
 
 
 def _eval_key(sweep) -> dict[str, Any]:
@@ -92,11 +117,14 @@ def _digest(obj: Any) -> str:
 
 def real_references(continuing: bool, sweep) -> dict[str, dict[str, float]]:
     """Ground truth and real held-out rows: the same real images for every family. Also logs, once, the real
-    images of the per-epoch, final and attribute-grid conditions to the parent run (real/, for the report)."""
+    images of the per-epoch, final and attribute-grid conditions and the study's Figures 3.2 / 3.3 (the training
+    images with their levels, the augmentation) to the parent run (real/, for the report)."""
+    from orchestration.data_figures import log_data_figures
     from orchestration.real_images import log_real_grids
 
     cfg = sweep.cfg
     log_real_grids(sweep.tracker, sweep.parent, sweep.data_root, cfg.eval_samples, cfg.final_samples, cfg.seed)
+    log_data_figures(sweep.tracker, sweep.parent, sweep.data_root, cfg.augment, cfg.augment_axis, cfg.seed)
     depends = _eval_key(sweep)
     return _cached_rows(
         sweep, f"reference/real/{_digest(depends)}", f"reference: real images ({sweep.cfg.final_samples})",

@@ -16,11 +16,14 @@ from data.catalogue import FAMILY_NAMES, FID_STAND_IN, NOTE_TAG, TAG_PREFIX, fin
 from orchestration.config import SWEEP_FAMILIES
 from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
-from orchestration.report import figures
+from orchestration.report import figures, method_figures
 from orchestration.report import study_numbers as study
+from orchestration.report.conclusions import conclusions_section
 from orchestration.report.document import Cell, Report, Table, label
+from orchestration.report.protocol import protocol_section
 from orchestration.report.record import Record, check_source, run_label
 from orchestration.report.render import note_markdown, write
+from orchestration.report.superres import superres_section
 from orchestration.report.tables import (
     FINAL_KEYS,
     Column,
@@ -32,6 +35,7 @@ from orchestration.report.tables import (
     reference_label,
     sampler_table,
 )
+from orchestration.report.vae_figure import vae_figure
 
 Blocks = list[tuple[str, Any]]
 GRID_TABLES = {"ddpm": "4.1", "sd-lora": "4.3"}  # the study's table of each family's grid (other families: G-<family>)
@@ -109,8 +113,9 @@ def references_section(columns: list[Column]) -> Blocks:
     if not columns:
         return [("p", "No reference row is recorded yet.")]
     t = metric_table("3.1", "reference rows: the metrics of untrained models and of real images", columns)
-    t.notes.append(f"study values: {study.SOURCE}, Cuadro 3.1 (§3.5), 100 samples each; 'real held-out' is this "
-                   "project's (real test images against the ground-truth set: the floor a sample of this size reaches)")
+    t.notes.append(f"study values: {study.SOURCE}, Cuadro 3.1 (§3.5), which gives no sample count for these rows "
+                   "(its 100 samples are the final comparison's); 'real held-out' is this project's (real test images "
+                   "against the ground-truth set: the floor a sample of this size reaches)")
     return [("table", t)]
 
 
@@ -197,6 +202,8 @@ def finals_table(rec: Record, report: Report, columns: list[Column]) -> Table | 
                        f"{tags.get(f'{TAG_PREFIX}final_samples', '?')} samples, "
                        f"{tags.get(f'{TAG_PREFIX}registered_model', 'not registered')}, status {run.info.status}")
     t.notes.append("study values: Cuadro 4.4 (§4.3): 15 epochs, 100 samples; reference columns: Cuadro 3.1")
+    if "ddpm" in rec.families:
+        t.notes.append(study.DDPM_FINAL_ACC_NOTE)
     return t
 
 
@@ -298,8 +305,14 @@ def build(rec: Record) -> Report:
     report.extend([("p", line) for line in introduction(rec)])
     missing_at = len(report.blocks)
     columns = reference_columns(rec, report)
+    report.add("h2", "Protocol (§3.5): the study's settings and this project's choices")
+    report.extend(protocol_section(rec))
+    report.add("h2", "The data (§3.3, §3.4)")
+    report.extend([("figure", method_figures.dataset_figure(rec)), ("figure", method_figures.augmentation_figure(rec))])
+    report.extend([("figure", f) for f in [vae_figure(rec)] if f is not None])  # 3.1: only where --tune-vae ran
     report.add("h2", "Reference rows (the study's §3.5)")
     report.extend(references_section(columns))
+    report.add("figure", method_figures.reference_samples_figure(rec, report))
     report.add("h2", "The grids (§4.1, §4.2)")
     report.extend(grids_section(rec, report))
     report.add("h2", "The final models (§4.3)")
@@ -308,10 +321,14 @@ def build(rec: Record) -> Report:
     report.extend(guidance_section(rec, report) or [("p", "No CFG sweep is recorded yet.")])
     report.add("h2", "Parameters (Figure 4.9)")
     report.extend(figures.params_section(rec, report))
+    report.add("h2", "Super-resolution (Figure 4.10)")
+    report.extend(superres_section(rec))
     samplers = samplers_section(rec, report)
     if samplers:
         report.add("h2", "Samplers (the study's future work, §5)")
         report.extend(samplers)
+    report.add("h2", "The study's conclusions, checked (§4.3, §5)")
+    report.extend(conclusions_section(rec))
     report.add("h2", "Appendix: provenance")
     report.extend(provenance_section(rec, report))
     report.add("p", f"Open the record: {mlflow_ui_command(rec.uri)} -> experiment {rec.experiment.name}, run "

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.catalogue import FAMILIES, FAMILY_COLORS, FAMILY_NAMES, STEP_LOSS_METRIC, TAG_PREFIX, finite
+from data.catalogue import (
+    FAMILIES,
+    FAMILY_COLORS,
+    FAMILY_NAMES,
+    FID_STAND_IN,
+    STEP_LOSS_METRIC,
+    TAG_PREFIX,
+    finite,
+    metric,
+)
 from orchestration.report import study_numbers as study
 from orchestration.report.document import Figure, Panel, Report, Table, label
 from orchestration.report.record import Record, run_label
@@ -57,24 +66,60 @@ def _families(rec: Record) -> list[str]:
 
 
 # --- sample grids (Figures 4.1-4.5) ---------------------------------------------------------------
+def grid_number(family: str) -> str:
+    """The study's number of a family's grid-samples figure (4.1 DDPM, 4.2 SD + LoRA; G-<family> for the others)."""
+    return {"ddpm": "4.1", "sd-lora": "4.2"}.get(family, f"G-{family}")
+
+
+def study_choice(rec: Record, family: str) -> tuple[Any, str, float, int] | None:
+    """(grid run, metric, value, epoch) of the configuration the study's Figures 4.1 / 4.2 show: the best FID at
+    any epoch (§4.1, §4.2: "la configuración que ha conseguido mejores resultados en términos de FID"), or the
+    best of its stand-in where FID is unavailable; None before any trial logged either."""
+    runs = rec.runs("grid", family)
+    key = "fid" if any(rec.series(r, "fid") for r in runs if "fid" in r.data.metrics) else FID_STAND_IN
+    best = None
+    for run in runs:
+        for epoch, value in sorted(rec.series(run, key).items()):
+            if finite(value) and (best is None or metric(key).better_than(value, best[2])):
+                best = (run, key, value, epoch)
+    return best
+
+
 def grid_samples(rec: Record, report: Report) -> list[Figure]:
-    """Figures 4.1 (ddpm) / 4.2 (sd-lora): the last epoch's samples of each grid's selected configuration."""
+    """Figures 4.1 (ddpm) / 4.2 (sd-lora): the last epoch's samples of the study's choice (the best-FID
+    configuration, or its stand-in's), and of the configuration the sweep selected when that is another."""
     real = rec.artifact(rec.parent, "real/epoch_samples.png")
     figs = []
     for f in _families(rec):
-        number = {"ddpm": "4.1", "sd-lora": "4.2"}.get(f, f"G-{f}")
+        number = grid_number(f)
         chosen = rec.tags.get(f"{TAG_PREFIX}best_config.{f}")
-        grid = [r for r in rec.runs("grid", f) if run_label(r) == chosen] if chosen else []
-        if grid:
-            png, epoch = _last_epoch_png(rec, grid[0], "samples.png")
-            panels = [Panel(f"{f}: {chosen}, epoch {epoch}", png, f"fig{number}_{f}_grid_samples.png",
-                            "not logged" if png is None else "")]
+        metric_name = rec.tags.get(f"{TAG_PREFIX}select_metric", rec.params.get("select_metric", "?"))
+        best = study_choice(rec, f)
+        panels, notes = [], []
+        if best is not None:
+            run, key, value, at = best
+            png, epoch = _last_epoch_png(rec, run, "samples.png")
+            panels.append(Panel(f"{f}: {run_label(run)} (the study's choice: best {key}), epoch {epoch}", png,
+                                f"fig{number}_{f}_grid_samples.png", "not logged" if png is None else ""))
+            notes.append(f"Shown first, as in the study (§4.1, §4.2): the grid trial with the best "
+                         f"{'FID' if key == 'fid' else f'{key} (FID unavailable: its stand-in)'}, "
+                         f"{metric(key).text(value)} at epoch {at}: {run_label(run)}, at its last epoch.")
         else:
-            panels = [Panel(f"{f}: the grid's selected configuration", None, "", "no selected grid trial yet")]
+            panels.append(Panel(f"{f}: the study's choice (best FID)", None, "", "no grid trial logged FID or "
+                                                                                  f"{FID_STAND_IN} yet"))
+        grid = [r for r in rec.runs("grid", f) if run_label(r) == chosen] if chosen else []
+        same = bool(grid) and best is not None and grid[0].info.run_id == best[0].info.run_id
+        if grid and not same:
+            png, epoch = _last_epoch_png(rec, grid[0], "samples.png")
+            panels.append(Panel(f"{f}: {chosen} (selected by {metric_name}), epoch {epoch}", png,
+                                f"fig{number}_{f}_selected_samples.png", "not logged" if png is None else ""))
+        notes.append(f"The configuration this sweep selected for the final run (by {metric_name}): "
+                     f"{chosen or 'none yet'}{' (the same)' if same else ''}.")
         panels.append(Panel(REAL_PANEL, real, "real_epoch_samples.png", NO_REAL))
-        figs.append(Figure(number, f"{FAMILY_NAMES[f]}: samples of the grid's selected configuration "
-                                   f"({rec.params.get('eval_samples', '?')} per-epoch conditions)", panels,
-                           "Each tile is asked for the condition of the real image in the same place."))
+        figs.append(Figure(number, f"{FAMILY_NAMES.get(f, f)}: grid samples of the study's choice, the best-FID "
+                                   f"configuration ({rec.params.get('eval_samples', '?')} per-epoch conditions)",
+                           panels, " ".join(notes) + " Each tile is asked for the condition of the real image in "
+                                                     "the same place."))
     return figs
 
 
@@ -207,7 +252,8 @@ def epochs_figure(rec: Record) -> Figure:
     return Figure("4.7", "every metric per epoch of both final runs",
                   [Panel("metrics per epoch", _png_of(fig), "fig4.7_metrics_per_epoch.png")],
                   f"Per-epoch sampling uses the {rec.params.get('eval_samples', '?')} per-epoch conditions. The study's "
-                  f"estimator accuracy over its 15 epochs (§4.3): {first_last} (dotted: its last epoch).")
+                  f"estimator accuracy over its 15 epochs (§4.3): {first_last} (dotted: its last epoch)."
+                  + (f" Note: {study.DDPM_FINAL_ACC_NOTE}." if "ddpm" in finals else ""))
 
 
 # --- the phases after the final run (Figure 4.8, samplers) ----------------------------------------

@@ -15,7 +15,8 @@ Best = tuple[float, str]
 SOURCE = "the 2023 thesis, shared/seeds/000_e10f724a4b28bbeb.txt"
 
 # Cuadro 3.1 (§3.5 Metodología): the metrics on an untrained DDPM, on SD Nano 2.1 before LoRA and on real
-# validation images ("ground truth"), 100 samples each. Keys: (reference row, family) as logged.
+# validation images ("ground truth"); the study gives no sample count for them (its 100 is the final comparison's).
+# Keys: (reference row, family) as logged.
 TABLE_3_1: dict[tuple[str, str], dict[str, float]] = {
     ("untrained", "ddpm"): {"fid": 387.9992, "mtcnn": 0.83, "clip_score": 19.8594, "est_acc": 0.7060},
     ("untrained", "sd-lora"): {"fid": 339.9721, "mtcnn": 20.25, "clip_score": 22.9743, "est_acc": 0.7040},
@@ -59,6 +60,10 @@ TABLE_4_4: dict[str, dict[str, float]] = {
 
 # §4.3, about Figura 4.7: estimator accuracy over the 15 final epochs (first -> last epoch).
 FIGURE_4_7_EST_ACC: dict[str, tuple[float, float]] = {"ddpm": (0.732, 0.848), "sd-lora": (0.764, 0.804)}
+# The study contradicts itself on the DDPM's final estimator accuracy: both are shown where either is cited.
+DDPM_FINAL_ACC_NOTE = ("the study gives the DDPM's final estimator accuracy twice, differently: 86.40 % in Cuadro "
+                       "4.4 and 84.8 % in its text on Figura 4.7 (§4.3, 'pasa de un 73,2% a un 84,8%'); both are "
+                       "shown, neither is corrected (SD+LoRA's 80.40 % agrees in both)")
 
 # §4.3 about Figura 4.9 and §3.1.2: parameters. SD Nano's U-Net has 865.91M (what a full fine-tune would
 # train; "865.911K" in §3.1.2), LoRA r = 4 trains 830K of them; the DDPM trained 112.10M (said of the final
@@ -71,8 +76,8 @@ PARAMETERS: dict[str, dict[str, float]] = {
 # §4.3, about Figura 4.8: 250 samples per guidance scale; scales 3 to 4 were the best trade-off.
 CFG = {"samples": 250, "best_scales": "3-4"}
 
-FINAL_SAMPLES = 100  # §3.5: the final comparison and the reference rows
+FINAL_SAMPLES = 100  # §3.5: the final comparison (the reference rows' count is not given)
 GRID_EPOCHS, FINAL_EPOCHS = 5, 15  # §3.5, §4.3
 
 __all__ = ["TABLE_3_1", "TABLE_4_1", "TABLE_4_2", "TABLE_4_2_CHANNELS", "TABLE_4_3", "TABLE_4_4", "SELECTED",
-           "FIGURE_4_7_EST_ACC", "PARAMETERS", "CFG", "SOURCE", "FINAL_SAMPLES", "GRID_EPOCHS", "FINAL_EPOCHS"]
+           "FIGURE_4_7_EST_ACC", "DDPM_FINAL_ACC_NOTE", "PARAMETERS", "CFG", "SOURCE", "FINAL_SAMPLES", "GRID_EPOCHS", "FINAL_EPOCHS"]

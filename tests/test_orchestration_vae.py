@@ -1,0 +1,58 @@
+"""The vae phase in a smoke sweep of sd-lora (--tune-vae, 16 px, the `test` tiny base): the driver dies right after
+it, and --resume skips it and trains the grid on the VAE it recorded. Real Ray, real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_orchestration_phases import _run_until
+from tests.test_orchestration_sweep import artifact_paths, children, client_for
+
+pytestmark = pytest.mark.slow  # a sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(tmp_path, data, home):
+    from orchestration.report.record import Record
+    from orchestration.report.vae_figure import vae_figure
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--model", "sd-lora", "--data", data,
+            "--tune-vae", "--final-epochs", "0", "--no-dashboard", "--tracking-uri", uri,
+            "--storage-path", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CONDFACE_HOME": str(home)}
+    first = _run_until(args, env, tmp_path / "1.log", "sd-lora/reference")  # killed right after the vae phase
+    assert "== sd-lora: VAE tuned at 16px: 6 steps" in first and "sd-lora VAE, base -> tuned, on 8 validation images: psnr" in first
+    second = _run_until([*args, "--resume"], env, tmp_path / "2.log", None)
+    assert "[sd-lora/vae] done in an earlier run of this sweep: skipped" in second
+    assert "VAE tuned at 16px: 6 steps" not in second
+    assert "sd-lora VAE, base -> tuned, on 8 validation images: psnr" in second  # the summary, from the record
+
+    state = json.loads(next((tmp_path / "results").glob("*/sweep.json")).read_text())
+    vae_dir = state["phases"]["sd-lora/vae"]["result"]["vae_dir"]
+    assert (Path(vae_dir) / "diffusion_pytorch_model.safetensors").is_file()
+    client = client_for(uri)
+    runs = children(client, state["parent_run_id"])
+    vae_runs = [r for r in runs if r.data.tags["condface.phase"] == "vae"]
+    assert len(vae_runs) == 1 and vae_runs[0].info.status == "FINISHED"
+    run = vae_runs[0]
+    for which in ("base_vae", "tuned_vae"):
+        assert {f"{which}.{k}" for k in ("psnr", "latent_std", "fd_estimator", "est_acc")} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == list(range(1, 7))
+    assert "condface.unavailable.lpips_term" in run.data.tags  # no LPIPS weights offline: said so, not faked
+    assert {"vae/fig3.1_vae.png", "vae/tuned/diffusion_pytorch_model.safetensors"} <= artifact_paths(
+        client, run.info.run_id)
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    assert grid and all(r.data.params["model.vae"] == vae_dir for r in grid)
+    reference = [r for r in runs if r.data.tags["condface.phase"] == "reference"
+                 and r.data.tags["condface.family"] == "sd-lora"]
+    assert reference and "tuned" in reference[0].data.params["ref.model_config"]
+
+    figure = vae_figure(Record.load(uri, "condface-sd-lora-smoke", state["parent_run_id"]))
+    assert figure is not None and figure.key == "3.1" and figure.panels[0].png.startswith(b"\x89PNG")
