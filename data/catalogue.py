@@ -34,6 +34,7 @@ FAMILY_INFO: dict[str, Family] = {
     "sd-lora": Family("SD Nano 2.1 + LoRA", "tab:green", "caption", "SD base (no LoRA)"),
     "pixel-text": Family("text-conditioned DDPM (pixels, from scratch)", "tab:orange", "caption",
                          "untrained text DDPM"),
+    "if-lora": Family("DeepFloyd IF-I-M + LoRA", "tab:brown", "caption", "IF base (no LoRA)"),
 }
 FAMILIES = tuple(FAMILY_INFO)
 FAMILY_NAMES = {k: f.name for k, f in FAMILY_INFO.items()}

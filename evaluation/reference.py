@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inception-weights", default=None, help="torch-fidelity Inception weights file for real FID")
     p.add_argument("--clip-model", default=None, help="CLIP model id or local directory for the CLIP score")
     p.add_argument("--no-mtcnn", action="store_true", help="skip the MTCNN face-confidence metric")
-    p.add_argument("--model", default="ddpm", help="model family of the untrained row: ddpm | sd-lora | pixel-text")
+    p.add_argument("--model", default="ddpm", help="model family of the untrained row: ddpm | sd-lora | pixel-text | if-lora")
     p.add_argument("--model-preset", default=None, help="family preset (default: the CPU/study preset of --size)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps for the untrained row")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale for the untrained row")

@@ -65,12 +65,20 @@ def _pixel_text() -> FamilySpec:
                       real_base_hint=REAL_TEXT_ENCODER_HINT)
 
 
+def _if_lora() -> FamilySpec:
+    from models.if_lora import PRESETS, REAL_BASE_HINT, IFLoRAFamily, base_summary, if_lora_config, load_pipeline
+
+    return FamilySpec(presets=tuple(PRESETS), config=if_lora_config, build=IFLoRAFamily, load=load_pipeline,
+                      base=base_summary, real_base_hint=REAL_BASE_HINT)
+
+
 # One entry per family, in data.catalogue.FAMILIES' order (a test checks that both name the same families).
-FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora, "pixel-text": _pixel_text}
+FAMILIES: dict[str, Callable[[], FamilySpec]] = {"ddpm": _ddpm, "sd-lora": _sd_lora, "pixel-text": _pixel_text,
+                                                 "if-lora": _if_lora}
 # The file a family's save_pretrained writes that tells its folders apart, checked in this order. Last, the DDPM's:
 # a DDPM folder saved before condface_ddpm.json existed holds only diffusers' model_index.json (see family_of).
 MARKERS: dict[str, str] = {"sd-lora": "condface_lora.json", "pixel-text": "condface_pixel_text.json",
-                           "ddpm": "condface_ddpm.json"}
+                           "if-lora": "condface_if_lora.json", "ddpm": "condface_ddpm.json"}
 
 
 def family_spec(model: str) -> FamilySpec:

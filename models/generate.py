@@ -14,8 +14,8 @@ Attributes: --bangs/--eyeglasses/--beard/--smiling/--age take a level 0..5. One 
 its level is drawn for each image from the training data's level frequencies, which an MLflow model
 that the sweep registered carries; for a plain folder (no frequencies saved) it is drawn uniformly.
 (Not "unconditional for that attribute": the model only ever saw the all-zero condition as a whole.)
-Text-conditioned families (sd-lora, pixel-text): the levels become captions in the training captions' style, or
---caption gives the prompt itself (with no attribute flags). The DDPM takes no caption.
+Text-conditioned families (sd-lora, pixel-text, if-lora): the levels become captions in the training captions'
+style, or --caption gives the prompt itself (with no attribute flags). The DDPM takes no caption.
 
 Writes a grid with each face's levels (or the caption) under it and the settings on top; shows
 sampling progress. Bad input exits non-zero with a one-line `error: ...`.
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "local folder (save_pretrained folder or MLflow model)")
     for a in ATTRIBUTES:
         p.add_argument(f"--{a}", type=str, default=None, metavar="0..5", help=f"{a} level (default: any)")
-    p.add_argument("--caption", help="text families only (sd-lora, pixel-text): the prompt for every image (instead of attribute levels)")
+    p.add_argument("--caption", help="text families only (sd-lora, pixel-text, if-lora): the prompt for every image (instead of attribute levels)")
     p.add_argument("-n", "--num-images", type=int, default=16, help="how many faces (default 16)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's, else 3)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's, else dpm++")

@@ -2,7 +2,7 @@
 
 **The pyfunc model (`CondfaceModel`)**, for every family: an `mlflow.pyfunc` model whose artifacts are
 the family's `save_pretrained` folder (`pipeline`), a small JSON (`condface`: family, sampling defaults,
-the training data's attribute-level frequencies) and, for an sd-lora on the tiny offline base, that
+the training data's attribute-level frequencies) and, for an sd-lora or if-lora on a tiny offline base, that
 base's folder (`base`). `code_paths` ships this project's `models` and `data` packages with it, so the
 served model needs only the packages in its requirements, never a checkout of this project.
 
@@ -36,6 +36,8 @@ machine (a local path in the flavor points into this machine's cache), and a LoR
 T (the study's T = 10,000) would be sampled by the flavor's pyfunc on the base's T = 1000 chain. Those
 (and a base in a local folder) get the pyfunc, which ships the tiny base as its `base` artifact or,
 for another base, names it in the JSON (`base`; pass `model_config={"base": ...}` to point elsewhere).
+An if-lora always gets the pyfunc: the flavor's pipeline would sample IF with its learned variance, which
+LoRA training on epsilon leaves untrained (models.if_family).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 REQUIREMENTS = ("torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "numpy", "pandas",
                 "pillow", "mlflow")
 ANY = -1  # an input level meaning "any" (drawn from the data's level frequencies)
+LORA_LOADERS = {"sd-lora": "models.sd_lora", "if-lora": "models.if_lora"}  # families saved as adapters on a base
 # The pyfunc's code (MLflow's "models from code"): run when the model loads, with the shipped packages on sys.path.
 ENTRY_POINT = ("import mlflow\n\nfrom models.mlflow_model import CondfaceModel\n\n"
                "mlflow.models.set_model(CondfaceModel())\n")
@@ -138,10 +141,9 @@ def resolve_folder(folder: str | Path) -> Resolved:
 
 def load_resolved(model: Resolved, sampler: str = "ddpm", ddpm_variance: str = "fixed_small"):
     """The sampling pipeline of a resolved model."""
-    if model.family == "sd-lora":
-        from models.sd_lora import load_pipeline
-
-        return load_pipeline(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
+    if model.family in LORA_LOADERS:  # adapters: onto their base (shipped in the model, or named), with the sampler
+        load = importlib.import_module(LORA_LOADERS[model.family]).load_pipeline
+        return load(model.pipeline_dir, sampler=sampler, ddpm_variance=ddpm_variance, base=model.base)
     from models.families import family_spec
 
     return family_spec(model.family).load(str(model.pipeline_dir))
@@ -316,6 +318,9 @@ def choose_flavor(pipeline_dir: str | Path) -> tuple[str, str]:
     family = family_of(pipeline_dir)
     if family == "ddpm":
         return "pyfunc", "the attribute DDPM is a custom pipeline: MLflow's diffusers flavor holds LoRA adapters only"
+    if family == "if-lora":
+        return "pyfunc", ("IF's pipeline samples with its learned variance, which the LoRA's training (epsilon only) "
+                          "leaves untrained: the pyfunc samples with the fixed variance it trained for")
     if family != "sd-lora":
         return "pyfunc", f"the {family} model is a whole pipeline trained here: MLflow's diffusers flavor holds LoRA " \
                          "adapters on a Hub base only"
@@ -384,9 +389,11 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     with tempfile.TemporaryDirectory() as tmp:
         info_path = Path(tmp) / INFO_FILE
         artifacts = {"pipeline": str(pipeline_dir), INFO_ARTIFACT: str(info_path)}
-        if family == "sd-lora":
-            lora = json.loads((Path(pipeline_dir) / "condface_lora.json").read_text())["lora_config"]
-            base = _tiny_base_folder(lora)
+        if family in LORA_LOADERS:
+            from models.families import MARKERS
+
+            lora = json.loads((Path(pipeline_dir) / MARKERS[family]).read_text())["lora_config"]
+            base = _tiny_base_folder(family, lora)
             if base is not None:
                 artifacts["base"] = str(base)
             else:
@@ -403,11 +410,16 @@ def save_model(path: str | Path, pipeline_dir: str | Path, *, guidance_scale: fl
     return "pyfunc"
 
 
-def _tiny_base_folder(lora_config: dict[str, Any]) -> Path | None:
-    """The tiny offline base's folder a LoRA trained on (None for any other base)."""
+def _tiny_base_folder(family: str, lora_config: dict[str, Any]) -> Path | None:
+    """The tiny offline base's folder a `family` LoRA trained on (None for any other base)."""
     pretrained = lora_config.get("pretrained")
     if pretrained is not None:
         return Path(pretrained) if (Path(pretrained) / "condface_base.json").is_file() else None
+    if family == "if-lora":
+        from models.tiny_if_base import PRESETS as IF_PRESETS
+        from models.tiny_if_base import ensure_tiny_if_base
+
+        return Path(ensure_tiny_if_base(IF_PRESETS[lora_config["tiny_base"]])[0])
     from models.tiny_base import PRESETS, ensure_tiny_base
 
     return Path(ensure_tiny_base(PRESETS[lora_config["tiny_base"]])[0])

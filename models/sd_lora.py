@@ -41,14 +41,13 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from data.io import atomic_dir
 from models.errors import ConfigError
+from models.lora import LORA_INFO_FILE, LORA_TARGETS, add_lora, check_lora_settings, lora_state_dict, read_lora_info
 from models.schedulers import make_scheduler
 from models.sd_family import StableDiffusionFamily, set_resolution, training_scheduler
 from models.tiny_base import PRESETS as TINY
 from models.tiny_base import ensure_tiny_base
 
 NANO_ID = "bguisard/stable-diffusion-nano-2-1"
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_INFO_FILE = "condface_lora.json"
 TUNED_VAE_DIR = "vae"  # in a saved LoRA folder: the tuned VAE the adapters trained with (when there was one)
 # The U-Net of Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1 unet/config.json; Nano 2.1 keeps the
 # architecture of 2-1-base): 865,910,724 parameters, the study's 865.91M. Used to count without weights.
@@ -80,12 +79,7 @@ class LoRAConfig:
     vae: str | None = None  # a tuned AutoencoderKL folder (models.vae_tune) replacing the base's VAE; None: the base's
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank}")
-        if self.num_train_timesteps < 2:
-            raise ConfigError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
-        if self.prediction_type not in (None, "epsilon", "v_prediction"):
-            raise ConfigError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        check_lora_settings(self.rank, self.num_train_timesteps, self.prediction_type)
         if self.pretrained is None:
             if self.tiny_base not in TINY:
                 raise ConfigError(f"unknown tiny base {self.tiny_base!r}; choose one of {sorted(TINY)}")
@@ -121,23 +115,6 @@ def lora_config(preset: str, **overrides: Any) -> LoRAConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown sd-lora preset {preset!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[preset], **overrides)
-
-
-def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> None:
-    """Freeze `unet` and add a peft LoRA adapter (B = 0 at start) on every attention projection.
-
-    Only the adapter weights require grad afterwards; they are kept in fp32 whatever the base's dtype.
-    """
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
-                   target_modules=list(LORA_TARGETS))
-    )
-    for p in unet.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
 
 
 def count_sd2_parameters(rank: int) -> tuple[int, int]:
@@ -217,14 +194,11 @@ class SDLoRAFamily(StableDiffusionFamily):
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapters in the diffusers LoRA format (what `save_lora_weights` writes)."""
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.module))
+        return lora_state_dict(self.module)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Only the LoRA weights (safetensors, diffusers format) + which base and settings they belong to."""
-        info = {"lora_config": dataclasses.asdict(self.config), "base_description": self.base_description,
+        info = {"family": self.name, "lora_config": dataclasses.asdict(self.config), "base_description": self.base_description,
                 "scheduler": dict(self.noise_scheduler.config)}
 
         with atomic_dir(directory) as tmp:
@@ -245,11 +219,7 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: st
 
     base: a folder or hub id to load the base from instead of the one the weights name (e.g. the tiny base
     shipped inside an MLflow model)."""
-    lora_dir = Path(lora_dir)
-    info_path = lora_dir / LORA_INFO_FILE
-    if not info_path.is_file():
-        raise ConfigError(f"{lora_dir} holds no sd-lora weights (no {LORA_INFO_FILE}); point at a saved LoRA folder")
-    info = json.loads(info_path.read_text())
+    info = read_lora_info(lora_dir, "sd-lora")
     config = LoRAConfig(**info["lora_config"])
     if base is not None:
         config = dataclasses.replace(config, pretrained=str(base))
@@ -265,6 +235,11 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: st
                                         config.beta_rescale)
     pipe.scheduler = make_scheduler(sampler, base_sched, space="latent", ddpm_variance=ddpm_variance)
     return pipe
+
+
+__all__ = ["LORA_INFO_FILE", "LORA_TARGETS", "LoRAConfig", "PRESETS", "SDLoRAFamily", "StableDiffusionFamily",
+           "add_lora", "base_summary", "count_sd2_parameters", "load_base", "load_pipeline", "load_pipeline_folder",
+           "lora_config", "set_resolution", "training_scheduler"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,3 +270,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -29,8 +29,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,11 +148,12 @@ def build_components(config: TinyBaseConfig, captions: list[str]):
 
 
 def pretrain_text_encoder(text_encoder, tokenizer, captions: list[str], levels: torch.Tensor,
-                          config: TinyBaseConfig) -> float:
+                          config: TinyBaseConfig, attention_mask: bool = False) -> float:
     """Train the text encoder to tell the five levels from a caption; return the final batch accuracy.
 
     A linear head on the mean of the token states (what the U-Net cross-attends to) is trained with it
-    and thrown away. transformers ships the model but no trainer for this objective; this is that loop.
+    and thrown away. attention_mask: pass the tokenizer's mask to the encoder (as IF does with T5; SD
+    does not with CLIP). transformers ships the model but no trainer for this objective; this is that loop.
     """
     from data.schema import NUM_ATTRIBUTES, NUM_LEVELS
 
@@ -164,7 +167,7 @@ def pretrain_text_encoder(text_encoder, tokenizer, captions: list[str], levels: 
     bar = tqdm(range(config.text_steps), desc="tiny base: text encoder", leave=False)
     for _ in bar:
         b = torch.randint(len(captions), (2 * config.batch_size,), generator=gen)
-        states = text_encoder(ids.input_ids[b])[0]
+        states = text_encoder(ids.input_ids[b], attention_mask=ids.attention_mask[b] if attention_mask else None)[0]
         mask = ids.attention_mask[b].unsqueeze(-1).to(states.dtype)
         logits = head((states * mask).sum(1) / mask.sum(1)).view(-1, NUM_ATTRIBUTES, NUM_LEVELS)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), levels[b].flatten())
@@ -240,18 +243,24 @@ def pretrain_unet(family, dataset, captions: list[str], config: TinyBaseConfig) 
     return result.history[-1] if result.history else {}
 
 
+def dataset_labels(dataset) -> tuple[list[str], torch.Tensor]:
+    """(captions, levels (N, 5)) of every item of `dataset`, without decoding images where it is a FaceDataset."""
+    if hasattr(dataset, "cache"):
+        captions = [dataset.cache.captions[int(j)] for j in dataset.indices]
+        levels = torch.from_numpy(np.asarray(dataset.cache.levels[dataset.indices], dtype=np.int64))
+    else:
+        captions = [dataset[i]["caption"] for i in range(len(dataset))]
+        levels = torch.stack([torch.as_tensor(dataset[i]["levels"]) for i in range(len(dataset))]).long()
+    return captions, levels
+
+
 def build_tiny_base(config: TinyBaseConfig, dataset, out: str | Path) -> Path:
     """Build, pretrain and save the tiny base as a StableDiffusionPipeline folder at `out` (atomically)."""
     from diffusers import StableDiffusionPipeline
 
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    if hasattr(dataset, "cache"):  # a FaceDataset: read the labels without decoding images
-        captions = [dataset.cache.captions[int(j)] for j in dataset.indices]
-        levels = torch.from_numpy(np.asarray(dataset.cache.levels[dataset.indices], dtype=np.int64))
-    else:
-        captions = [dataset[i]["caption"] for i in range(len(dataset))]
-        levels = torch.stack([torch.as_tensor(dataset[i]["levels"]) for i in range(len(dataset))]).long()
+    captions, levels = dataset_labels(dataset)
     vae, text_encoder, tokenizer, unet, scheduler = build_components(config, captions)
     text_acc = pretrain_text_encoder(text_encoder, tokenizer, captions, levels, config)
     print(f"tiny base: text encoder trained ({config.text_steps} steps, reads the levels from captions with "
@@ -287,17 +296,25 @@ def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dat
     dataset: what to pretrain on; default the embedded synthetic faces' training split at the base's size.
     """
     path = tiny_base_dir(config, root)
-    if not (path / BASE_INFO_FILE).is_file():
-        with file_lock(path.parent / f".{path.name}.lock", f"tiny base: waiting for another process building {path}"):
-            if not (path / BASE_INFO_FILE).is_file():
-                if dataset is None:
-                    from data.dataset import FaceDataset, resolve_data
-
-                    dataset = FaceDataset(resolve_data("toy", config.image_size), "train", limit=config.train_images)
-                print(f"tiny base: building '{config.name}' (no cached base at {path}; a few minutes on a CPU)",
-                      flush=True)
-                build_tiny_base(config, dataset, path)
+    ensure_built(path, config, build_tiny_base, dataset)
     return path, describe(config, path)
+
+
+def ensure_built(path: Path, config: Any, build: Callable[[Any, Any, Path], Path], dataset=None) -> None:
+    """Build a tiny base at `path` with `build(config, dataset, path)` unless it is there (once, under a lock).
+    `config` has `name`, `image_size` and `train_images`; dataset defaults to the embedded synthetic faces'
+    training split at that size."""
+    if (path / BASE_INFO_FILE).is_file():
+        return
+    with file_lock(path.parent / f".{path.name}.lock", f"tiny base: waiting for another process building {path}"):
+        if not (path / BASE_INFO_FILE).is_file():
+            if dataset is None:
+                from data.dataset import FaceDataset, resolve_data
+
+                dataset = FaceDataset(resolve_data("toy", config.image_size), "train", limit=config.train_images)
+            print(f"tiny base: building '{config.name}' (no cached base at {path}; a few minutes on a CPU)",
+                  flush=True)
+            build(config, dataset, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,11 +103,12 @@ class SweepFamily:
 
 # The DDPM's axes are the study's; the pixel text DDPM has the same ones (GA, T, Min-SNR, the two channel sets), so
 # the two differ only in their conditioning. --pretrained names a Stable Diffusion base: sd-lora adapts it, the
-# pixel text DDPM takes its frozen CLIP text encoder.
+# pixel text DDPM takes its frozen CLIP text encoder; --if-pretrained names the DeepFloyd IF stage I base if-lora adapts.
 SWEEP_FAMILIES: dict[str, SweepFamily] = {
     "ddpm": SweepFamily("channels", "ddpm_preset"),
     "sd-lora": SweepFamily("lora_rank", "lora_preset", "pretrained"),
     "pixel-text": SweepFamily("channels", "pixel_text_preset", "pretrained"),
+    "if-lora": SweepFamily("lora_rank", "if_lora_preset", "if_pretrained"),
 }
 
 
@@ -130,8 +131,9 @@ class SweepConfig:
 
     preset: str
     model: str = setting("ddpm", "model family: ddpm (attribute DDPM), sd-lora (SD Nano + LoRA), pixel-text (a text-"
-                                 "conditioned DDPM from scratch), several comma-separated (ddpm,sd-lora: the study), or "
-                                 "all of them in one sweep (default ddpm)", parse=_models)
+                                 "conditioned DDPM from scratch), if-lora (DeepFloyd IF stage I + LoRA), several "
+                                 "comma-separated (ddpm,sd-lora: the study), or all of them in one sweep (default ddpm)",
+                         parse=_models)
     data: str = setting("toy", "'toy' (the embedded synthetic faces, default) or an image-cache directory from "
                                "data.prepare")
     image_size: int = setting(64, minimum=1)
@@ -154,6 +156,9 @@ class SweepConfig:
     pixel_text_preset: str = "study"  # models.pixel_text preset (text encoder source; its channels: the axis)
     pretrained: str | None = setting(None, "sd-lora: a local Stable Diffusion Nano 2.1 folder (or hub id) to adapt "
                                            "instead of the preset's base; pixel-text takes its text encoder")
+    if_lora_preset: str = "study"  # models.if_lora preset (base model, resolution)
+    if_pretrained: str | None = setting(None, "if-lora: a local DeepFloyd IF stage I folder (or hub id) to adapt "
+                                              "instead of the preset's base")
     beta_rescale: bool = setting(False, "scale the linear betas by 1000/T (a finer chain); default off: the study's "
                                         "longer chain for T = 10,000")
     tune_vae: bool = setting(False, "sd-lora: before its grid, fine-tune the base's VAE on the training images at the "
@@ -410,6 +415,7 @@ CPU_DEMO = dataclasses.replace(
     ddpm_preset="cpu-16",
     lora_preset="cpu-16",
     pixel_text_preset="cpu-16",
+    if_lora_preset="cpu-16",
     vae_preset="cpu",
     epochs=2,
     final_epochs=6,
@@ -449,6 +455,7 @@ SMOKE = dataclasses.replace(
     lora_ranks=(2, 4),
     lora_preset="test",
     pixel_text_preset="test",
+    if_lora_preset="test",
     vae_preset="test",
     epochs=1,
     final_epochs=1,

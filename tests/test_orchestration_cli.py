@@ -248,11 +248,15 @@ def test_model_all_is_every_registered_family_in_order(tmp_path):
     assert out.returncode == 0, out.stderr
     per_family = {f: len(grid_trials(cfg.for_family(f))) for f in FAMILIES}
     assert per_family["pixel-text"] == per_family["ddpm"] == 16  # the DDPM's axes: GA x T x Min-SNR x channels
+    assert per_family["if-lora"] == per_family["sd-lora"] == 24  # SD + LoRA's axes: GA x T x Min-SNR x rank
     assert len(table_rows(out.stdout)) == sum(per_family.values())
     assert f"{sum(per_family.values())} trials ({' + '.join(FAMILIES)})" in out.stdout
     assert "pixel-text base: the CLIP text encoder of bguisard/stable-diffusion-nano-2-1" in out.stdout
     tiny = sweep("--model", "pixel-text", "--preset", "cpu-demo", "--dry-run", cwd=tmp_path)
     assert "tiny offline SD base 'cpu-16'" in tiny.stdout and "--pretrained" in tiny.stdout
+    assert "if-lora base: DeepFloyd/IF-I-M-v1.0 (pretrained DeepFloyd IF stage I base)" in out.stdout
+    tiny_if = sweep("--model", "if-lora", "--preset", "cpu-demo", "--dry-run", cwd=tmp_path)
+    assert "tiny offline IF base 'cpu-16'" in tiny_if.stdout and "--if-pretrained" in tiny_if.stdout
 
 
 def test_augment_axis_multiplies_the_grid(tmp_path):

@@ -76,7 +76,7 @@ def grid_phase(continuing: bool, sweep, cfg: SweepConfig, tags: dict[str, str]) 
             unavailable = dict(r.metrics["unavailable"])
             break
     title = "Grid" if cfg.search == "grid" else f"Optuna search ({cfg.scheduler})"
-    table_no = {"ddpm": "4.1", "sd-lora": "4.3"}.get(cfg.model, "4.1")  # the study's table of this family's grid
+    table_no = {"ddpm": "4.1", "sd-lora": "4.3"}.get(cfg.model, f"G-{cfg.model}")
     print("\n" + grid_table(records, unavailable, f"{cfg.model} {title}: {len(records)} trials x {cfg.epochs} "
                                                   f"epochs, best of each metric (the study's Table {table_no} layout)"),
           flush=True)
