@@ -78,8 +78,8 @@ def data(home) -> str:
 
 @pytest.fixture(scope="session")
 def joint_sweep(home, data, tmp_path_factory) -> dict:
-    """One finished smoke sweep of several families (JOINT_FAMILIES: all but if-lora) with the sampler phase, on a local Ray runtime
-    and a real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
+    """One finished smoke sweep of every family (`--model all`) with the sampler phase, on a local Ray runtime and a
+    real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
 
     cfg, uri: the resolved config and its tracking URI; out: what run_sweep returned; parent: the sweep's run id;
     client: an MlflowClient on the store; tmp: a folder of its own (the store, Ray storage); data, home.
@@ -91,8 +91,9 @@ def joint_sweep(home, data, tmp_path_factory) -> dict:
     from orchestration.driver import run_sweep
 
     tmp = tmp_path_factory.mktemp("joint-sweep")
-    cfg = resolve("smoke", model=JOINT_FAMILIES, data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+    cfg = resolve("smoke", model="all", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
                   storage_path=str(tmp / "results"), sampler_phase=True)
+    assert cfg.model == JOINT_FAMILIES, "tests/tools.py JOINT_FAMILIES lists every family, as --model all runs them"
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

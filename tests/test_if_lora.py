@@ -187,32 +187,13 @@ def test_bad_settings_are_one_line_errors(base):
                             torch.Generator())
 
 
-@pytest.mark.slow
-def test_smoke_sweep_trains_selects_retrains_sweeps_guidance_registers_and_reports(data, home, tmp_path):
-    """`--model if-lora` end to end on the smoke preset (2 trials x 1 epoch at 16 px) on the tiny offline IF base,
-    which the tags and the report say."""
-    import time
-
+def test_in_the_joint_smoke_sweep_it_trains_selects_retrains_sweeps_guidance_registers_and_reports(joint_sweep):
+    """`--model if-lora` end to end in the shared smoke sweep of every family (2 trials x 1 epoch at 16 px) on the
+    tiny offline IF base, which the tags and the report say."""
     import mlflow
     import pandas as pd
-    import ray
-    from mlflow.tracking import MlflowClient
 
-    from orchestration.config import resolve
-    from orchestration.driver import run_sweep
-
-    started = time.perf_counter()
-    cfg = resolve("smoke", model="if-lora", data=data, tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-                  storage_path=str(tmp_path / "results"))
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = run_sweep(cfg, dashboard=False)
-    finally:
-        if own_ray:
-            ray.shutdown()
-    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    cfg, out, client = joint_sweep["cfg"], joint_sweep["out"], joint_sweep["client"]
     runs = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
     by_phase: dict[str, list] = {}
     for run in runs:
@@ -243,4 +224,3 @@ def test_smoke_sweep_trains_selects_retrains_sweeps_guidance_registers_and_repor
     # reported: its final column, its untrained (base) row, its parameter counts
     report = (out["state"].root / "report" / "report.md").read_text()
     assert "if-lora final" in report and "IF base (no LoRA)" in report and "| if-lora (" in report
-    print(f"if-lora smoke sweep: {time.perf_counter() - started:.0f} s")

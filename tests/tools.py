@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # the families of the joint smoke sweep every slow module shares (tests/conftest.py::joint_sweep), and its experiment
-JOINT_FAMILIES = "ddpm,sd-lora,pixel-text"
+JOINT_FAMILIES = "ddpm,sd-lora,pixel-text,if-lora"  # every family: what --model all runs
 JOINT_EXPERIMENT = "condface-" + JOINT_FAMILIES.replace(",", "+") + "-smoke"
 
 
