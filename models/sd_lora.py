@@ -219,6 +219,7 @@ def load_pipeline(lora_dir: str | Path, sampler: str = "ddpm", ddpm_variance: st
 
     base: a folder or hub id to load the base from instead of the one the weights name (e.g. the tiny base
     shipped inside an MLflow model)."""
+    lora_dir = Path(lora_dir)
     info = read_lora_info(lora_dir, "sd-lora")
     config = LoRAConfig(**info["lora_config"])
     if base is not None:
