@@ -4,7 +4,8 @@ Each crash point runs the two-family smoke sweep (ddpm,sd-lora with the sampler 
 tests use) as a command in its own process group, with CONDFACE_FAULT_KILL_AT_WRITE (orchestration.faults): the
 driver SIGKILLs itself and its local Ray runtime just before that write, as a dying machine would; the harness
 then kills what is left of the group and runs `--resume` until the sweep finishes, and checks the record's
-invariants (orchestration.crash_record). A clean run first counts the writes (and is checked too).
+invariants (orchestration.crash_record). A clean run first counts the writes (and is checked too). Each store
+starts with an earlier sweep's `champion` version per family (the alias must move onto this sweep's).
 
     python -m orchestration.crash_points --all                  every write point (100s of sweeps: hours)
     python -m orchestration.crash_points --sample 10 --seed 0   a seeded sample of them
@@ -93,6 +94,21 @@ def run_command(args: list[str], log: Path, env: dict[str, str], timeout_s: floa
     return rc
 
 
+def earlier_champions(uri: str) -> None:
+    """A store with history: each family's registered model already has a version of an earlier sweep, with the
+    alias `champion` (which this sweep must move onto its own)."""
+    from mlflow.tracking import MlflowClient
+
+    from data.catalogue import CHAMPION_ALIAS
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for family in ("ddpm", "sd-lora"):
+        name = f"condface-{family}"
+        client.create_registered_model(name)
+        version = client.create_model_version(name, f"file:///earlier-sweep/{family}/model")
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+
+
 def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.0, max_resumes: int = 3,
                 env: dict[str, str] | None = None) -> CrashResult:
     """One sweep in `work`: command i is killed at `kills[i]` (a CONDFACE_FAULT_KILL_AT_WRITE value), then
@@ -102,6 +118,7 @@ def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.
     base = {**(env or os.environ), "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
     base.pop(KILL_AT_WRITE_ENV, None)
     args, logs, killed, violations = sweep_command(data, work), [], [], []
+    earlier_champions(f"sqlite:///{work / 'mlruns.db'}")
     plan = [*kills, *[None] * max_resumes]
     for i, kill in enumerate(plan):
         log = work / f"{i + 1}.log"

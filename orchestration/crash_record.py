@@ -1,7 +1,7 @@
 """What a finished sweep's record must be, however often its driver was killed and resumed: the invariants the
 crash-point harness (orchestration.crash_points) checks after every kill.
 
-    runs      one parent run; every child FINISHED (a diverged grid trial FAILED with its reason); one run per key
+    runs      one parent run with the estimator's whole record; every child FINISHED (a diverged grid trial FAILED with its reason); one run per key
     metrics   every metric of every run logged once per step; each trial's `epoch` steps are 1..epochs
     images    each image series (key, step) logged once, every epoch of a trial there
     models    per family one final run, one registered version (its run's), `champion` on it; every logged model
@@ -57,6 +57,7 @@ class RecordCheck:
         runs = self.client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                        max_results=1000)
         self._phases_done()
+        self._estimator(parent)
         self._runs(parent, runs)
         for run in [parent, *runs]:
             self._metrics_once(run)
@@ -84,6 +85,15 @@ class RecordCheck:
         if self.state.get("parent_run_id") != parent.info.run_id:
             self.out.append("sweep.json names another parent run")
         return parent
+
+    def _estimator(self, parent) -> None:
+        """The parent's estimator record is whole: params, metrics, config and weights under estimator/."""
+        files = {f.path for f in self.client.list_artifacts(parent.info.run_id, "estimator")}
+        missing = [x for x in ("estimator/config.json", "estimator/estimator.safetensors") if x not in files]
+        if "estimator.preset" not in parent.data.params or "estimator_val_acc" not in parent.data.metrics:
+            missing.append("estimator.* params or estimator_val_acc")
+        if missing:
+            self.out.append(f"the parent's estimator record lacks {', '.join(missing)}")
 
     def _phases_done(self) -> None:
         undone = [name for name, p in self.phases.items() if p.get("status") != "done"]
@@ -164,9 +174,9 @@ class RecordCheck:
         uri = run.data.tags.get(f"{TAG_PREFIX}registered_model", "")
         name = uri[len("models:/"):].rsplit("/", 1)[0] if uri.startswith("models:/") else f"condface-{family}"
         versions = self.client.search_model_versions(f"name = '{name}'")
-        if len(versions) != 1:
-            self.out.append(f"{family}: {len(versions)} registered versions of {name} (one expected)")
-        ours = [v for v in versions if v.run_id == run.info.run_id]
+        ours = [v for v in versions if v.run_id == run.info.run_id]  # (an earlier sweep's versions may be there)
+        if len(ours) > 1:
+            self.out.append(f"{family}: {len(ours)} registered versions of {name} from this sweep (one expected)")
         if not ours:
             self.out.append(f"{family}: no registered version of {name} from the final run")
             return

@@ -10,10 +10,11 @@ Local Ray workers inherit the driver's environment (a test sets these before it 
   epoch (so Tune retries it from the epoch before).
 - CONDFACE_FAULT_DIVERGE_TRIAL=<trial label>: that grid trial trains at lr = inf, so its loss turns NaN
   (a real divergence, through the real engine).
-- CONDFACE_FAULT_KILL_AT_WRITE=<k> | <k>@<point> | random:<seed>:<n>: the driver SIGKILLs itself and every process
+- CONDFACE_FAULT_KILL_AT_WRITE=[+]<k>[@<point>] | random:<seed>:<n>: the driver SIGKILLs itself and every process
   it started (its local Ray runtime) just before its k-th MLflow write (any client call that creates, logs, sets,
-  updates, finalizes, registers or deletes): counted from the start, from the last `reached(point)`, or at a k
-  drawn from 1..n with the seed. Where a crash lands inside a sequence of writes (orchestration.crash_points).
+  updates, finalizes, registers or deletes; with `+`: just after it): counted from the start, from the last
+  `reached(point)`, or at a k drawn from 1..n with the seed. Where a crash lands inside a sequence of writes
+  (orchestration.crash_points).
 - CONDFACE_FAULT_WRITE_LOG=<file>: every MLflow write appends `<k>\t<method>\t<last point>` to the file.
 """
 
@@ -44,35 +45,46 @@ class WriteCounter:
         self.since = 0  # writes since the last `reached(point)`
         self.point = "setup"
         self.log = log
-        self.at, self.after = parse_kill_spec(spec) if spec else (None, None)
+        self.at, self.within, self.after_write = parse_kill_spec(spec) if spec else (None, None, False)
 
     def reached(self, point: str) -> None:
         self.point, self.since = point, 0
 
     def write(self, method: str) -> None:
+        """Before the write `method`."""
         self.total += 1
         self.since += 1
         if self.log:
             with open(self.log, "a") as f:
                 f.write(f"{self.total}\t{method}\t{self.point}\n")
+        if not self.after_write:
+            self._maybe_kill(method, "before")
+
+    def wrote(self, method: str) -> None:
+        """After the write `method` returned."""
+        if self.after_write:
+            self._maybe_kill(method, "after")
+
+    def _maybe_kill(self, method: str, when: str) -> None:
         if self.at is None:
             return
-        count = self.total if self.after is None else (self.since if self.point == self.after else 0)
+        count = self.total if self.within is None else (self.since if self.point == self.within else 0)
         if count == self.at:
-            print(f"[fault] SIGKILL before MLflow write {self.total} ({method}; write {self.since} of "
+            print(f"[fault] SIGKILL {when} MLflow write {self.total} ({method}; write {self.since} of "
                   f"{self.point}) ({KILL_AT_WRITE_ENV})", flush=True)
             kill_process_tree()
 
 
-def parse_kill_spec(spec: str) -> tuple[int, str | None]:
-    """`k`, `k@point` or `random:seed:n` -> (k, point or None)."""
+def parse_kill_spec(spec: str) -> tuple[int, str | None, bool]:
+    """`[+]k[@point]` or `random:seed:n` -> (k, point or None, after the write?)."""
     if spec.startswith("random:"):
         _, seed, n = spec.split(":")
-        return random.Random(int(seed)).randint(1, int(n)), None
-    k, _, point = spec.partition("@")
+        return random.Random(int(seed)).randint(1, int(n)), None, False
+    after = spec.startswith("+")
+    k, _, point = spec.lstrip("+").partition("@")
     if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"{KILL_AT_WRITE_ENV}={spec!r}: expected <k>, <k>@<point> or random:<seed>:<n> (k >= 1)")
-    return int(k), point or None
+        raise ValueError(f"{KILL_AT_WRITE_ENV}={spec!r}: expected [+]<k>[@<point>] or random:<seed>:<n> (k >= 1)")
+    return int(k), point or None, after
 
 
 def kill_process_tree() -> None:
@@ -110,7 +122,9 @@ class CountedWrites:
 
         def call(*args, **kwargs):
             self._counter.write(name)
-            return attr(*args, **kwargs)
+            result = attr(*args, **kwargs)
+            self._counter.wrote(name)
+            return result
 
         return call
 
