@@ -45,8 +45,8 @@ class CrashConfig:
     at: tuple[str, ...] = setting((), "try these points (k = the k-th write; k@<phase> = the k-th after the phase "
                                       "starts, e.g. 3@ddpm/final), one sweep each",
                                   parse=items(str, "crash point"))
-    work: str = setting("", "keep every sweep's store, results and logs in this folder (default: a temporary one "
-                            "that keeps only the points that broke an invariant)")
+    work: str = setting("", "the folder of the sweeps (default: a temporary one): a point's logs are kept, its "
+                            "store and results only where it broke an invariant")
     timeout_s: float = setting(900.0, "give up on a sweep command after this long", above=0)
     max_resumes: int = setting(3, "resume a killed sweep at most this often", minimum=1)
 
@@ -191,9 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"crash points: work folder {keep}", flush=True)
     data = toy_data()
     writes: list[tuple[int, str, str]] = []
-    if not cfg.at:
+    counted = keep / "clean" / "writes.tsv"
+    if not cfg.at and cfg.work and counted.is_file() and (keep / "clean" / "passed").is_file():
+        writes = [(int(k), m, p) for k, m, p in (ln.split("\t") for ln in counted.read_text().splitlines())]
+        print(f"the sweep makes {len(writes)} MLflow writes (counted before: {counted})", flush=True)
+    elif not cfg.at:
         print("counting the sweep's MLflow writes with a clean run ...", flush=True)
         writes = count_writes(data, keep / "clean", cfg.timeout_s)
+        (keep / "clean" / "passed").write_text("the clean run kept every invariant\n")
         print(f"the sweep makes {len(writes)} MLflow writes ({time.time() - started:.0f} s)", flush=True)
     todo = points(cfg, writes)
     bad = 0
@@ -205,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{i}/{len(todo)}] write {spec} ({what}): {verdict} ({result.seconds:.0f} s)", flush=True)
         for v in result.violations:
             print(f"    {v}", flush=True)
-        if not cfg.work and not result.violations:
-            shutil.rmtree(result.logs[0].parent, ignore_errors=True)
+        if not result.violations:
+            for path in result.logs[0].parent.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.suffix != ".log":
+                    path.unlink()
     print(f"\ncrash points tried: {len(todo)}; with a violated invariant: {bad}; wall time "
           f"{time.time() - started:.0f} s (work folder {keep})", flush=True)
     if bad:
