@@ -39,7 +39,8 @@ KILLED = -signal.SIGKILL
 
 @dataclass(frozen=True)
 class CrashConfig:
-    all: bool = setting(False, "try every write point of the sweep (counted by a clean run first)")
+    all: bool = setting(False, "try every write point of the sweep (counted by a clean run first), in the order "
+                               "--seed shuffles them")
     sample: int = setting(0, "try this many write points, drawn with --seed", minimum=0)
     seed: int = setting(0, "the seed of --sample")
     at: tuple[str, ...] = setting((), "try these points (k = the k-th write; k@<phase> = the k-th after the phase "
@@ -139,12 +140,11 @@ def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.
                 break
     else:
         violations.append(f"not finished after {max_resumes} resumes")
-    if not violations:
-        try:
-            violations = check_record(f"sqlite:///{work / 'mlruns.db'}", work / "results",
-                                      logs[-1].read_text(errors="replace"))
-        except Exception as err:  # a record too broken to read is a violation, not a harness crash
-            violations = [f"the record could not be read: {type(err).__name__}: {err}"]
+    try:
+        violations += check_record(f"sqlite:///{work / 'mlruns.db'}", work / "results",
+                                   logs[-1].read_text(errors="replace"))
+    except Exception as err:  # a record too broken to read is a violation, not a harness crash
+        violations.append(f"the record could not be read: {type(err).__name__}: {err}")
     return CrashResult(list(kills), killed, violations, time.time() - started, logs)
 
 
@@ -167,8 +167,8 @@ def points(cfg: CrashConfig, writes: list[tuple[int, str, str]]) -> list[tuple[s
     if cfg.at:
         return [(p, described.get(p, p)) for p in cfg.at]
     ks = [k for k, _, _ in writes]
-    if cfg.sample and not cfg.all:
-        ks = sorted(random.Random(cfg.seed).sample(ks, min(cfg.sample, len(ks))))
+    n = len(ks) if cfg.all else min(cfg.sample, len(ks))
+    ks = random.Random(cfg.seed).sample(ks, n)  # in a seeded order: a run cut short is a fair sample
     return [(str(k), described[str(k)]) for k in ks]
 
 

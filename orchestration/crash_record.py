@@ -206,8 +206,9 @@ class RecordCheck:
             for m in own:
                 if m.model_id not in linked:
                     self.out.append(f"{family}: the logged model {m.model_id} is not linked to its run")
-            registered = {v.model_id for v in self.client.search_model_versions(f"run_id = '{run.info.run_id}'")}
-            if own and not registered & {m.model_id for m in own}:
+            # the store gives a version's model id back only in its source (the logged model's artifacts)
+            sources = [v.source for v in self.client.search_model_versions(f"run_id = '{run.info.run_id}'")]
+            if own and not any(m.model_id in src for m in own for src in sources):
                 self.out.append(f"{family}: the registered version is not the run's logged model")
 
     def _rows(self, what: str, run_id: str, rows: list[dict]) -> None:
