@@ -7,7 +7,9 @@
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
 (Tune phases with Tuner.restore; the final phase restores its finished training, logs each metric once
-and reuses its model version; the other phases rerun, logging each step once). MLflow is written only here.
+and reuses its model version; the other phases rerun, logging each step once). The sweep itself is marked done
+last, once every run is closed and the report written: a driver killed anywhere before leaves a sweep that
+`--resume` finishes. MLflow is written only here (python -m orchestration.crash_points kills it at each write).
 """
 
 from __future__ import annotations
