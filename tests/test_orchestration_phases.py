@@ -18,15 +18,13 @@ pytestmark = pytest.mark.slow  # sweeps
 
 
 # Where the sweep is killed (SIGKILL, driver + its Ray), one command each, resumed after each: `k@<point>` = just
-# before the k-th MLflow write after that point (orchestration.faults), `+k@<point>` = just after it. Beside each,
-# the window of issue 21 it left wrong before the fix (python -m orchestration.crash_points --at <point> shows it).
+# before the k-th MLflow write after that point (orchestration.faults). Beside each, the window of issue 21 it left
+# wrong before the fix (each confirmed with python -m orchestration.crash_points on the code before).
 KILLS = [
-    "KSETUP@setup",  # 4: the estimator's params logged, its files not: never completed
-    "KGRID@ddpm/grid",  # 6: a trial's epoch mirrored before Tune saved it: its images logged twice
-    "KALIAS@ddpm/final:trained",  # 2: the version registered, `champion` left on the earlier sweep's
-    "+1@ddpm/final:registered",  # 5: final_ddpm.* logged, the phase not yet done: logged twice
-    "KMODEL@sd-lora/final:trained",  # 3: the logged model uploaded, never READY: a second one
-    "2@sweep/closing",  # 1: sweep.json said done before the runs were closed: the parent RUNNING for good
+    "7@setup",  # 4: the estimator's params logged, its files not: never completed
+    "13@ddpm/final:trained",  # 2: this sweep's version registered, `champion` left on the earlier sweep's
+    "8@sd-lora/final:trained",  # 3: the logged model created, its upload cut: PENDING for good, and a second one
+    "2@sweep/closing",  # 1: the children closed, the parent not (sweep.json said done first: RUNNING for good)
 ]
 
 
