@@ -115,7 +115,8 @@ def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.
     """One sweep in `work`: command i is killed at `kills[i]` (a CONDFACE_FAULT_KILL_AT_WRITE value), then
     resumed without a fault until it finishes (at most `max_resumes` times); then its record is checked."""
     started = time.time()
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a fresh store and storage path (a point tried before is tried again)
+    work.mkdir(parents=True)
     base = {**(env or os.environ), "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
     base.pop(KILL_AT_WRITE_ENV, None)
     args, logs, killed, violations = sweep_command(data, work), [], [], []
@@ -151,8 +152,6 @@ def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.
 def count_writes(data: str, work: Path, timeout_s: float) -> list[tuple[int, str, str]]:
     """A clean run (checked like the others): its MLflow writes as (k, method, phase)."""
     writes = work / "writes.tsv"
-    work.mkdir(parents=True, exist_ok=True)
-    writes.unlink(missing_ok=True)
     result = crash_sweep(data, work, [], timeout_s, 1, env={**os.environ, WRITE_LOG_ENV: str(writes)})
     if result.violations:
         raise SystemExit("error: the clean sweep already breaks the invariants:\n  " + "\n  ".join(result.violations)
