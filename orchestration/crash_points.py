@@ -70,10 +70,10 @@ def toy_data() -> str:
     return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, progress=False))
 
 
-def sweep_command(data: str, work: Path) -> list[str]:
+def sweep_command(data: str, work: Path, epochs: int = 1) -> list[str]:
     return [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--model", "ddpm,sd-lora", "--data",
             data, "--no-dashboard", "--tracking-uri", f"sqlite:///{work / 'mlruns.db'}", "--storage-path",
-            str(work / "results"), "--sampler-phase"]
+            str(work / "results"), "--sampler-phase", "--epochs", str(epochs)]
 
 
 def run_command(args: list[str], log: Path, env: dict[str, str], timeout_s: float) -> int:
@@ -111,7 +111,7 @@ def earlier_champions(uri: str) -> None:
 
 
 def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.0, max_resumes: int = 3,
-                env: dict[str, str] | None = None) -> CrashResult:
+                env: dict[str, str] | None = None, epochs: int = 1) -> CrashResult:
     """One sweep in `work`: command i is killed at `kills[i]` (a CONDFACE_FAULT_KILL_AT_WRITE value), then
     resumed without a fault until it finishes (at most `max_resumes` times); then its record is checked."""
     started = time.time()
@@ -119,7 +119,7 @@ def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.
     work.mkdir(parents=True)
     base = {**(env or os.environ), "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
     base.pop(KILL_AT_WRITE_ENV, None)
-    args, logs, killed, violations = sweep_command(data, work), [], [], []
+    args, logs, killed, violations = sweep_command(data, work, epochs), [], [], []
     earlier_champions(f"sqlite:///{work / 'mlruns.db'}")
     plan = [*kills, *[None] * max_resumes]
     for i, kill in enumerate(plan):
