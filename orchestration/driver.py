@@ -7,7 +7,9 @@
 
 A done phase is skipped on `--resume` (its recorded result stands in); a phase cut short is continued
 (Tune phases with Tuner.restore; the final phase restores its finished training and reuses its model version;
-the sampling phases read back the steps MLflow has and sample only the others). MLflow is written only here.
+the sampling phases read back the steps MLflow has and sample only the others). The sweep itself is marked done
+last, once every run is closed and the report written: a driver killed anywhere before leaves a sweep that
+`--resume` finishes. MLflow is written only here (python -m orchestration.crash_points kills it at each write).
 """
 
 from __future__ import annotations
@@ -301,8 +303,9 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
         if cfg.joint and cfg.final_epochs > 0:
             out["joint_pareto"] = joint_pareto(sweep, out["families"])
         print("\n" + summary(sweep, out["families"], real), flush=True)
+        reached("sweep/closing")
+        tracker.log_once(parent, {"wall_seconds": time.time() - started})  # the first run's, when resumed
         ok = True
-        state.done("sweep", True)
     except KeyboardInterrupt:
         reason = "interrupted: continue with --resume"
         raise
@@ -310,17 +313,12 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
         reason = f"{type(err).__name__}: {first_line(str(err))}"
         raise
     finally:
-        _close_runs(tracker, parent, ok, reason)
+        _close_children(tracker, parent, None if ok else reason or "the sweep ended before this run finished")
+        tracker.finish(parent, ok=ok, reason=reason)
         pool.shutdown()
-    tracker.log_metrics(parent, {"wall_seconds": time.time() - started})
-    try:  # the study's tables and figures from the MLflow record; a finished sweep never fails here
-        from orchestration.report.build import report_sweep
-
-        report = report_sweep(tracker, parent, state.root / "report")
-        print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)
-    except Exception as err:
-        print(f"\nreport: not written ({type(err).__name__}: {first_line(str(err))})"
-              "; write it later with python -m orchestration.report", flush=True)
+    write_report(tracker, parent, state.root / "report")
+    # only now, with every run closed and the report written: a kill before this line leaves a sweep to --resume
+    state.done("sweep", True)
     from orchestration.summary import where_to_look
 
     models = {f: r["final"]["model_uri"] for f, r in out["families"].items() if r.get("final")}
@@ -330,12 +328,25 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     return out
 
 
-def _close_runs(tracker: Tracker, parent: str, ok: bool, reason: str | None) -> None:
-    """No run is left RUNNING: children still open are closed FAILED (with the reason), then the parent."""
+def _close_children(tracker: Tracker, parent: str, reason: str | None) -> None:
+    """No child is left RUNNING: a sweep that ends early closes those still open FAILED (with the reason). On
+    success, a child still RUNNING is one whose phase finished while a killed driver never closed it (its
+    record is complete: the phase is done): it is closed FINISHED."""
     for run in tracker.children(parent):
         if run.info.status == "RUNNING":
-            tracker.finish(run.info.run_id, ok=False, reason=reason or "the sweep ended before this run finished")
-    tracker.finish(parent, ok=ok, reason=reason)
+            tracker.finish(run.info.run_id, ok=reason is None, reason=reason)
+
+
+def write_report(tracker: Tracker, parent: str, out: Path) -> None:
+    """The study's tables and figures from the MLflow record; a finished sweep never fails here."""
+    try:
+        from orchestration.report.build import report_sweep
+
+        report = report_sweep(tracker, parent, out)
+        print(f"\nreport: {report / 'report.html'} (+ report.md; also the parent run's report/ artifacts)", flush=True)
+    except Exception as err:
+        print(f"\nreport: not written ({type(err).__name__}: {first_line(str(err))})"
+              "; write it later with python -m orchestration.report", flush=True)
 
 
 __all__ = ["run_sweep", "start_ray", "resume_config", "Sweep"]

@@ -10,20 +10,135 @@ Local Ray workers inherit the driver's environment (a test sets these before it 
   epoch (so Tune retries it from the epoch before).
 - CONDFACE_FAULT_DIVERGE_TRIAL=<trial label>: that grid trial trains at lr = inf, so its loss turns NaN
   (a real divergence, through the real engine).
+- CONDFACE_FAULT_KILL_AT_WRITE=[+]<k>[@<point>] | random:<seed>:<n>: the driver SIGKILLs itself and every process
+  it started (its local Ray runtime) just before its k-th MLflow write (any client call that creates, logs, sets,
+  updates, finalizes, registers or deletes; with `+`: just after it): counted from the start, from the last
+  `reached(point)`, or at a k drawn from 1..n with the seed. Where a crash lands inside a sequence of writes
+  (orchestration.crash_points).
+- CONDFACE_FAULT_WRITE_LOG=<file>: every MLflow write appends `<k>\t<method>\t<last point>` to the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 PAUSE_ENV = "CONDFACE_PAUSE_AT"
 FAIL_ONCE_ENV = "CONDFACE_FAULT_FAIL_ONCE_AT_EPOCH"
 DIVERGE_ENV = "CONDFACE_FAULT_DIVERGE_TRIAL"
+KILL_AT_WRITE_ENV = "CONDFACE_FAULT_KILL_AT_WRITE"
+WRITE_LOG_ENV = "CONDFACE_FAULT_WRITE_LOG"
+WRITE_PREFIXES = ("create_", "log_", "set_", "update_", "finalize_", "delete_", "restore_", "rename_",
+                  "transition_", "copy_")
+
+
+class WriteCounter:
+    """The driver's MLflow writes, counted (process-wide: every Tracker's client); the kill of KILL_AT_WRITE_ENV."""
+
+    def __init__(self, spec: str | None = None, log: str | None = None):
+        self.total = 0  # writes since the process started
+        self.since = 0  # writes since the last `reached(point)`
+        self.point = "setup"
+        self.log = log
+        self.at, self.within, self.after_write = parse_kill_spec(spec) if spec else (None, None, False)
+
+    def reached(self, point: str) -> None:
+        self.point, self.since = point, 0
+
+    def write(self, method: str) -> None:
+        """Before the write `method`."""
+        self.total += 1
+        self.since += 1
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{self.total}\t{method}\t{self.point}\n")
+        if not self.after_write:
+            self._maybe_kill(method, "before")
+
+    def wrote(self, method: str) -> None:
+        """After the write `method` returned."""
+        if self.after_write:
+            self._maybe_kill(method, "after")
+
+    def _maybe_kill(self, method: str, when: str) -> None:
+        if self.at is None:
+            return
+        count = self.total if self.within is None else (self.since if self.point == self.within else 0)
+        if count == self.at:
+            print(f"[fault] SIGKILL {when} MLflow write {self.total} ({method}; write {self.since} of "
+                  f"{self.point}) ({KILL_AT_WRITE_ENV})", flush=True)
+            kill_process_tree()
+
+
+def parse_kill_spec(spec: str) -> tuple[int, str | None, bool]:
+    """`[+]k[@point]` or `random:seed:n` -> (k, point or None, after the write?)."""
+    if spec.startswith("random:"):
+        _, seed, n = spec.split(":")
+        return random.Random(int(seed)).randint(1, int(n)), None, False
+    after = spec.startswith("+")
+    k, _, point = spec.lstrip("+").partition("@")
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"{KILL_AT_WRITE_ENV}={spec!r}: expected [+]<k>[@<point>] or random:<seed>:<n> (k >= 1)")
+    return int(k), point or None, after
+
+
+def kill_process_tree() -> None:
+    """SIGKILL every process this one started (its local Ray runtime), then itself: a machine that dies."""
+    import psutil
+
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_counter: WriteCounter | None = None
+
+
+def write_counter() -> WriteCounter | None:
+    """The process's counter when a write fault or log is asked for, else None."""
+    global _counter
+    if _counter is None and (os.environ.get(KILL_AT_WRITE_ENV) or os.environ.get(WRITE_LOG_ENV)):
+        _counter = WriteCounter(os.environ.get(KILL_AT_WRITE_ENV), os.environ.get(WRITE_LOG_ENV))
+    return _counter
+
+
+class CountedWrites:
+    """An MLflow client whose write calls go through the counter first (the crash-point harness's choke point)."""
+
+    def __init__(self, client: Any, counter: WriteCounter):
+        self._client, self._counter = client, counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not name.startswith(WRITE_PREFIXES) or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self._counter.write(name)
+            result = attr(*args, **kwargs)
+            self._counter.wrote(name)
+            return result
+
+        return call
+
+
+def count_writes(client: Any) -> Any:
+    """`client` itself, or (with a write fault or log in the environment) the same client with its writes counted."""
+    counter = write_counter()
+    return client if counter is None else CountedWrites(client, counter)
 
 
 def reached(point: str) -> None:
+    counter = write_counter()
+    if counter is not None:
+        counter.reached(point)
     if os.environ.get(PAUSE_ENV) == point:
         print(f"[reached] {point}: paused ({PAUSE_ENV})", flush=True)
         while True:

@@ -87,7 +87,7 @@ def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str
                          {"family": cfg.model, "preset": cfg.preset, "config": label}, sampling=sampling,
                          data_root=sweep.data_root)
     reached(f"{cfg.model}/final:registered")
-    tracker.log_metrics(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
+    tracker.log_once(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
     return {"run_id": run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
             "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
             "unavailable": scored.unavailable, "counts": scored.counts, "history": trial_history(result),
@@ -128,8 +128,8 @@ def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags:
     """Log the save_pretrained folder as an MLflow model of the run (`models.mlflow_model.save_model`: a pyfunc,
     or the diffusers flavor where it fits; `sampling` gives its default params, `data_root` the level
     frequencies "any" draws from) and register it as a model version with the alias `champion` -- once: a run
-    that already has a version of `name` keeps it (a resumed sweep logs and registers nothing new, and sets the
-    alias only if it is missing)."""
+    that already has a version of `name` keeps it (a resumed sweep logs and registers nothing new, and moves the
+    alias onto it if a kill came before)."""
     from mlflow.exceptions import MlflowException
 
     from models.mlflow_model import choose_flavor, level_frequencies, save_model
@@ -146,11 +146,6 @@ def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags:
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = max(existing, key=lambda v: int(v.version))
-        aliased = True
-        try:
-            client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        except MlflowException:
-            aliased = False
     else:
         flavor, why = choose_flavor(pipeline_dir)
         sampling = {"guidance_scale": 3.0, "sampler": "ddpm", "num_inference_steps": 0, **(sampling or {})}
@@ -164,12 +159,22 @@ def register(tracker: Tracker, run_id: str, pipeline_dir: Path, name: str, tags:
         version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id,
                                               description=f"{tags.get('family', '')} {tags.get('config', '')} "
                                                           f"({flavor})".strip())
-        aliased = False
-    if not aliased:
+    # on this sweep's version, also when a killed driver registered it but never moved the alias from an older one
+    if _champion(client, name) != str(version.version):
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     uri = f"models:/{name}/{version.version}"
     tracker.set_tags(run_id, {f"{TAG_PREFIX}registered_model": uri})
     return uri
+
+
+def _champion(client, name: str) -> str | None:
+    """The version the alias `champion` is on, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None
 
 
 def _log_samples(tracker: Tracker, run_id: str, scored: Scored, path: Path) -> None:

@@ -68,7 +68,8 @@ def compute_references(cfg: SweepConfig, data_root: str, eval_config: Any, resou
 
 
 def _cached_rows(sweep, key: str, name: str, params: dict[str, Any], tags: dict[str, str], compute) -> dict:
-    """A reference run keyed by everything its rows depend on: reused when an identical one FINISHED before."""
+    """A reference run keyed by everything its rows depend on: reused when an identical one FINISHED before. The
+    rows returned are the run's (MLflow's) values, also when a rerun computed them again."""
     tracker = sweep.tracker
     existing = tracker.find_run(key)
     if existing is not None and tracker.status(existing) == "FINISHED":
@@ -81,9 +82,11 @@ def _cached_rows(sweep, key: str, name: str, params: dict[str, Any], tags: dict[
         return rows
     with nested_run(tracker, key, name, sweep.parent, {**tags, f"{TAG_PREFIX}phase": "reference"}, params) as run_id:
         tracker.set_tags(sweep.parent, {f"{TAG_PREFIX}reference_run.{tags[f'{TAG_PREFIX}family']}": run_id})
-        rows, unavailable, shown = compute()
-        for row, values in rows.items():
-            tracker.log_metrics(run_id, {f"{row}.{k}": v for k, v in values.items()})
+        computed, unavailable, shown = compute()
+        rows = {}
+        for row, values in computed.items():  # each value once (a rerun keeps what a killed driver logged)
+            logged = tracker.log_once(run_id, {f"{row}.{k}": v for k, v in values.items()})
+            rows[row] = {k.partition(".")[2]: v for k, v in logged.items()}
         tracker.log_unavailable(run_id, unavailable)
         _log_shown(tracker, run_id, shown)
     return rows

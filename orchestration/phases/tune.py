@@ -48,7 +48,7 @@ def run_phase(
         # first trial would otherwise be restored with an empty config.
         tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True,
                               param_space=param_space)
-        return tuner.fit()
+        return callback.settle(tuner.fit())
 
     cfg = ctx.sweep
     search_alg = None
@@ -75,7 +75,7 @@ def run_phase(
             verbose=0,  # the MLflow callback prints one line per trial epoch instead
         ),
     )
-    return tuner.fit()
+    return callback.settle(tuner.fit())
 
 
 def make_callback(ctx: TrialContext, tracking_uri: str, parent_run_id: str, tags: dict[str, str], metric: str,

@@ -159,6 +159,22 @@ class MlflowTrialCallback(Callback):
         run_id = self._run(trial)
         self.tracker.finish(run_id, ok=False, reason=error_line(trial))
 
+    def settle(self, results):
+        """After the phase: every trial's run closed as its result says (FINISHED, or FAILED with the reason),
+        also where a killed driver never closed it (Tune restored the trial as finished). Returns `results`."""
+        for result in results:
+            trial_id = (result.metrics or {}).get("trial_id")
+            run_id = self.tracker.find_run(f"{self.parent}/{self.phase}/{trial_id}") if trial_id else None
+            if run_id is None or self.tracker.status(run_id) != "RUNNING":
+                continue
+            last = result.metrics or {}
+            if last.get("diverged"):
+                reason = f"diverged: {last.get('diverged_reason') or 'the training loss became NaN or inf'}"
+            else:
+                reason = str(result.error).strip().splitlines()[-1][:300] if result.error else None
+            self.tracker.finish(run_id, ok=reason is None, reason=reason)
+        return results
+
     def _log_checkpoint(self, run_id: str, path: Path, artifact_path: str) -> None:
         """Log what sampling uses -- the EMA weights (else the trained weights) and the small training state --
         not the optimizer: a study-large engine checkpoint is ~4.6 GB, its EMA weights 1.1 GB. The full
