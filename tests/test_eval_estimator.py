@@ -187,6 +187,7 @@ def test_auto_follows_the_estimators_own_cpu_defaults_not_the_engines(monkeypatc
         options = trainer.speed_options(config, torch.device("cpu"))
         assert options["precision"] == ("bf16" if estimator_flag and native else "fp32")
         assert options["channels_last"] is estimator_flag
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # a GPU with native bf16
     assert trainer.speed_options(config.replace(mixed_precision="no"), torch.device("cuda"))["precision"] == "fp32"
     assert trainer.speed_options(config, torch.device("cuda")) == {"precision": "bf16", "channels_last": True,
                                                                    "compile": False}

@@ -21,6 +21,7 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
 
 
 def test_auto_picks_bf16_on_the_cpu_only_where_supported_and_enabled(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # a GPU with native bf16
     assert use_bf16("bf16", "cpu", "train") and not use_bf16("no", "cpu", "train") and use_bf16("auto", "cuda", "train")
     for enabled in (False, True):
         for supported in (False, True):

@@ -24,7 +24,7 @@ def test_worker_resources_for_the_data_parallel_final_run(data):
     two_nodes = plan_resources(cfg, nodes=({"cpu": 1.0, "gpu": 0.0}, {"cpu": 1.0, "gpu": 0.0}))
     assert final_worker_resources(cfg, two_nodes) == {"CPU": 1.0}  # one worker on each node
     gpus = plan_resources(cfg, nodes=({"cpu": 8.0, "gpu": 1.0}, {"cpu": 8.0, "gpu": 1.0}))
-    assert final_worker_resources(cfg, gpus) == {"CPU": 1.0, "GPU": 1.0}
+    assert final_worker_resources(cfg, gpus) == {"CPU": 8.0, "GPU": 1.0}  # a GPU and its node's CPUs (the loader)
     with pytest.raises(SweepError, match="do not fit"):
         final_worker_resources(dataclasses.replace(cfg, final_workers=4), cpu)
     with pytest.raises(SweepError, match="needs 4 GPUs"):

@@ -97,9 +97,11 @@ def test_report_equals_the_mlflow_record(sweep, tmp_path):
     by = {}
     for r in runs:
         by.setdefault((r.data.tags["condface.phase"], r.data.tags["condface.family"]), []).append(r)
-    finals = {f: by[("final", f)][0] for f in ("ddpm", "sd-lora")}
-    refs = {"untrained DDPM": (by[("reference", "ddpm")][0], "untrained"),
-            "SD base (no LoRA)": (by[("reference", "sd-lora")][0], "untrained"),
+    from data.catalogue import FAMILY_INFO
+
+    families = tuple(FAMILY_INFO)  # the joint sweep runs every family
+    finals = {f: by[("final", f)][0] for f in families}
+    refs = {**{FAMILY_INFO[f].untrained: (by[("reference", f)][0], "untrained") for f in families},
             "ground truth": (by[("reference", "real")][0], "ground_truth"),
             "real held-out (this project)": (by[("reference", "real")][0], "real_held_out")}
     checked = 0

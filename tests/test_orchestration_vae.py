@@ -5,17 +5,37 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_orchestration_phases import _run_until
-from tests.test_orchestration_sweep import artifact_paths, children, client_for
+from tests.test_orchestration_sweep import _kill_tree, artifact_paths, children, client_for
 
 pytestmark = pytest.mark.slow  # a sweep
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_until(args: list[str], env: dict, log: Path, pause_at: str | None, timeout: float = 900) -> str:
+    """Run the sweep; with `pause_at`, kill it (driver + Ray, as a dying machine) once it pauses there."""
+    env = {**env, "CONDFACE_PAUSE_AT": pause_at or ""}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if pause_at and f"[reached] {pause_at}: paused" in log.read_text():
+                _kill_tree(proc)
+                return log.read_text()
+        if proc.poll() is None:
+            _kill_tree(proc)
+            raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert proc.returncode == 0 and not pause_at, f"rc {proc.returncode}, expected a pause at {pause_at}:\n{text[-4000:]}"
+    return text
 
 
 def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(tmp_path, data, home):

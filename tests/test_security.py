@@ -37,8 +37,12 @@ def mode(path: Path) -> int:
 
 @pytest.fixture
 def clean_env(monkeypatch):
+    """No MLflow credentials in the environment, and none left behind: the code under test sets them in os.environ,
+    and a later test's subprocess (a cluster sweep) would log in with them. setenv first makes monkeypatch record
+    each variable, so its teardown restores the variable's absence too."""
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "CONDFACE_MLFLOW_CREDENTIALS"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 # --------------------------------------------------------------------------------------------------

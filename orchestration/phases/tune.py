@@ -48,7 +48,7 @@ def run_phase(
         # first trial would otherwise be restored with an empty config.
         tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True,
                               param_space=param_space)
-        return callback.settle(tuner.fit())
+        return _settled(callback, tuner.fit())
 
     cfg = ctx.sweep
     search_alg = None
@@ -75,7 +75,7 @@ def run_phase(
             verbose=0,  # the MLflow callback prints one line per trial epoch instead
         ),
     )
-    return callback.settle(tuner.fit())
+    return _settled(callback, tuner.fit())
 
 
 def make_callback(ctx: TrialContext, tracking_uri: str, parent_run_id: str, tags: dict[str, str], metric: str,
@@ -93,3 +93,8 @@ def trial_history(result: tune.Result) -> list[dict[str, Any]]:
     """A trial's reports, one row per epoch, with their plain values (what the summary and sweep.json keep)."""
     rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
     return [{k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "unavailable"} for row in rows]
+
+
+def _settled(callback, results):
+    """The ResultGrid, once the callback (if any) closed each trial's run."""
+    return callback.settle(results) if callback is not None else results
