@@ -136,11 +136,7 @@ class DDPMFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         x0 = batch["image"]
-        if tuple(x0.shape[-2:]) != (self.config.image_size,) * 2:
-            raise ConfigError(
-                f"the data has {tuple(x0.shape[-2:])} images but ddpm preset {self.config.preset!r} is "
-                f"{self.config.image_size}px; use data of that size or set image_size"
-            )
+        self.check_image_size(x0, self.config.image_size, f"ddpm preset {self.config.preset!r}")
         cond = batch["cond"].to(torch.float32).masked_fill(uncond.view(-1, 1), 0.0)
         device = self.device
         return x0.to(device, non_blocking=True), {"cond": cond.to(device, non_blocking=True)}

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 
+from models.errors import ConfigError
+
 
 class DiffusionFamily(abc.ABC):
     """Base class of every model family the engine trains.
@@ -68,6 +70,13 @@ class DiffusionFamily(abc.ABC):
         """Write what is needed to sample later (a full pipeline, or adapter weights for a known base)."""
 
     # --- shared defaults ----------------------------------------------------------------------
+    @staticmethod
+    def check_image_size(images: torch.Tensor, size: int, what: str) -> None:
+        """One-line ConfigError when a batch's images are not `size` px square (`what`: the model they are for)."""
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ConfigError(f"the data has {tuple(images.shape[-2:])} images but {what} is set up for {size}px; "
+                              f"use data of that size (e.g. --data toy at {size}px)")
+
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Name -> parameter for everything that trains (checkpointed, EMA-tracked, optimised)."""
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}

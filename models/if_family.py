@@ -33,7 +33,6 @@ import torch
 from diffusers import DDPMScheduler, IFPipeline
 
 from data.io import atomic_dir
-from models.errors import ConfigError
 from models.family import DiffusionFamily
 from models.schedulers import make_scheduler
 from models.sd_family import training_scheduler as sd_training_scheduler
@@ -131,11 +130,7 @@ class IFFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch["image"]
-        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
-            raise ConfigError(
-                f"the data has {tuple(images.shape[-2:])} images but this IF base is set up for {self.image_size}px; "
-                f"use data of that size (e.g. --data toy at {self.image_size}px)"
-            )
+        self.check_image_size(images, self.image_size, "this IF base")
         captions = dropped_captions(batch["caption"], uncond)
         return images.to(self.device), {"encoder_hidden_states": self.encode_captions(captions)}
 

@@ -204,11 +204,7 @@ class PixelTextFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         x0 = batch["image"]
-        if tuple(x0.shape[-2:]) != (self.config.image_size,) * 2:
-            raise ConfigError(
-                f"the data has {tuple(x0.shape[-2:])} images but pixel-text preset {self.config.preset!r} is "
-                f"{self.config.image_size}px; use data of that size or set image_size"
-            )
+        self.check_image_size(x0, self.config.image_size, f"pixel-text preset {self.config.preset!r}")
         embeddings = caption_embeddings(self.tokenizer, self.text_encoder, dropped_captions(batch["caption"], uncond))
         return x0.to(self.device, non_blocking=True), {"encoder_hidden_states": embeddings.to(self.device)}
 

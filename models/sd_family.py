@@ -113,11 +113,7 @@ class StableDiffusionFamily(DiffusionFamily):
         self, batch: dict[str, Any], uncond: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch["image"]
-        if tuple(images.shape[-2:]) != (self.image_size,) * 2:
-            raise ConfigError(
-                f"the data has {tuple(images.shape[-2:])} images but this sd-lora base is set up for "
-                f"{self.image_size}px; use data of that size (e.g. --data toy at {self.image_size}px)"
-            )
+        self.check_image_size(images, self.image_size, "this sd-lora base")
         captions = dropped_captions(batch["caption"], uncond)
         return self.encode_images(images, generator), {"encoder_hidden_states": self.encode_captions(captions)}
 

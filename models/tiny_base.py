@@ -317,26 +317,31 @@ def ensure_built(path: Path, config: Any, build: Callable[[Any, Any, Path], Path
             build(config, dataset, path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_cli(argv: list[str] | None, *, prog: str, what: str, presets: dict[str, Any], ensure: Callable,
+              cache: str, pipeline: str) -> None:
+    """`python -m models.tiny_base` and its siblings: build, pretrain and cache a tiny base of `presets`."""
     import argparse
     import sys
 
     from data.errors import DataError
 
     parser = argparse.ArgumentParser(
-        prog="python -m models.tiny_base",
-        description="Build, pretrain and cache the tiny offline Stable Diffusion base (reused when already cached).",
-    )
-    parser.add_argument("--preset", default="cpu-16", choices=sorted(PRESETS), help="tiny base preset (default cpu-16)")
+        prog=prog, description=f"Build, pretrain and cache the tiny offline {what} base (reused when already cached).")
+    parser.add_argument("--preset", default="cpu-16", choices=sorted(presets), help="tiny base preset (default cpu-16)")
     parser.add_argument("--out", default=None,
-                        help="folder to write the pipeline to (default: the cache, $CONDFACE_HOME/sd-base/...)")
+                        help=f"folder to write the pipeline to (default: the cache, $CONDFACE_HOME/{cache}/...)")
     args = parser.parse_args(argv)
     try:
-        path, description = ensure_tiny_base(PRESETS[args.preset], root=args.out)
+        path, description = ensure(presets[args.preset], root=args.out)
     except (DataError, ValueError, OSError) as err:
         sys.exit(f"error: {err}")
     print(description)
-    print(f"use it: StableDiffusionPipeline.from_pretrained({str(path)!r}) or --pretrained {path}")
+    print(f"use it: {pipeline}.from_pretrained({str(path)!r}) or --pretrained {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_cli(argv, prog="python -m models.tiny_base", what="Stable Diffusion", presets=PRESETS,
+              ensure=ensure_tiny_base, cache="sd-base", pipeline="StableDiffusionPipeline")
 
 
 if __name__ == "__main__":

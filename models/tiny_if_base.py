@@ -42,7 +42,14 @@ import torch
 from data.catalogue import condface_home
 from data.io import atomic_dir
 from models.if_family import IFFamily
-from models.tiny_base import BASE_INFO_FILE, dataset_labels, ensure_built, pretrain_text_encoder, pretrain_unet
+from models.tiny_base import (
+    BASE_INFO_FILE,
+    build_cli,
+    dataset_labels,
+    ensure_built,
+    pretrain_text_encoder,
+    pretrain_unet,
+)
 
 
 @dataclass(frozen=True)
@@ -183,25 +190,8 @@ def ensure_tiny_if_base(config: TinyIFBaseConfig, root: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import sys
-
-    from data.errors import DataError
-
-    parser = argparse.ArgumentParser(
-        prog="python -m models.tiny_if_base",
-        description="Build, pretrain and cache the tiny offline DeepFloyd IF stage I base (reused when cached).",
-    )
-    parser.add_argument("--preset", default="cpu-16", choices=sorted(PRESETS), help="tiny base preset (default cpu-16)")
-    parser.add_argument("--out", default=None,
-                        help="folder to write the pipeline to (default: the cache, $CONDFACE_HOME/if-base/...)")
-    args = parser.parse_args(argv)
-    try:
-        path, description = ensure_tiny_if_base(PRESETS[args.preset], root=args.out)
-    except (DataError, ValueError, OSError) as err:
-        sys.exit(f"error: {err}")
-    print(description)
-    print(f"use it: IFPipeline.from_pretrained({str(path)!r}) or --pretrained {path}")
+    build_cli(argv, prog="python -m models.tiny_if_base", what="DeepFloyd IF stage I", presets=PRESETS,
+              ensure=ensure_tiny_if_base, cache="if-base", pipeline="IFPipeline")
 
 
 if __name__ == "__main__":
