@@ -45,6 +45,12 @@ from models.sd_family import StableDiffusionFamily
 BASE_INFO_FILE = "condface_base.json"
 
 
+def content_key(config: Any) -> str:
+    """`name-<short hash of every setting>` of a tiny base's config: a changed setting gets its own cache folder."""
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True).encode()
+    return f"{config.name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
 @dataclass(frozen=True)
 class TinyBaseConfig:
     """Architecture and pretraining budget of the tiny offline base."""
@@ -75,9 +81,7 @@ class TinyBaseConfig:
     seed: int = 0
 
     def key(self) -> str:
-        """A short content hash: a changed setting gets its own cache folder."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        return content_key(self)
 
 
 PRESETS: dict[str, TinyBaseConfig] = {

@@ -29,7 +29,6 @@ adapters learn about the condition shows above the base's reference row. Cached 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -45,6 +44,7 @@ from models.if_family import IFFamily
 from models.tiny_base import (
     BASE_INFO_FILE,
     build_cli,
+    content_key,
     dataset_labels,
     ensure_built,
     pretrain_text_encoder,
@@ -78,9 +78,7 @@ class TinyIFBaseConfig:
     seed: int = 0
 
     def key(self) -> str:
-        """A short content hash: a changed setting gets its own cache folder."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        return content_key(self)
 
 
 PRESETS: dict[str, TinyIFBaseConfig] = {
