@@ -22,9 +22,10 @@ demo: setup
 	$(PY) -m orchestration.sweep --model ddpm
 
 # the whole suite (what CI runs, via .ci/run), on two workers: tests/conftest.py groups what must share one
+# (the 15 slowest tests are listed at the end: where the 10-minute budget goes)
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 # the edit loop, under 3 minutes: no sweep, Ray, worker process, cluster or browser (the tests marked slow)
 test-fast: setup

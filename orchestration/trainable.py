@@ -204,14 +204,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         result = ctx.pool.score(images, conditions.levels, conditions.captions, real) if ctx.pool else None
         samples_png(images, stage / "samples.png")
         shutil.copytree(report.checkpoint, stage / "engine", copy_function=_link_or_copy)
-        metrics: dict[str, Any] = {**report.metrics(), "epoch": epoch, "sample_seconds": sampled,
-                                   "eval_seconds": time.perf_counter() - started}
-        # (global optimizer step, mean loss of its loss_every window): the driver logs them as train_loss_step
-        metrics[STEP_LOSSES] = [[int(s), float(v)] for s, v in report.step_losses]
-        if result is not None:
-            metrics.update(result.values)
-            metrics.update(result.counts)  # sample counts, e.g. fd_estimator_n: recorded with every value
-            metrics["unavailable"] = dict(result.unavailable)
+        metrics = _epoch_metrics(report, result, epoch, sampled, time.perf_counter() - started)
         describe = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
                     for k, v in family.describe().items()}
         (stage / "report.json").write_text(json.dumps({"epoch": epoch, "trial_id": trial_id, "phase": ctx.phase,
@@ -234,6 +227,19 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         report_to({"diverged": 1.0, "diverged_reason": str(err), cfg_metric(ctx): float("nan")}, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _epoch_metrics(report, result, epoch: int, sampled: float, evaluated: float) -> dict[str, Any]:
+    """What one epoch reports: the engine's losses, the timings and the evaluation actors' scores."""
+    metrics: dict[str, Any] = {**report.metrics(), "epoch": epoch, "sample_seconds": sampled,
+                               "eval_seconds": evaluated}
+    # (global optimizer step, mean loss of its loss_every window): the driver logs them as train_loss_step
+    metrics[STEP_LOSSES] = [[int(s), float(v)] for s, v in report.step_losses]
+    if result is not None:
+        metrics.update(result.values)
+        metrics.update(result.counts)  # sample counts, e.g. fd_estimator_n: recorded with every value
+        metrics["unavailable"] = dict(result.unavailable)
+    return metrics
 
 
 def cfg_metric(ctx: TrialContext) -> str:
