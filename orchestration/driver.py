@@ -242,8 +242,11 @@ def _open_parent(cfg: SweepConfig, state: SweepState, data_root: str, estimator,
 
     tracker = Tracker(state.tracking_uri, cfg.experiment_name)
     tags = {f"{TAG_PREFIX}family": cfg.model, f"{TAG_PREFIX}preset": cfg.preset, f"{TAG_PREFIX}data": cfg.data}
-    for extra in family_tags.values():
-        tags.update({k: v for k, v in extra.items() if k == f"{TAG_PREFIX}base"})
+    bases = {f: extra[f"{TAG_PREFIX}base"] for f, extra in family_tags.items() if f"{TAG_PREFIX}base" in extra}
+    if len(cfg.families) == 1:
+        tags.update({f"{TAG_PREFIX}base": base for base in bases.values()})
+    else:  # a joint sweep's parent names each family's base
+        tags.update({f"{TAG_PREFIX}base.{f}": base for f, base in bases.items()})
     parent = tracker.open_run(f"sweep/{state.root.name}", state.root.name,
                               tags={**tags, f"{TAG_PREFIX}phase": "sweep", f"{TAG_PREFIX}storage": str(state.root)},
                               params=cfg.params())

@@ -209,6 +209,10 @@ def test_in_the_joint_smoke_sweep_it_trains_selects_retrains_sweeps_guidance_reg
     fam = out["families"]["if-lora"]
     parent = client.get_run(out["parent_run_id"])
     assert parent.data.tags["condface.best_config.if-lora"] == fam["grid"]["best_label"]
+    # the joint parent names each family's base (not only the last family's)
+    assert parent.data.tags["condface.base.if-lora"].startswith("tiny offline IF base 'test'")
+    assert parent.data.tags["condface.base.sd-lora"].startswith("tiny offline SD base 'test'")
+    assert "condface.base" not in parent.data.tags and "condface.base.ddpm" not in parent.data.tags
     (final,) = by_phase["final"]
     assert final.info.run_id == fam["final"]["run_id"] and "final_est_acc" in final.data.metrics
     assert [r["guidance_scale"] for r in fam["cfg"]["rows"]] == list(cfg.cfg_scales)
