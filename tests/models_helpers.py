@@ -1,11 +1,14 @@
-"""Shared tiny fixtures for the models tests: a micro DDPM config and an in-memory face-item dataset."""
+"""Shared tiny fixtures for the models tests: a micro DDPM config, an in-memory face-item dataset, captioned faces."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.dataset import to_model_range
 from data.schema import levels_to_cond
+from data.synthetic import draw_faces, sample_levels
 from models.ddpm import DDPMConfig, DDPMFamily, ddpm_config
 
 MICRO = ddpm_config("cpu-16", block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=32)
@@ -34,3 +37,17 @@ def micro_family(seed: int = 0, config: DDPMConfig = MICRO) -> DDPMFamily:
 
 def flat_params(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+FACE_SIZE = 16  # the captioned families' tests (sd-lora, if-lora) train at this size
+
+
+def captioned_faces(n: int, seed: int = 0) -> list[dict]:
+    """`n` synthetic face items with their levels, condition vector and caption, at FACE_SIZE."""
+    levels = sample_levels(n, np.random.default_rng(seed), "uniform")
+    images, captions = draw_faces(levels, FACE_SIZE, seed)
+    return [
+        {"image": to_model_range(images[i]), "levels": torch.from_numpy(levels[i]),
+         "cond": torch.from_numpy(levels_to_cond(levels[i])), "caption": captions[i]}
+        for i in range(n)
+    ]

@@ -25,12 +25,12 @@ from models.if_lora import IF_LORA_TARGETS, IFLoRAFamily, load_base, load_pipeli
 from models.sampling import generate
 from models.tiny_if_base import PRESETS as TINY
 from models.tiny_if_base import ensure_tiny_if_base
-from tests.test_sd_lora import SIZE, faces
+from tests.models_helpers import FACE_SIZE, captioned_faces
 
 
 @pytest.fixture(scope="module")
 def items() -> list[dict]:
-    return faces(32)
+    return captioned_faces(32)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def base(tmp_path_factory, items) -> str:
 
 
 def family(base: str, **overrides) -> IFLoRAFamily:
-    config = family_config("if-lora", "test", pretrained=base, image_size=SIZE, **overrides)
+    config = family_config("if-lora", "test", pretrained=base, image_size=FACE_SIZE, **overrides)
     return build_family("if-lora", config, seed=0, verbose=False)
 
 
@@ -97,7 +97,7 @@ def test_a_training_step_changes_only_lora_weights(base, items):
 
 def test_training_regresses_epsilon_only_and_samplers_use_a_fixed_variance(base, items):
     fam = family(base)
-    x = torch.randn(2, 3, SIZE, SIZE)
+    x = torch.randn(2, 3, FACE_SIZE, FACE_SIZE)
     cond = {"encoder_hidden_states": fam.encode_captions(["a", ""])}
     t = torch.tensor([10, 900])
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_training_regresses_epsilon_only_and_samplers_use_a_fixed_variance(base,
     captions = [item["caption"] for item in items[:2]]
     for sampler in ("ddpm", "ddim", "dpm++"):
         images = generate(fam, None, captions, 3.0, 3, seed=0, scheduler=sampler)
-        assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
+        assert images.shape == (2, FACE_SIZE, FACE_SIZE, 3) and images.dtype == np.uint8
 
 
 def test_t5_embeddings_are_computed_once_per_distinct_caption_and_match_the_pipeline(base, items):
@@ -171,7 +171,7 @@ def test_an_if_lora_is_an_mlflow_model_that_models_generate_draws_from(base, ite
                    str(tmp_path / "faces.png")])
     from PIL import Image
 
-    assert Image.open(tmp_path / "faces.png").size[0] >= 2 * SIZE
+    assert Image.open(tmp_path / "faces.png").size[0] >= 2 * FACE_SIZE
 
 
 def test_bad_settings_are_one_line_errors(base):

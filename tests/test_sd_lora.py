@@ -15,9 +15,6 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.training_utils import compute_snr
 
-from data.dataset import to_model_range
-from data.schema import levels_to_cond
-from data.synthetic import draw_faces, sample_levels
 from models.engine import TrainConfig, fit
 from models.errors import ConfigError
 from models.families import build_family, family_config
@@ -33,23 +30,12 @@ from models.sd_lora import (
 )
 from models.tiny_base import PRESETS as TINY
 from models.tiny_base import ensure_tiny_base
-
-SIZE = 16
-
-
-def faces(n: int, seed: int = 0) -> list[dict]:
-    levels = sample_levels(n, np.random.default_rng(seed), "uniform")
-    images, captions = draw_faces(levels, SIZE, seed)
-    return [
-        {"image": to_model_range(images[i]), "levels": torch.from_numpy(levels[i]),
-         "cond": torch.from_numpy(levels_to_cond(levels[i])), "caption": captions[i]}
-        for i in range(n)
-    ]
+from tests.models_helpers import FACE_SIZE, captioned_faces
 
 
 @pytest.fixture(scope="module")
 def data() -> list[dict]:
-    return faces(32)
+    return captioned_faces(32)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,7 @@ def base(tmp_path_factory, data) -> str:
 
 
 def family(base: str, **overrides) -> SDLoRAFamily:
-    config = family_config("sd-lora", "test", pretrained=base, image_size=SIZE, **overrides)
+    config = family_config("sd-lora", "test", pretrained=base, image_size=FACE_SIZE, **overrides)
     return build_family("sd-lora", config, seed=0)
 
 
@@ -108,7 +94,7 @@ def test_lora_save_then_load_onto_a_fresh_base_reproduces_samples(base, data, tm
     captions = [item["caption"] for item in data[:3]]
     kwargs = dict(levels=None, captions=captions, guidance_scale=3.0, num_inference_steps=4, seed=7, scheduler="ddim")
     trained = generate(fam, **kwargs)
-    assert trained.dtype == np.uint8 and trained.shape == (3, SIZE, SIZE, 3)
+    assert trained.dtype == np.uint8 and trained.shape == (3, FACE_SIZE, FACE_SIZE, 3)
 
     fam.save_pretrained(tmp_path / "lora")
     files = sorted(p.name for p in (tmp_path / "lora").iterdir())
@@ -133,7 +119,7 @@ def test_any_diffusers_sampler_gives_images_of_the_right_shape(base):
     fam = family(base)
     for sampler in ("ddpm", "ddim", "dpm++"):
         images = generate(fam, None, ["a child", ""], 2.0, 3, seed=0, scheduler=sampler)
-        assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
+        assert images.shape == (2, FACE_SIZE, FACE_SIZE, 3) and images.dtype == np.uint8
 
 
 def test_prediction_type_comes_from_the_base_scheduler_and_min_snr_uses_the_v_formula(base, data, tmp_path):
