@@ -39,6 +39,7 @@ def _run_until(args: list[str], env: dict, log: Path, pause_at: str | None, time
 
 
 def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(tmp_path, data, home):
+    from orchestration.report.protocol import CHOICE, protocol_rows
     from orchestration.report.record import Record
     from orchestration.report.vae_figure import vae_figure
 
@@ -74,5 +75,10 @@ def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(
                  and r.data.tags["condface.family"] == "sd-lora"]
     assert reference and "tuned" in reference[0].data.params["ref.model_config"]
 
-    figure = vae_figure(Record.load(uri, "condface-sd-lora-smoke", state["parent_run_id"]))
+    record = Record.load(uri, "condface-sd-lora-smoke", state["parent_run_id"])
+    figure = vae_figure(record)
     assert figure is not None and figure.key == "3.1" and figure.panels[0].png.startswith(b"\x89PNG")
+    # the protocol table names the tuning this sweep ran, as this project's choice beside the study's proposal
+    rows = {name: (ours, theirs) for name, ours, theirs in protocol_rows(record)}
+    ours, theirs = rows["VAE tuned at the data's resolution (sd-lora)"]
+    assert ours.startswith("preset test: 6 steps x batch 8, lr 0.001") and CHOICE in theirs and "§5" in theirs
