@@ -270,3 +270,18 @@ def test_a_real_layout_sentencepiece_tokenizer_loads_with_the_real_loading_code(
     assert ids == [row + [1] for row in expected]  # T5 appends </s>
     embeds = pipe.encode_prompt(captions[:2], do_classifier_free_guidance=False, clean_caption=False)[0]
     assert embeds.shape[:2] == (2, 77)
+
+
+def test_offline_base_is_the_cached_tiny_base_a_config_falls_back_to_and_none_for_real_weights(base, items):
+    from models.families import family_spec
+    from models.tiny_base import BASE_INFO_FILE
+
+    built, _ = ensure_tiny_if_base(TINY["test"], dataset=items)  # into this session's $CONDFACE_HOME cache
+    spec = family_spec("if-lora")
+    assert spec.offline_base(family_config("if-lora", "test")) == built  # the cached base, not rebuilt
+    assert (built / BASE_INFO_FILE).is_file()
+    assert spec.offline_base(family_config("if-lora", "test", pretrained=base)) is None
+    assert spec.offline_base(family_config("if-lora", "study")) is None  # a hub id: nothing built, nothing loaded
+    for model in ("sd-lora", "pixel-text"):
+        assert family_spec(model).offline_base(family_config(model, "study")) is None
+    assert family_spec("ddpm").offline_base is None  # trained from scratch: no base
