@@ -33,6 +33,9 @@ class FamilySpec:
     # them; None: it builds on nothing pretrained. Printed by the sweep and tagged condface.base on every run.
     base: Callable[[Any], str] | None = None
     real_base_hint: str | None = None  # how to use the real base, said when a config falls back to a tiny stand-in
+    # config -> the folder of the tiny offline base it falls back to, built and cached first if needed; None when it
+    # names real weights. The sweep calls it once, with the node's CPUs, before any trial needs the base.
+    offline_base: Callable[[Any], Path | None] | None = None
 
 
 def _ddpm() -> FamilySpec:
@@ -45,9 +48,10 @@ def _ddpm() -> FamilySpec:
 
 def _sd_lora() -> FamilySpec:
     from models.sd_lora import PRESETS, REAL_BASE_HINT, SDLoRAFamily, base_summary, load_pipeline, lora_config
+    from models.tiny_base import offline_sd_base
 
     return FamilySpec(presets=tuple(PRESETS), config=lora_config, build=SDLoRAFamily, load=load_pipeline,
-                      base=base_summary, real_base_hint=REAL_BASE_HINT)
+                      base=base_summary, real_base_hint=REAL_BASE_HINT, offline_base=offline_sd_base)
 
 
 def _pixel_text() -> FamilySpec:
@@ -59,17 +63,19 @@ def _pixel_text() -> FamilySpec:
         pixel_text_config,
         text_encoder_summary,
     )
+    from models.tiny_base import offline_sd_base
 
     return FamilySpec(presets=tuple(PRESETS), config=pixel_text_config, build=PixelTextFamily,
                       load=PixelTextPipeline.from_pretrained, base=text_encoder_summary,
-                      real_base_hint=REAL_TEXT_ENCODER_HINT)
+                      real_base_hint=REAL_TEXT_ENCODER_HINT, offline_base=offline_sd_base)
 
 
 def _if_lora() -> FamilySpec:
     from models.if_lora import PRESETS, REAL_BASE_HINT, IFLoRAFamily, base_summary, if_lora_config, load_pipeline
+    from models.tiny_if_base import offline_if_base
 
     return FamilySpec(presets=tuple(PRESETS), config=if_lora_config, build=IFLoRAFamily, load=load_pipeline,
-                      base=base_summary, real_base_hint=REAL_BASE_HINT)
+                      base=base_summary, real_base_hint=REAL_BASE_HINT, offline_base=offline_if_base)
 
 
 # One entry per family, in data.catalogue.FAMILIES' order (a test checks that both name the same families).

@@ -39,6 +39,26 @@ from models.sd_family import training_scheduler as sd_training_scheduler
 from models.text_condition import dropped_captions
 
 IF_PROMPT_TOKENS = 77  # IFPipeline.encode_prompt pads and truncates every prompt to 77 T5 tokens
+SENTENCEPIECE_MISSING = (
+    "IF's T5 tokenizer (tokenizer/spiece.model, a sentencepiece model) needs the sentencepiece package, which is not "
+    "installed here: `pip install sentencepiece` (a dependency of condface: `pip install -e .` installs it)"
+)
+
+
+def sentencepiece_missing(source: str | Path, err: BaseException | None = None) -> bool:
+    """Whether loading IF's tokenizer from `source` fails (or failed with `err`) for want of sentencepiece.
+
+    The real IF folders hold the T5 tokenizer as tokenizer/spiece.model only; without sentencepiece transformers
+    cannot read it and reports an unrelated tiktoken error. A folder with tokenizer.json (the tiny bases) needs none.
+    """
+    from transformers.utils import is_sentencepiece_available
+
+    if is_sentencepiece_available():
+        return False
+    tokenizer = Path(source).expanduser() / "tokenizer"
+    if (tokenizer / "spiece.model").is_file() and not (tokenizer / "tokenizer.json").is_file():
+        return True
+    return err is not None and any(word in str(err).lower() for word in ("sentencepiece", "tiktoken"))
 
 
 class IFLoRAPipeline(IFPipeline):
@@ -166,4 +186,5 @@ class IFFamily(DiffusionFamily):
         return {**super().describe(), "image_size": self.image_size, "base": self.base_description}
 
 
-__all__ = ["CaptionEmbeddings", "IFFamily", "IFLoRAPipeline", "IF_PROMPT_TOKENS", "if_training_scheduler"]
+__all__ = ["CaptionEmbeddings", "IFFamily", "IFLoRAPipeline", "IF_PROMPT_TOKENS", "SENTENCEPIECE_MISSING",
+           "if_training_scheduler", "sentencepiece_missing"]

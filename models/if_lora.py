@@ -32,7 +32,13 @@ from diffusers import DDPMScheduler, IFPipeline
 
 from data.io import atomic_dir
 from models.errors import ConfigError
-from models.if_family import IFFamily, IFLoRAPipeline, if_training_scheduler
+from models.if_family import (
+    SENTENCEPIECE_MISSING,
+    IFFamily,
+    IFLoRAPipeline,
+    if_training_scheduler,
+    sentencepiece_missing,
+)
 from models.lora import LORA_TARGETS, add_lora, check_lora_settings, lora_state_dict, read_lora_info
 from models.schedulers import make_scheduler
 from models.tiny_base import BASE_INFO_FILE
@@ -105,12 +111,16 @@ def base_summary(config: IFLoRAConfig) -> str:
 
 def load_if_folder(id_or_path: str | Path) -> IFPipeline:
     """`IFPipeline.from_pretrained` offline in fp32, without safety checker or watermarker; one-line error."""
+    if sentencepiece_missing(id_or_path):
+        raise ConfigError(f"cannot load the IF stage I base {str(id_or_path)!r}: {SENTENCEPIECE_MISSING}")
     try:
         pipe = IFPipeline.from_pretrained(
             str(id_or_path), safety_checker=None, feature_extractor=None, watermarker=None,
             requires_safety_checker=False, dtype=torch.float32,
         )
     except (OSError, ValueError) as err:
+        if sentencepiece_missing(id_or_path, err):
+            raise ConfigError(f"cannot load the IF stage I base {str(id_or_path)!r}: {SENTENCEPIECE_MISSING}") from None
         raise ConfigError(
             f"cannot load the IF stage I base {str(id_or_path)!r} offline ({type(err).__name__}); download it first "
             f"(`huggingface-cli download {id_or_path}`) or pass a local IFPipeline folder, or omit --pretrained to "

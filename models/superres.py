@@ -26,13 +26,19 @@ def load_superres(id_or_path: str):
     safety checker and watermarker (research use, as the study's); SuperResUnavailable when it is not there."""
     from diffusers import IFSuperResolutionPipeline
 
+    from models.if_family import SENTENCEPIECE_MISSING, sentencepiece_missing
+
     local = Path(id_or_path).expanduser()
     source = str(local) if local.exists() else id_or_path
+    if sentencepiece_missing(local):
+        raise SuperResUnavailable(f"IF stage II at {local}: {SENTENCEPIECE_MISSING}")
     try:
         pipe = IFSuperResolutionPipeline.from_pretrained(source, safety_checker=None, feature_extractor=None,
                                                          watermarker=None, requires_safety_checker=False,
                                                          local_files_only=True)
     except Exception as err:  # noqa: BLE001 -- absent, partial or foreign folders fail in many ways: each is a reason
+        if sentencepiece_missing(local, err):
+            raise SuperResUnavailable(f"IF stage II {id_or_path!r}: {SENTENCEPIECE_MISSING}") from None
         where = f"folder {local}" if local.exists() else f"{id_or_path!r} is not a folder here nor in the local " \
                                                          "Hugging Face cache (offline: nothing is downloaded)"
         raise SuperResUnavailable(f"IF stage II weights not loadable from {where}: "

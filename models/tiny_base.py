@@ -304,6 +304,12 @@ def ensure_tiny_base(config: TinyBaseConfig, root: str | Path | None = None, dat
     return path, describe(config, path)
 
 
+def offline_sd_base(config: Any) -> Path | None:
+    """The tiny SD base a family config (sd-lora's, pixel-text's) falls back to when its `pretrained` is None,
+    built first if needed; None when it names real weights."""
+    return None if config.pretrained is not None else ensure_tiny_base(PRESETS[config.tiny_base])[0]
+
+
 def ensure_built(path: Path, config: Any, build: Callable[[Any, Any, Path], Path], dataset=None) -> None:
     """Build a tiny base at `path` with `build(config, dataset, path)` unless it is there (once, under a lock).
     `config` has `name`, `image_size` and `train_images`; dataset defaults to the embedded synthetic faces'

@@ -187,6 +187,12 @@ def ensure_tiny_if_base(config: TinyIFBaseConfig, root: str | Path | None = None
     return path, describe(config, path)
 
 
+def offline_if_base(config) -> Path | None:
+    """The tiny IF base an if-lora config falls back to when its `pretrained` is None, built first if needed; None
+    when it names real weights."""
+    return None if config.pretrained is not None else ensure_tiny_if_base(PRESETS[config.tiny_base])[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     build_cli(argv, prog="python -m models.tiny_if_base", what="DeepFloyd IF stage I", presets=PRESETS,
               ensure=ensure_tiny_if_base, cache="if-base", pipeline="IFPipeline")

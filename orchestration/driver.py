@@ -131,6 +131,25 @@ def base_tags(cfg: SweepConfig) -> dict[str, str]:
     return {f"{TAG_PREFIX}base": spec.base(model_config(cfg, grid_trials(cfg)[0]))}
 
 
+def build_offline_bases(cfg: SweepConfig, resources: dict[str, float]) -> None:
+    """Each family's tiny offline base, where its config falls back to one, built once before any phase needs it,
+    in a Ray task holding `resources` (the node's: not one trial's CPU while the others wait); cached afterwards."""
+    from models.families import family_spec
+    from orchestration.evaluate import in_task, offline_base_task
+    from orchestration.grid import grid_trials
+    from orchestration.trainable import model_config
+
+    for family in cfg.families:
+        fam = cfg.for_family(family)
+        config = model_config(fam, grid_trials(fam)[0])
+        if family_spec(fam.model).offline_base is None or getattr(config, "pretrained", None) is not None:
+            continue
+        print(f"{family}: its tiny offline base built once if not cached (a Ray task holding {resources['cpu']:g} "
+              f"CPU)", flush=True)
+        path = in_task(offline_base_task, resources, model=fam.model, config=config)
+        print(f"{family}: tiny offline base at {path}", flush=True)
+
+
 @dataclasses.dataclass
 class Sweep:
     """What every phase of one sweep shares."""
@@ -288,6 +307,7 @@ def run_sweep(cfg: SweepConfig, dashboard: bool = True, resume_from: str | None 
     print(f"attribute estimator (preset {cfg.estimator_preset}): trained once (a Ray task holding "
           f"{plan.lone['cpu']:g} CPU, {plan.lone['gpu']:g} GPU), then cached", flush=True)
     estimator = Path(in_task(estimator_task, plan.lone, data_root=str(data_root), preset=cfg.estimator_preset)["path"])
+    build_offline_bases(cfg, plan.lone)
     eval_config = EvalConfig(estimator=str(estimator), inception_weights=cfg.inception_weights,
                              clip_model=cfg.clip_model, mtcnn=cfg.mtcnn, device="auto")
     # no CPU reservation: the actors score while the trial that called them waits, so they never block a trial

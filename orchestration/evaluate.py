@@ -97,6 +97,18 @@ def estimator_task(data_root: str, preset: str, threads: int = 0) -> dict[str, A
     return {"path": str(path), "resources": where_am_i().get("resources", {})}
 
 
+def offline_base_task(model: str, config: Any, threads: int = 0) -> str | None:
+    """Build the tiny offline base `config` falls back to (cached: a no-op once built) where Ray put this task, with
+    all its CPUs: otherwise the first trial that needs it builds it on one CPU while the others wait on its lock.
+    The folder, or None when `config` names real weights."""
+    from models.families import family_spec
+    from models.runtime import configure_torch
+
+    configure_torch(threads)
+    path = family_spec(model).offline_base(config)
+    return None if path is None else str(path)
+
+
 def run_remote(resources: dict[str, float], **kwargs) -> list[Scored]:
     """`sample_and_score` in a Ray task holding `resources`."""
     return in_task(sample_and_score, resources, **kwargs)

@@ -120,17 +120,31 @@ def num_trials(cfg: SweepConfig) -> int:
     return len(grid_trials(cfg)) if cfg.search == "grid" else cfg.num_samples
 
 
+def schedule_description(cfg: SweepConfig) -> str:
+    """The betas each family of `cfg` trains with: the study's linear ones for the families trained from scratch,
+    the base's own for the LoRA families (models.sd_family / models.if_family training schedulers)."""
+    scratch = ("linear betas rescaled by 1000/T (beta_rescale on: a finer chain, not the study's)" if cfg.beta_rescale
+               else "linear betas 1e-4..0.02 for every T, unscaled (the study's DDPMScheduler defaults)")
+    own = {
+        "sd-lora": "the base's scaled-linear betas (SD's 0.00085..0.012), "
+                   + ("rescaled by 1000/T" if cfg.beta_rescale else "unscaled for every T"),
+        "if-lora": "the base's cosine schedule (IF's squaredcos_cap_v2, defined on t/T: a finer chain for a larger T)",
+    }
+    by_text: dict[str, list[str]] = {}
+    for family in cfg.families:
+        by_text.setdefault(own.get(family, scratch), []).append(family)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{', '.join(families)}: {text}" for text, families in by_text.items())
+
+
 def protocol_lines(cfg: SweepConfig) -> list[str]:
     """How trials are ranked, the noise schedule and the sampler: the protocol choices a reader checks first."""
     from data.catalogue import better
     from orchestration.config import FULL_CHAIN
 
     ts = sorted(set(cfg.timesteps_axis))
-    if cfg.beta_rescale:
-        betas = "linear betas rescaled by 1000/T (beta_rescale on: a finer chain, not the study's)"
-    else:
-        betas = "linear betas 1e-4..0.02 for every T, unscaled (the study's DDPMScheduler defaults)"
-    betas += "; T = " + ", ".join(f"{t:,}" for t in ts)
+    betas = schedule_description(cfg) + "; T = " + ", ".join(f"{t:,}" for t in ts)
     steps = "T steps (the full chain)" if cfg.sampling_steps == FULL_CHAIN else f"{cfg.sampling_steps} steps"
     variance = f", sigma^2 = {'beta_t' if cfg.ddpm_variance == 'fixed_large' else 'beta-tilde'}" \
         if cfg.sampler == "ddpm" else ""

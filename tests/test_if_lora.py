@@ -228,3 +228,64 @@ def test_in_the_joint_smoke_sweep_it_trains_selects_retrains_sweeps_guidance_reg
     # reported: its final column, its untrained (base) row, its parameter counts
     report = (out["state"].root / "report" / "report.md").read_text()
     assert "if-lora final" in report and "IF base (no LoRA)" in report and "| if-lora (" in report
+
+
+def real_tokenizer_layout(base: str, folder: Path, spiece_model: bytes) -> Path:
+    """A copy of the tiny base whose tokenizer folder is laid out as the real IF-I-M's: spiece.model, no
+    tokenizer.json."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    (folder / "tokenizer" / "spiece.model").write_bytes(spiece_model)
+    return folder
+
+
+def test_a_real_layout_tokenizer_without_sentencepiece_is_a_one_line_error_naming_it(base, tmp_path, monkeypatch):
+    import transformers.utils
+
+    from models.superres import SuperResUnavailable, load_superres
+
+    folder = real_tokenizer_layout(base, tmp_path / "real-layout", b"not read: sentencepiece is missing")
+    monkeypatch.setattr(transformers.utils, "is_sentencepiece_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"needs the sentencepiece package.*`pip install sentencepiece`"):
+        load_base(family_config("if-lora", "test", pretrained=str(folder)))
+    with pytest.raises(SuperResUnavailable, match="needs the sentencepiece package"):
+        load_superres(str(folder))
+
+
+def test_a_real_layout_sentencepiece_tokenizer_loads_with_the_real_loading_code(base, items, tmp_path):
+    from transformers.utils import is_sentencepiece_available
+
+    from tests.tools import require
+
+    require(is_sentencepiece_available(), "sentencepiece is not installed (a pyproject dependency): pip install -e .")
+    import sentencepiece
+
+    captions = [item["caption"].lower() for item in items]
+    (tmp_path / "captions.txt").write_text("\n".join(captions))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(tmp_path / "captions.txt"), model_prefix=str(tmp_path / "spiece"), vocab_size=64, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2)  # T5's special ids
+    folder = real_tokenizer_layout(base, tmp_path / "real-layout", (tmp_path / "spiece.model").read_bytes())
+    pipe, _ = load_base(family_config("if-lora", "test", pretrained=str(folder)))
+    ids = pipe.tokenizer(captions[:2]).input_ids
+    expected = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model")).encode(captions[:2])
+    assert ids == [row + [1] for row in expected]  # T5 appends </s>
+    embeds = pipe.encode_prompt(captions[:2], do_classifier_free_guidance=False, clean_caption=False)[0]
+    assert embeds.shape[:2] == (2, 77)
+
+
+def test_offline_base_is_the_cached_tiny_base_a_config_falls_back_to_and_none_for_real_weights(base, items):
+    from models.families import family_spec
+    from models.tiny_base import BASE_INFO_FILE
+
+    built, _ = ensure_tiny_if_base(TINY["test"], dataset=items)  # into this session's $CONDFACE_HOME cache
+    spec = family_spec("if-lora")
+    assert spec.offline_base(family_config("if-lora", "test")) == built  # the cached base, not rebuilt
+    assert (built / BASE_INFO_FILE).is_file()
+    assert spec.offline_base(family_config("if-lora", "test", pretrained=base)) is None
+    assert spec.offline_base(family_config("if-lora", "study")) is None  # a hub id: nothing built, nothing loaded
+    for model in ("sd-lora", "pixel-text"):
+        assert family_spec(model).offline_base(family_config(model, "study")) is None
+    assert family_spec("ddpm").offline_base is None  # trained from scratch: no base

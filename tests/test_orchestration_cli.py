@@ -229,6 +229,17 @@ def test_study_dry_run_states_the_protocol(tmp_path):
     assert "rescaled by 1000/T" in rescaled.stdout and "50 steps" in rescaled.stdout
 
 
+def test_the_noise_schedule_line_names_the_betas_each_family_trains_with():
+    from orchestration.grid import protocol_lines, schedule_description
+
+    assert schedule_description(resolve("cpu-demo", model="pixel-text")).startswith("linear betas 1e-4..0.02")
+    lora = schedule_description(resolve("cpu-demo", model="if-lora"))
+    assert "cosine" in lora and "linear" not in lora  # IF's own schedule, not the study's linear betas
+    joint = next(line for line in protocol_lines(resolve("cpu-demo", model="all")) if line.startswith("noise"))
+    assert "ddpm, pixel-text: linear betas 1e-4..0.02" in joint and "T = 1,000, 10,000" in joint
+    assert "sd-lora: the base's scaled-linear betas" in joint and "if-lora: the base's cosine schedule" in joint
+
+
 def test_dry_run_lists_both_families_40_trials(tmp_path):
     out = sweep("--model", "ddpm,sd-lora", "--preset", "study", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
