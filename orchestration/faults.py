@@ -14,7 +14,7 @@ Local Ray workers inherit the driver's environment (a test sets these before it 
   it started (its local Ray runtime) just before its k-th MLflow write (any client call that creates, logs, sets,
   updates, finalizes, registers or deletes; with `+`: just after it): counted from the start, from the last
   `reached(point)`, or at a k drawn from 1..n with the seed. Where a crash lands inside a sequence of writes
-  (orchestration.crash_points).
+  (python -m orchestration.crash_points).
 - CONDFACE_FAULT_WRITE_LOG=<file>: every MLflow write appends `<k>\t<method>\t<last point>` to the file.
 - CONDFACE_FAULT_HOLD_AT=[+]<k>[@<point>] | @<point>, with CONDFACE_FAULT_RELEASE=<file>: the driver prints
   `[fault] held ...` at that MLflow write (counted as for the kill) or when it reaches that point, and waits until
