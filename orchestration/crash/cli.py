@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         resumes = max(len(result.codes) - 1, 0)
         print(f"[{i}/{len(todo)}] {spec} ({what}): {verdict}, {resumes} resume(s) ({result.seconds:.0f} s)",
               flush=True)
-        for v in result.violations:
-            print(f"    {v}", flush=True)
+        for line in [*(k for k in result.killed if k.startswith("[harness]")), *result.violations]:
+            print(f"    {line}", flush=True)  # why a held driver was resumed, then what broke
         if not result.violations:
             for path in result.logs[0].parent.iterdir():
                 if path.is_dir():
