@@ -66,6 +66,7 @@ SECRETS = "secrets.json"  # the servers' secrets: PostgreSQL's and the MLflow ad
 CREDENTIALS = "mlflow_credentials"  # the MLflow admin's login, for clients (CONDFACE_MLFLOW_CREDENTIALS)
 DEFAULT_DIR = Path(".local-cluster")
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment (every node runs the same Python)
+SERVER_START_S = 300  # the tracking server (auth app, migrations) takes minutes to answer on a loaded machine
 OBJECT_STORE_BYTES = 200 * 2**20  # small: two nodes share one machine's memory
 # the `ray start` options of the ports each node listens on (besides its workers' range)
 RAY_NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
@@ -247,7 +248,7 @@ def _launch_mlflow(state: dict[str, Any], log_mode: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     info["pid"] = spawn(info["cmd"], info["log"], {**env, **_server_env(state)}, state["dir"], log_mode)
     _save(state)
-    wait(lambda: _mlflow_status(state) == 200, "the MLflow server", 120, Path(info["log"]), info["pid"])
+    wait(lambda: _mlflow_status(state) == 200, "the MLflow server", SERVER_START_S, Path(info["log"]), info["pid"])
 
 
 def restart_mlflow(directory: str | Path = DEFAULT_DIR) -> dict[str, Any]:

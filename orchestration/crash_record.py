@@ -41,11 +41,11 @@ def _differs(what: str, recorded: dict[str, Any], logged: dict[str, Any]) -> lis
 class RecordCheck:
     """The invariants of one sweep's record: `violations()` lists each broken one in a line."""
 
-    def __init__(self, uri: str, sweep_dir: Path, log_text: str | None = None):
+    def __init__(self, uri: str, sweep_dir: Path, log_text: str | None = None, experiment: str | None = None):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        self.dir, self.log_text = Path(sweep_dir), log_text
+        self.dir, self.log_text, self.experiment = Path(sweep_dir), log_text, experiment
         self.state = json.loads((self.dir / "sweep.json").read_text())
         self.phases = self.state["phases"]
         self.out: list[str] = []
@@ -73,8 +73,9 @@ class RecordCheck:
 
     # --- runs ---------------------------------------------------------------------------------------------
     def _parent(self):
-        parents = self.client.search_runs([e.experiment_id for e in self.client.search_experiments()],
-                                          f"tags.`{PHASE}` = 'sweep'", max_results=100)
+        experiments = [e.experiment_id for e in self.client.search_experiments()
+                       if self.experiment is None or e.name == self.experiment]
+        parents = self.client.search_runs(experiments, f"tags.`{PHASE}` = 'sweep'", max_results=100)
         if len(parents) != 1:
             self.out.append(f"{len(parents)} parent runs (one expected)")
         if not parents:
@@ -273,9 +274,10 @@ def sweep_dir(storage: Path) -> Path:
     return found[0]
 
 
-def check_record(uri: str, storage: Path, log_text: str | None = None) -> list[str]:
-    """Every broken invariant of the one sweep under `storage` recorded at `uri`, one line each (none: [])."""
-    return RecordCheck(uri, sweep_dir(storage), log_text).violations()
+def check_record(uri: str, storage: Path, log_text: str | None = None, experiment: str | None = None) -> list[str]:
+    """Every broken invariant of the one sweep under `storage` recorded at `uri` (in `experiment`, where the store
+    holds other sweeps too), one line each (none: [])."""
+    return RecordCheck(uri, sweep_dir(storage), log_text, experiment).violations()
 
 
 __all__ = ["check_record", "RecordCheck", "sweep_dir"]

@@ -14,8 +14,12 @@ Local Ray workers inherit the driver's environment (a test sets these before it 
   it started (its local Ray runtime) just before its k-th MLflow write (any client call that creates, logs, sets,
   updates, finalizes, registers or deletes; with `+`: just after it): counted from the start, from the last
   `reached(point)`, or at a k drawn from 1..n with the seed. Where a crash lands inside a sequence of writes
-  (orchestration.crash_points).
+  (python -m orchestration.crash_points).
 - CONDFACE_FAULT_WRITE_LOG=<file>: every MLflow write appends `<k>\t<method>\t<last point>` to the file.
+- CONDFACE_FAULT_HOLD_AT=[+]<k>[@<point>] | @<point>, with CONDFACE_FAULT_RELEASE=<file>: the driver prints
+  `[fault] held ...` at that MLflow write (counted as for the kill) or when it reaches that point, and waits until
+  the file exists: the harness makes its fault meanwhile (stops the tracking server, kills a Ray node), then
+  creates the file, and the driver goes on into the fault (orchestration.crash: the outage and node-kill variants).
 """
 
 from __future__ import annotations
@@ -33,19 +37,24 @@ FAIL_ONCE_ENV = "CONDFACE_FAULT_FAIL_ONCE_AT_EPOCH"
 DIVERGE_ENV = "CONDFACE_FAULT_DIVERGE_TRIAL"
 KILL_AT_WRITE_ENV = "CONDFACE_FAULT_KILL_AT_WRITE"
 WRITE_LOG_ENV = "CONDFACE_FAULT_WRITE_LOG"
+HOLD_ENV = "CONDFACE_FAULT_HOLD_AT"
+RELEASE_ENV = "CONDFACE_FAULT_RELEASE"
+HOLD_LIMIT_S = 900.0  # a hold nobody releases (the harness died) ends the driver instead of hanging it
 WRITE_PREFIXES = ("create_", "log_", "set_", "update_", "finalize_", "delete_", "restore_", "rename_",
                   "transition_", "copy_")
 
 
 class WriteCounter:
-    """The driver's MLflow writes, counted (process-wide: every Tracker's client); the kill of KILL_AT_WRITE_ENV."""
+    """The driver's MLflow writes, counted (process-wide: every Tracker's client); the kill of KILL_AT_WRITE_ENV
+    and the hold of HOLD_ENV."""
 
-    def __init__(self, spec: str | None = None, log: str | None = None):
+    def __init__(self, spec: str | None = None, log: str | None = None, hold: str | None = None):
         self.total = 0  # writes since the process started
         self.since = 0  # writes since the last `reached(point)`
         self.point = "setup"
         self.log = log
         self.at, self.within, self.after_write = parse_kill_spec(spec) if spec else (None, None, False)
+        self.hold_at = parse_kill_spec(hold) if hold and not hold.startswith("@") else None
 
     def reached(self, point: str) -> None:
         self.point, self.since = point, 0
@@ -57,21 +66,24 @@ class WriteCounter:
         if self.log:
             with open(self.log, "a") as f:
                 f.write(f"{self.total}\t{method}\t{self.point}\n")
-        if not self.after_write:
-            self._maybe_kill(method, "before")
+        self._maybe_fault(method, after=False)
 
     def wrote(self, method: str) -> None:
         """After the write `method` returned."""
-        if self.after_write:
-            self._maybe_kill(method, "after")
+        self._maybe_fault(method, after=True)
 
-    def _maybe_kill(self, method: str, when: str) -> None:
-        if self.at is None:
-            return
-        count = self.total if self.within is None else (self.since if self.point == self.within else 0)
-        if count == self.at:
-            print(f"[fault] SIGKILL {when} MLflow write {self.total} ({method}; write {self.since} of "
-                  f"{self.point}) ({KILL_AT_WRITE_ENV})", flush=True)
+    def _due(self, at: int | None, within: str | None) -> bool:
+        count = self.total if within is None else (self.since if self.point == within else 0)
+        return at is not None and count == at
+
+    def _maybe_fault(self, method: str, after: bool) -> None:
+        where = f"{'after' if after else 'before'} MLflow write {self.total} ({method}; write {self.since} of " \
+                f"{self.point})"
+        if self.hold_at is not None and self.hold_at[2] == after and self._due(*self.hold_at[:2]):
+            self.hold_at = None  # once
+            hold(where)
+        if self.after_write == after and self._due(self.at, self.within):
+            print(f"[fault] SIGKILL {where} ({KILL_AT_WRITE_ENV})", flush=True)
             kill_process_tree()
 
 
@@ -87,6 +99,20 @@ def parse_kill_spec(spec: str) -> tuple[int, str | None, bool]:
     return int(k), point or None, after
 
 
+def hold(where: str) -> None:
+    """Say `[fault] held <where>`, then wait until the file RELEASE_ENV names exists (the harness made its fault)."""
+    release = os.environ.get(RELEASE_ENV)
+    if not release:
+        raise RuntimeError(f"{HOLD_ENV} needs {RELEASE_ENV}=<file>: the file whose creation releases the driver")
+    print(f"[fault] held {where} ({HOLD_ENV}): waiting for {release}", flush=True)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{HOLD_ENV}: nothing created {release} within {HOLD_LIMIT_S:.0f} s")
+        time.sleep(0.2)
+    print(f"[fault] released {where}", flush=True)
+
+
 def kill_process_tree() -> None:
     """SIGKILL every process this one started (its local Ray runtime), then itself: a machine that dies."""
     import psutil
@@ -99,13 +125,15 @@ def kill_process_tree() -> None:
 
 
 _counter: WriteCounter | None = None
+_held_at: str | None = None
 
 
 def write_counter() -> WriteCounter | None:
     """The process's counter when a write fault or log is asked for, else None."""
     global _counter
-    if _counter is None and (os.environ.get(KILL_AT_WRITE_ENV) or os.environ.get(WRITE_LOG_ENV)):
-        _counter = WriteCounter(os.environ.get(KILL_AT_WRITE_ENV), os.environ.get(WRITE_LOG_ENV))
+    if _counter is None and any(os.environ.get(e) for e in (KILL_AT_WRITE_ENV, WRITE_LOG_ENV, HOLD_ENV)):
+        _counter = WriteCounter(os.environ.get(KILL_AT_WRITE_ENV), os.environ.get(WRITE_LOG_ENV),
+                                os.environ.get(HOLD_ENV))
     return _counter
 
 
@@ -139,6 +167,10 @@ def reached(point: str) -> None:
     counter = write_counter()
     if counter is not None:
         counter.reached(point)
+    global _held_at
+    if os.environ.get(HOLD_ENV) == f"@{point}" and _held_at != point:
+        _held_at = point  # once (a phase's point may be reached again inside one process)
+        hold(f"at {point}")
     if os.environ.get(PAUSE_ENV) == point:
         print(f"[reached] {point}: paused ({PAUSE_ENV})", flush=True)
         while True:

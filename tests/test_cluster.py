@@ -259,44 +259,34 @@ def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(
 
 
 def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(cluster, data, tmp_path):
-    """(b) The tracking server stops while trials report: the driver waits and retries (bounded), writes what they
-    reported once the server is back. (c) Then the driver dies (SIGKILL) at the first trial report after the
-    outage: mid-grid, or, when the grid's last reports were flushed together, just as the final run's Tune
-    experiment was made. `--resume` against the same cluster and server continues where it stopped and finishes
-    the sweep. The record has every epoch of every trial exactly once.
+    """Through the crash harness (orchestration.crash): (b) the driver is held at the grid's first trial report
+    (its 10th MLflow write) while the harness stops the tracking server; released into the outage, it waits and
+    retries (bounded), and writes what the trials reported once the server is back 10 s later. (c) Then the
+    driver dies (SIGKILL) at a later report write of the grid; `--resume` against the same cluster and server
+    continues and finishes. The record keeps every invariant of orchestration.crash_record.
     (d) Both commands pass MLflow's credentials in --tracking-uri (http://admin:PW@...), the only place they are:
     the password is in no MLflow param or tag, no file of the sweep's directory (sweep.json, the report) and
     not in the output, which shows it as ***."""
-    args = sweep_args(cluster, data, "cluster-faults", "--epochs", "2")
+    from orchestration.crash.harness import fault_sweep
+    from orchestration.crash.variants import cluster_target, mlflow_login, outage
+
     user, password = lc.mlflow_login(cluster)
-    uri = args[args.index("--tracking-uri") + 1]
-    args[args.index("--tracking-uri") + 1] = uri.replace("http://", f"http://{user}:{password}@")
-    env = client_env(cluster, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # our retries, not MLflow's silent ones
+    uri = cluster["mlflow"]["uri"]
+    env = client_env(cluster)
     env.pop("CONDFACE_MLFLOW_CREDENTIALS")
-    seen: dict[str, float] = {}
-
-    def watch(text: str) -> bool:
-        if "stopped" not in seen and re.search(r"^grid:\S+ epoch 1:", text, re.M):
-            lc.stop_mlflow(cluster["dir"])
-            seen["stopped"] = time.time()
-        elif "stopped" in seen and "restarted" not in seen and time.time() - seen["stopped"] > 10:
-            lc.restart_mlflow(cluster["dir"])
-            seen["restarted"] = time.time()
-        elif "restarted" in seen and "reachable again" in text:
-            # the driver dies the moment a trial reports after the outage (the grid is not over)
-            return bool(re.search(r"^grid:\S+ epoch 2:", text[text.index("reachable again"):], re.M))
-        return False
-
-    rc, first = run(args, env, tmp_path / "1.log", watch)
-    assert "restarted" in seen, first[-3000:]
+    target = cluster_target(cluster, data, "cluster-faults", 2, env=env,
+                            uri=uri.replace("http://", f"http://{user}:{password}@"))
+    fault = outage(lambda: lc.stop_mlflow(cluster["dir"]), lambda: lc.restart_mlflow(cluster["dir"]), 10)
+    with mlflow_login(cluster):
+        result = fault_sweep(target, tmp_path, ["16@ddpm/grid"], timeout_s=420, max_resumes=1,
+                             hold="10@ddpm/grid", fault=fault)
+    first, second = (log.read_text() for log in result.logs)
+    assert result.violations == [], "\n".join(result.violations + result.killed) + second[-3000:]
+    assert any(ln.startswith("[fault] held before MLflow write") for ln in result.killed), result.killed
     assert re.search(r"MLflow server \S+ unreachable", first) and "reachable again" in first, first[-3000:]
-    assert rc != 0 and "total wall time" not in first, "the driver was to be killed before the sweep ended"
-    rc, second = run([*args, "--resume"], env, tmp_path / "2.log")
-    assert rc == 0, second[-4000:]
-    # the phase the kill cut short is continued (or, in the few milliseconds between the grid's end and the final
-    # run's start, the grid is skipped as done and the final run starts afresh)
-    assert re.search(r"^\[ddpm/(grid|final)\] cut short in an earlier run: continuing", second, re.M) or \
-        re.search(r"^\[ddpm/grid\] done in an earlier run: skipped", second, re.M), second[-3000:]
+    assert first.index("reachable again") < first.index("[fault] SIGKILL")  # killed after the outage
+    assert result.codes == [-9, 0]
+    assert re.search(r"^\[ddpm/grid\] cut short in an earlier run: continuing", second, re.M), second[-3000:]
     runs = assert_complete(cluster, "cluster-faults", epochs=2, final_epochs=1)
     assert f"{uri.replace('http://', f'http://{user}:***@')}: the credentials were moved" in first
     assert password not in first + second
@@ -311,31 +301,20 @@ def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(c
 
 
 def test_a_node_killed_mid_trial(cluster, data, tmp_path):
-    """(a) The worker node's raylet is killed (by pid) once the trial running there has reported its first epoch:
-    the trial is retried on the head from that checkpoint (no epoch trained twice), the sweep finishes, MLflow holds
-    every epoch once. Last in this module: the cluster has one node afterwards."""
-    raylet = cluster["ray"]["nodes"]["worker"]["raylet_pid"]
-    worker_node = cluster["ray"]["nodes"]["worker"]["node_id"]
-    killed: list[str] = []
+    """(a) Through the crash harness's node-kill variant: the driver is held at the grid's first trial report (its
+    10th MLflow write: both trials, one per node, are mid-run) while the worker node's raylet is SIGKILLed; the
+    trial that ran there is retried on the head from its last checkpoint, the sweep finishes without a resume,
+    every invariant is kept, each epoch reported once. Last in this module: the cluster has one node afterwards."""
+    from orchestration.crash.variants import node_kill_sweep
 
-    def watch(text: str) -> bool:
-        reported = set(re.findall(r"^(grid:\S+) epoch 1:", text, re.M))
-        if killed or not reported:
-            return False
-        on_worker = [r["info"]["run_name"] for r in record(cluster, "cluster-node-lost")
-                     if tags(r).get("condface.node_id") == worker_node and r["info"]["run_name"] in reported]
-        if on_worker:  # its first epoch's checkpoint (and node tag) is recorded: the node dies now
-            os.kill(raylet, 9)  # its raylet, and with it the node's workers
-            killed.append(on_worker[0])
-        return False
-
-    rc, text = run(sweep_args(cluster, data, "cluster-node-lost", "--epochs", "3"), client_env(cluster),
-                   tmp_path / "sweep.log", watch)
-    assert killed and rc == 0, text[-4000:]
+    result = node_kill_sweep(cluster, data, tmp_path, "10@ddpm/grid", "cluster-node-lost", epochs=3, timeout_s=420)
+    (text,) = (log.read_text() for log in result.logs)
+    assert result.violations == [] and result.codes == [0], "\n".join(result.violations + result.killed)
+    assert not lc.alive(cluster["ray"]["nodes"]["worker"]["raylet_pid"])
     for label in set(re.findall(r"^(grid:\S+) epoch \d+:", text, re.M)):  # each epoch trained and reported once
         assert [int(e) for e in re.findall(rf"^{re.escape(label)} epoch (\d+):", text, re.M)] == [1, 2, 3], label
     runs = assert_complete(cluster, "cluster-node-lost", epochs=3, final_epochs=1)
     head = cluster["ray"]["nodes"]["head"]["node_id"]
-    (retried,) = [r for r in trained_runs(runs) if r["info"]["run_name"] == killed[0]]
-    assert int(tags(retried).get("condface.retries", 0)) >= 1, tags(retried)
-    assert tags(retried)["condface.node_id"] == head  # its last epochs ran on the surviving node
+    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
+    assert any(int(tags(r).get("condface.retries", 0)) >= 1 for r in grid), [tags(r) for r in grid]
+    assert {tags(r)["condface.node_id"] for r in grid} == {head}  # their last epochs ran on the surviving node

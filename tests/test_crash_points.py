@@ -189,3 +189,80 @@ def test_an_epochs_image_is_logged_once_also_by_a_restarted_driver(tracker, uri,
     assert tracker.log_image(run, png, "attributes", 2)
     pngs = [f.path for f in tracker.client.list_artifacts(run, "images") if f.path.endswith(".png")]
     assert len(pngs) == 2 and sum("+step+1+" in p for p in pngs) == 1
+
+
+# --- the hold of the outage and node-kill variants (orchestration.crash) ------------------------------------------
+def _blocked(fn, release: Path, timeout: float = 10.0):
+    """Run `fn` in a thread: whether it was still blocked before `release` existed, then (once released) done."""
+    import threading
+
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    thread.join(1.5)
+    held = thread.is_alive()
+    release.write_text("released\n")
+    thread.join(timeout)
+    return held, not thread.is_alive()
+
+
+def test_a_hold_at_a_write_waits_for_the_release_before_the_write(tracker, tmp_path, monkeypatch, capsys):
+    from orchestration import faults
+
+    release = tmp_path / "released"
+    monkeypatch.setenv(faults.RELEASE_ENV, str(release))
+    counter = faults.WriteCounter(hold="2@phase")
+    client = faults.CountedWrites(tracker.client, counter)
+    run = client.create_run(tracker.experiment_id).info.run_id
+    counter.reached("phase")
+    client.set_tag(run, "a", "1")
+    held, done = _blocked(lambda: client.set_tag(run, "b", "2"), release)
+    assert held and done
+    assert "[fault] held before MLflow write 3 (set_tag; write 2 of phase)" in capsys.readouterr().out
+    assert tracker.client.get_run(run).data.tags["b"] == "2"  # the write went on after the release
+    client.set_tag(run, "c", "3")  # once: no second hold
+    assert counter.hold_at is None
+
+
+def test_a_hold_at_a_point_waits_once_and_a_hold_without_release_file_is_refused(tmp_path, monkeypatch, capsys):
+    from orchestration import faults
+
+    monkeypatch.setattr(faults, "_held_at", None)
+    monkeypatch.setenv(faults.HOLD_ENV, "@ddpm/grid")
+    monkeypatch.setenv(faults.RELEASE_ENV, str(tmp_path / "released"))
+    faults.reached("ddpm/reference")  # another point: no hold
+    held, done = _blocked(lambda: faults.reached("ddpm/grid"), tmp_path / "released")
+    assert held and done and "[fault] held at ddpm/grid" in capsys.readouterr().out
+    monkeypatch.delenv(faults.RELEASE_ENV)
+    with pytest.raises(RuntimeError, match=faults.RELEASE_ENV):
+        faults.hold("at x")
+
+
+def test_the_harness_makes_its_fault_once_then_releases_then_recovers(tmp_path):
+    from orchestration.crash.harness import holder
+
+    steps: list[str] = []
+    release = tmp_path / "released"
+
+    def fault(line: str):
+        steps.append(f"fault {line.split()[2]} released={release.exists()}")
+        return lambda: steps.append(f"recover released={release.exists()}")
+
+    done: list[str] = []
+    watch = holder(release, fault, done)
+    watch("starting\n")
+    assert steps == [] and not release.exists()
+    for _ in range(2):
+        watch("starting\n[fault] held before MLflow write 7 (log_batch; write 3 of ddpm/grid) (...)\n")
+    assert steps == ["fault before released=False", "recover released=True"] and len(done) == 1
+
+
+def test_the_variants_settings_are_checked_in_a_line():
+    from orchestration.crash.cli import NODE_KILL_PHASES, CrashConfig, points, problems
+
+    assert problems(CrashConfig(outage=True, node_kill=True, at=("1",)))[0].startswith("--outage and --node-kill")
+    assert "--all-phases" in problems(CrashConfig(node_kill=True))[0]
+    assert problems(CrashConfig(all_phases=True, at=("1",))) == ["--all-phases goes with --node-kill"]
+    assert [p for p, _ in points(CrashConfig(node_kill=True, all_phases=True), [])] == list(NODE_KILL_PHASES)
+    writes = [(1, "create_run", "setup"), (2, "log_batch", "ddpm/grid")]
+    assert points(CrashConfig(outage=True, sample=1, seed=0), writes) == \
+        points(CrashConfig(sample=1, seed=0), writes)  # the same points as the kills

@@ -126,42 +126,14 @@ class LosingProxy:
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 (a free port, SQLite store), stopped at the end."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from infra.mlflow_server import TrackingServer
 
     tmp = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    with open(tmp / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination",
-                                 str(tmp / "artifacts"), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                start_new_session=True)  # its own process group: the server and its workers stop
-        try:
-            deadline = time.time() + 180
-            while True:
-                try:
-                    urllib.request.urlopen(f"{uri}/health", timeout=2).read()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise AssertionError("mlflow server did not start:\n"
-                                             + (tmp / "server.log").read_text()[-3000:]) from None
-                    time.sleep(0.5)
-            yield uri
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    server = TrackingServer(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", tmp / "server.log")
+    try:
+        yield server.start().uri
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow  # a tracking server of its own: about a minute to start on a loaded 2-core machine
