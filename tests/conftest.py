@@ -99,7 +99,23 @@ def data(home) -> str:
 
 
 @pytest.fixture(scope="session")
-def joint_sweep(home, data, tmp_path_factory) -> dict:
+def tiny_bases(data) -> None:
+    """The tiny offline bases the smoke sweeps adapt (SD and IF, preset `test`), built once in the session's home,
+    pretrained on the first training images of `data`. A sweep that finds none builds it on the embedded default
+    cache, drawing 24,000 faces for the 16 it pretrains on."""
+    from data.dataset import FaceDataset
+    from models.tiny_base import PRESETS as SD_BASES
+    from models.tiny_base import ensure_tiny_base
+    from models.tiny_if_base import PRESETS as IF_BASES
+    from models.tiny_if_base import ensure_tiny_if_base
+
+    for presets, ensure in ((SD_BASES, ensure_tiny_base), (IF_BASES, ensure_tiny_if_base)):
+        config = presets["test"]
+        ensure(config, dataset=FaceDataset(data, "train", limit=config.train_images))
+
+
+@pytest.fixture(scope="session")
+def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
     """One finished smoke sweep of every family (`--model all`) with the sampler phase, on a local Ray runtime and a
     real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
 
