@@ -8,6 +8,7 @@ a browser are marked `slow`; `make test-fast` leaves them out.
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -25,6 +26,25 @@ os.environ["RAY_ADDRESS"] = "local"
 
 SLOW_FIXTURES = {"joint_sweep"}
 SHARED_GROUP = "joint-sweep"
+# The groups that take longest, longest first (the --durations of `make test`, docs/measurements.md): the two
+# workers start on them, and the many short groups fill in behind on whichever worker is free. pytest-xdist's own
+# order (most tests first) put these last, where the suite waited on one worker running them alone.
+LONGEST_FIRST = (SHARED_GROUP, "tests.test_orchestration_phases", "tests.test_cluster",
+                 "tests.test_orchestration_final_ddp", "tests.test_orchestration_sweep", "tests.test_orchestration_vae",
+                 "tests.test_orchestration_gpus", "tests.test_orchestration_cli", "tests.test_orchestration_mlflow_retry")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """--dist loadgroup hands the groups out in the order collected below, not reordered by their number of tests."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def group_rank(group: str, sizes: dict[str, int]) -> tuple[int, int]:
+    """LONGEST_FIRST in its order, then the other groups with the most tests first (pytest-xdist's own order)."""
+    if group in LONGEST_FIRST:
+        return LONGEST_FIRST.index(group), 0
+    return len(LONGEST_FIRST), -sizes[group]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -32,14 +52,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the shared sweep is slow like the sweep; so are cluster and browser tests.
 
     `make test` runs on two pytest-xdist workers with --dist loadgroup: a module's tests stay on one worker (its
-    module fixtures are built once) and every test of the shared sweep on one worker (the sweep runs once). That
-    group is the longest, so it goes first: the other worker takes the rest meanwhile."""
+    module fixtures are built once) and every test of the shared sweep on one worker (the sweep runs once). The
+    groups are ordered longest first (LONGEST_FIRST); within a group the tests keep their order."""
     for item in items:
         shared = SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
         if shared or item.get_closest_marker("cluster") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
         item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if shared else item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SHARED_GROUP)
+    group = {item: item.get_closest_marker("xdist_group").args[0] for item in items}
+    sizes = collections.Counter(group.values())
+    items.sort(key=lambda item: group_rank(group[item], sizes))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,7 +99,23 @@ def data(home) -> str:
 
 
 @pytest.fixture(scope="session")
-def joint_sweep(home, data, tmp_path_factory) -> dict:
+def tiny_bases(data) -> None:
+    """The tiny offline bases the smoke sweeps adapt (SD and IF, preset `test`), built once in the session's home,
+    pretrained on the first training images of `data`. A sweep that finds none builds it on the embedded default
+    cache, drawing 24,000 faces for the 16 it pretrains on."""
+    from data.dataset import FaceDataset
+    from models.tiny_base import PRESETS as SD_BASES
+    from models.tiny_base import ensure_tiny_base
+    from models.tiny_if_base import PRESETS as IF_BASES
+    from models.tiny_if_base import ensure_tiny_if_base
+
+    for presets, ensure in ((SD_BASES, ensure_tiny_base), (IF_BASES, ensure_tiny_if_base)):
+        config = presets["test"]
+        ensure(config, dataset=FaceDataset(data, "train", limit=config.train_images))
+
+
+@pytest.fixture(scope="session")
+def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
     """One finished smoke sweep of every family (`--model all`) with the sampler phase, on a local Ray runtime and a
     real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
 

@@ -28,7 +28,7 @@ KILLS = [
 ]
 
 
-def test_the_whole_study_killed_at_mlflow_writes_in_every_phase_and_resumed(tmp_path, data, home):
+def test_the_whole_study_killed_at_mlflow_writes_in_every_phase_and_resumed(tmp_path, data, home, tiny_bases):
     from orchestration.crash_points import crash_sweep
     from orchestration.crash_record import check_record
 

@@ -38,7 +38,7 @@ def _run_until(args: list[str], env: dict, log: Path, pause_at: str | None, time
     return text
 
 
-def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(tmp_path, data, home):
+def test_the_vae_phase_runs_once_is_logged_and_the_grid_trains_on_the_tuned_vae(tmp_path, data, home, tiny_bases):
     from orchestration.report.protocol import CHOICE, protocol_rows
     from orchestration.report.record import Record
     from orchestration.report.vae_figure import vae_figure
