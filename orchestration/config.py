@@ -28,44 +28,42 @@ in orchestration/report/study_numbers.py)
     * 100 conditions scored every epoch, 15-epoch final run, 100 final samples, a CFG sweep with 250
       samples per scale, one GPU per trial; MTCNN on, CLIP score with openai/clip-vit-large-patch14
       (unavailable, and saying so, where its weights are not present).
+    * Two seeds of the final run (`final_seeds`, this project's choice: the study trained one final model
+      per family, so its comparisons have no seed-to-seed spread); the first seed's model is registered.
 
 `smoke` -- a one-minute end-to-end check (2 tiny trials x 1 epoch on a small --data cache); the tests run it.
 
 `cpu-demo` -- the embedded default: the whole job, for real, on a 2-core CPU in minutes, no downloads
     The study's grid is kept (16 DDPM / 24 LoRA trials, the same four axes); everything else shrinks.
     Timings, accuracies and the ablations behind each choice: docs/measurements.md.
-    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a U-Net
-      learns more per minute there than at 32 px.
-    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small (16, 32, 64),
-      large (32, 64, 64) (models' `cpu-16` preset), one residual block per level, attention at the lowest
-      level only.
-    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid trials run
-      2 epochs. Gradient accumulation keeps the study's meaning: the same images per epoch, a quarter of
-      the steps.
-    * Ranking signal: trials this short still draw near-chance attributes, so sample metrics cannot rank
-      them; the grid is ranked by the engine's held-out denoising loss on fixed noise and noise levels
-      (`val_loss`, 256 validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon
-      MSE: it is what a trial without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR
-      spends capacity on low-noise steps the unweighted loss counts less); the weighted `train_loss` is not
-      selectable (its weighting differs per trial, so its values do not compare). Sample metrics are still
-      computed and logged every epoch.
+    * Resolution 16x16 (`image_size`): a 16 px synthetic face still shows all five attributes, and a U-Net learns more
+      per minute there than at 32 px.
+    * The channel axis {small, large} maps to two tiny channel sets (`channel_sets`): small (16, 32, 64), large (32,
+      64, 64) (models' `cpu-16` preset), one residual block per level, attention at the lowest level only.
+    * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid trials run 2 epochs.
+      Gradient accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
+    * Ranking signal: trials this short still draw near-chance attributes, so sample metrics cannot rank them; the
+      grid is ranked by the engine's held-out denoising loss on fixed noise and noise levels (`val_loss`, 256
+      validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon MSE: it is what a trial
+      without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR spends capacity on low-noise steps
+      the unweighted loss counts less); the weighted `train_loss` is not selectable (its weighting differs per trial,
+      so its values do not compare). Sample metrics are still computed and logged every epoch.
     * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
-    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on both
-      cores. Accuracy grows with this length and with little else tried (lr, Adam betas, EMA, wider or
-      deeper U-Nets); the budget is a choice of wall time over accuracy.
-    * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps;
-      100 final samples, 100 per CFG scale.
-    * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`);
-      the evaluation actor reserves no CPU, so it never blocks a trial; the lone final run and the
-      evaluation tasks take both cores.
+    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on both cores. Accuracy
+      grows with this length and with little else tried (lr, Adam betas, EMA, wider or deeper U-Nets); the budget is a
+      choice of wall time over accuracy. One seed: a second would add a final run (~4 min) to the ~13 min demo;
+      `--final-seeds 2` measures the spread.
+    * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps; 100 final
+      samples, 100 per CFG scale.
+    * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`); the evaluation
+      actor reserves no CPU, so it never blocks a trial; the lone final run and the evaluation tasks take both cores.
     * The attribute estimator is evaluation's `small` preset, trained once on the toy data and cached under
-      $CONDFACE_HOME; FID needs Inception weights that are not here, so `fd_estimator` stands in and says
-      so; CLIP score and MTCNN are off (no CLIP weights offline; MTCNN on 16 px faces is meaningless).
+      $CONDFACE_HOME; FID needs Inception weights that are not here, so `fd_estimator` stands in and says so; CLIP
+      score and MTCNN are off (no CLIP weights offline; MTCNN on 16 px faces is meaningless).
 
-Searches: the grid is the study's protocol. Optuna (TPE) pays off when continuous settings matter
-(lr, p_uncond, guidance scale) and the budget allows more trials than the grid has points; ASHA
-pays off when trials are long and early epochs predict late ones (the study's 29-minute epochs),
-not for 2-epoch CPU trials where it would judge on noise.
+Searches: the grid is the study's protocol. Optuna (TPE) pays off when continuous settings matter (lr, p_uncond,
+guidance scale) and the budget allows more trials than the grid has points; ASHA pays off when trials are long and early
+epochs predict late ones (the study's 29-minute epochs), not for 2-epoch CPU trials (it would judge on noise).
 
 Every field below is logged as an MLflow param of the sweep's parent run: there are no hidden defaults.
 """
@@ -181,6 +179,11 @@ class SweepConfig:
     epochs: int = setting(5, "epochs per grid trial (study: 5)", minimum=1)
     final_epochs: int = setting(15, "epochs of the final run of the best configuration (study: 15; 0 = skip final "
                                     "run and CFG sweep)", minimum=0)
+    # 1, the dataclass default, is also what a sweep recorded before this setting existed resumes with
+    final_seeds: int = setting(1, "train the final configuration with this many seeds (--seed, --seed + 1, ...), "
+                                  "each a run of its own, for the seed-to-seed spread; the first seed's model is "
+                                  "registered; each further seed costs one more final run and its evaluation "
+                                  "(study preset: 2)", minimum=1)
     epoch_images: int | None = setting(None, "a grid epoch is a pass over the first N training images (study: all)",
                                        minimum=1)
     final_epoch_images: int | None = setting(None, "the same for the final run's epochs (study: all)", minimum=1)
@@ -404,7 +407,7 @@ def _fmt(value) -> str:
     return "none" if value is None else str(value)
 
 
-STUDY = SweepConfig(preset="study")
+STUDY = SweepConfig(preset="study", final_seeds=2)
 
 CPU_DEMO = dataclasses.replace(
     STUDY,
@@ -419,6 +422,7 @@ CPU_DEMO = dataclasses.replace(
     vae_preset="cpu",
     epochs=2,
     final_epochs=6,
+    final_seeds=1,
     epoch_images=2048,
     final_epoch_images=16384,
     lr=2e-3,

@@ -4,11 +4,13 @@ crash-point harness (orchestration.crash_points) checks after every kill.
     runs      one parent run with the estimator's whole record; every child FINISHED (a diverged grid trial FAILED with its reason); one run per key
     metrics   every metric of every run logged once per step; each trial's `epoch` steps are 1..epochs
     images    each image series (key, step) logged once, every epoch of a trial there
-    models    per family one final run, one registered version (its run's), `champion` on it; every logged model
-              READY, one per final run, linked to it as an output and registered
-    files     sweep.json (every phase done) equal to MLflow: the reference rows, the final values and model URI,
-              the CFG and sampler rows, the parent's final_<family>.* metrics; the report written after the
-              parent closed (report.md here and as an artifact); the printed summary's final table
+    models    per family one final run per seed (`final_seeds`: seed, seed + 1, ...), one registered version (the
+              first seed's run's), `champion` on it; every logged model READY, one for the registered final run
+              (none for the further seeds'), linked to it as an output and registered
+    files     sweep.json (every phase done) equal to MLflow: the reference rows, each seed's final values and the
+              model URI, the CFG and sampler rows, the parent's final_<family>.* metrics; the report written after
+              the parent closed (report.md here and as an artifact); the printed summary's final table (with
+              several seeds, the mean over them)
 """
 
 from __future__ import annotations
@@ -150,17 +152,23 @@ class RecordCheck:
         if len(by_phase.get("grid", [])) != len(grid.get("records", [])):
             self.out.append(f"{family}: {len(by_phase.get('grid', []))} grid runs for "
                             f"{len(grid.get('records', []))} trials")
-        for phase in ("final", "cfg", "samplers", "reference"):
+        for phase in ("cfg", "samplers", "reference"):
             if f"{family}/{phase}" in self.phases and len(by_phase.get(phase, [])) != 1:
                 self.out.append(f"{family}: {len(by_phase.get(phase, []))} {phase} runs (one expected)")
+        seeds = self._final_seeds(family, by_phase.get("final", []))
         final = self.phases.get(f"{family}/final", {}).get("result")
-        if not final or len(by_phase.get("final", [])) != 1:
+        if not final or seeds is None:
             return None
-        run = by_phase["final"][0]
+        run = seeds[int(self.state["config"].get("seed", 0))]
         if final["run_id"] != run.info.run_id:
             self.out.append(f"{family}: sweep.json names another final run")
-        self.out += _differs(f"{family} final values", final["values"],
-                             {k[len("final_"):]: v for k, v in run.data.metrics.items()})
+        for entry in final.get("seeds") or [{**final, "seed": self.state["config"].get("seed", 0)}]:
+            mine = seeds.get(int(entry["seed"]))
+            if mine is None or mine.info.run_id != entry["run_id"]:
+                self.out.append(f"{family}: sweep.json names another final run for seed {entry['seed']}")
+                continue
+            self.out += _differs(f"{family} final values (seed {entry['seed']})", entry["values"],
+                                 {k[len("final_"):]: v for k, v in mine.data.metrics.items()})
         self.out += _differs(f"{family} final values on the parent", final["values"],
                              {k.split(".", 1)[1]: v for k, v in parent.data.metrics.items()
                               if k.startswith(f"final_{family}.")})
@@ -169,7 +177,19 @@ class RecordCheck:
             result = self.phases.get(f"{family}/{phase}", {}).get("result")
             if result and len(by_phase.get(phase, [])) == 1:
                 self._rows(f"{family} {phase}", by_phase[phase][0].info.run_id, result["rows"])
-        return {"run": run, "result": final}
+        return {"run": run, "result": final, "seeds": seeds}
+
+    def _final_seeds(self, family: str, runs: list) -> dict[int, Any] | None:
+        """Seed -> the family's final run of it: one per seed of `final_seeds` (None, and said, when not)."""
+        if f"{family}/final" not in self.phases:
+            return None
+        config = self.state["config"]
+        want = list(range(int(config.get("seed", 0)), int(config.get("seed", 0)) + int(config.get("final_seeds", 1))))
+        got = sorted(int(r.data.params.get("train.seed", -1)) for r in runs)
+        if got != want:
+            self.out.append(f"{family}: final runs of seeds {got} (one per seed of {want} expected)")
+            return None
+        return {int(r.data.params["train.seed"]): r for r in runs}
 
     def _registered(self, family: str, run, final: dict) -> None:
         uri = run.data.tags.get(f"{TAG_PREFIX}registered_model", "")
@@ -203,6 +223,10 @@ class RecordCheck:
             own = [m for m in models if m.source_run_id == run.info.run_id]
             if len(own) != 1:
                 self.out.append(f"{family}: {len(own)} logged models of the final run (one expected)")
+            for seed, other in final["seeds"].items():
+                if other.info.run_id != run.info.run_id and any(m.source_run_id == other.info.run_id for m in models):
+                    self.out.append(f"{family}: the final run of seed {seed} logged a model (only the registered "
+                                    "run's is expected)")
             linked = {o.model_id for o in (run.outputs.model_outputs if run.outputs else [])}
             for m in own:
                 if m.model_id not in linked:
@@ -261,8 +285,11 @@ class RecordCheck:
             return
         table = self.log_text[self.log_text.rindex("Final models"):]
         row = next((ln for ln in table.splitlines() if ln.startswith("estimator accuracy  ")), None)
-        want = [f"{f['run'].data.metrics.get('final_est_acc', float('nan')):.2%}" for f in finals.values() if f]
-        if row is None or row.split()[2:2 + len(want)] != want:
+        want = []
+        for f in filter(None, finals.values()):  # with several seeds, the mean over them
+            accuracies = [r.data.metrics.get("final_est_acc", float("nan")) for r in f["seeds"].values()]
+            want.append(f"{sum(accuracies) / len(accuracies):.2%}")
+        if row is None or re.sub(r"\([^)]*\)", "", row).split()[2:2 + len(want)] != want:
             self.out.append(f"the printed summary's final table ({row!r}) differs from MLflow ({want})")
 
 

@@ -214,7 +214,7 @@ def run_family(sweep: Sweep, family: str, tags: dict[str, str]) -> dict[str, Any
 def summary(sweep, families: dict[str, dict], real: dict) -> str:
     """Table 3.1 (every reference row) and Table 4.4 (the final models beside the reference rows)."""
     from orchestration.report.tables import reference_label
-    from orchestration.summary import cfg_table, final_table, sampler_table
+    from orchestration.summary import cfg_table, final_table, sampler_table, seed_values
 
     cfg = sweep.cfg
     blocks = []
@@ -222,7 +222,7 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
     refs.update(real)
     blocks.append(final_table({}, {}, refs, "Reference rows (the study's Table 3.1 layout), "
                                             f"{cfg.final_samples} samples"))
-    finals = {f"{f} (final)": r["final"]["values"] for f, r in families.items() if r.get("final")}
+    finals = {f"{f} (final)": seed_values(r["final"]) for f, r in families.items() if r.get("final")}
     if finals:
         unavailable: dict[str, str] = {}
         for r in families.values():
@@ -230,6 +230,8 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
                 unavailable.update(r["final"]["unavailable"])
         labels = ", ".join(f"{f}: {r['final']['label']} x {cfg.final_epochs} epochs at guidance "
                            f"{r['final']['guidance_scale']:g}" for f, r in families.items() if r.get("final"))
+        if cfg.final_seeds > 1:
+            labels += f"; {cfg.final_seeds} seeds each, spread = max - min, seed {cfg.seed}'s model registered"
         blocks.append(final_table(finals, unavailable, refs, f"Final models ({labels}; {cfg.final_samples} samples; "
                                                              "the study's Table 4.4 layout)"))
     for f, r in families.items():
@@ -238,12 +240,14 @@ def summary(sweep, families: dict[str, dict], real: dict) -> str:
 
             blocks.append(vae_line(f, r["vae"]))
         fin = r.get("final")
-        acc = fin["values"].get("est_acc_balanced") if fin else None
+        seeds = len(seed_values(fin)) if fin else 0
+        acc = (fin.get("over_seeds", {}).get("mean") or fin["values"]).get("est_acc_balanced") if fin else None
         ref = r["reference"].get("est_acc_balanced")
         if acc is not None and ref:
             against = FAMILY_INFO[f].untrained
-            blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images vs "
-                          f"{ref:.1%} for {against} ({acc / ref:.1f}x; chance is {1 / 6:.1%})")
+            blocks.append(f"{f} conditioning: class-balanced estimator accuracy {acc:.1%} on generated images"
+                          f"{f' (mean of {seeds} seeds)' if seeds > 1 else ''} vs {ref:.1%} for {against} "
+                          f"({acc / ref:.1f}x; chance is {1 / 6:.1%})")
         if r.get("cfg"):
             c = r["cfg"]
             blocks.append(f"{f} CFG sweep ({cfg.cfg_samples} samples per scale; * = on the Pareto front; plot "

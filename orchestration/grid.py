@@ -153,7 +153,9 @@ def protocol_lines(cfg: SweepConfig) -> list[str]:
                     for t in ts)
     lines = [
         f"selection: {cfg.select_metric} ({better(cfg.select_metric)}) picks each family's configuration "
-        f"for the {cfg.final_epochs}-epoch final run",
+        f"for the {cfg.final_epochs}-epoch final run"
+        + (f", trained with {cfg.final_seeds} seeds ({cfg.seed}..{cfg.seed + cfg.final_seeds - 1}; the first "
+           "registered)" if cfg.final_seeds > 1 else ""),
         f"noise schedule: {betas}",
         f"sampling: {cfg.sampler}, {steps}{variance}, guidance {cfg.guidance_scale:g}, precision "
         f"{cfg.sampling_precision}{' (bf16 where the device has it natively)' if cfg.sampling_precision == 'auto' else ''}"

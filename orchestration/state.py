@@ -3,7 +3,7 @@
     <storage_path>/<experiment>-<search>-<YYYYmmdd-HHMMSS>/
         sweep.json     the resolved config, the MLflow experiment and parent run, every phase's status and result
         <family>/grid/ the Ray Tune experiment of a family's grid (or Optuna) phase: Tuner.restore reads it
-        <family>/final/  the Ray Tune experiment of its final run
+        <family>/final/  the Ray Tune experiment of its final run (final-seed<N>/: of a further seed, --final-seeds)
         <family>/cfg/, <family>/samplers/   CFG-sweep and sampler-phase outputs (PNGs)
 
 A phase is a unit: `phases[name] = {"status": "running" | "done", "result": ...}`. `--resume` skips a done

@@ -22,10 +22,16 @@ def grid_table(records: list[dict[str, Any]], unavailable: dict[str, str], title
     return tables.grid_table("grid", title, trials, unavailable).text(title)
 
 
-def final_table(finals: dict[str, dict[str, float]], final_unavailable: dict[str, str],
+def seed_values(final: dict[str, Any]) -> list[dict[str, float]]:
+    """A final phase's result: the values of each seed's run (one per seed; a sweep recorded before seeds: one)."""
+    return [s["values"] for s in final.get("seeds") or [final]]
+
+
+def final_table(finals: dict[str, list[dict[str, float]]], final_unavailable: dict[str, str],
                 references: dict[str, dict[str, float]], title: str) -> str:
-    """Columns: each final model (label -> metrics), then each reference row (label -> metrics)."""
-    columns = [Column(name, values, unavailable=final_unavailable) for name, values in finals.items()]
+    """Columns: each final model (label -> the metrics of each of its seeds: with several, their mean and spread),
+    then each reference row (label -> metrics)."""
+    columns = [Column.of_seeds(name, per_seed, unavailable=final_unavailable) for name, per_seed in finals.items()]
     columns += [Column(name, values) for name, values in references.items()]
     return tables.metric_table("final", title, columns).text(title)
 

@@ -101,7 +101,8 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
         "sampling_precision": ctx.sweep.sampling_precision,
         "beta_rescale": ctx.sweep.beta_rescale, "select_metric": ctx.sweep.select_metric,
     })
-    return f"{ctx.phase}:{trial_label(spec, ctx.sweep)}", params
+    seed = f"-seed{ctx.sweep.seed}" if ctx.phase == "final" and ctx.sweep.final_seeds > 1 else ""
+    return f"{ctx.phase}:{trial_label(spec, ctx.sweep)}{seed}", params
 
 
 # --------------------------------------------------------------------------------------------------

@@ -202,6 +202,35 @@ def test_the_lr_schedule_reaches_every_trial_and_the_study_keeps_it_constant():
         resolve("cpu-demo", lr_schedule="linear")
 
 
+def test_final_seeds_per_preset_on_the_command_line_in_each_final_run_and_in_an_older_sweep(tmp_path):
+    import json
+
+    from orchestration.config import SMOKE
+    from orchestration.phases.final import final_seeds
+    from orchestration.state import STATE_FILE, SweepState
+    from orchestration.sweep import build_parser, config_from_args
+    from orchestration.trainable import TrialContext, trial_params
+
+    assert (STUDY.final_seeds, CPU_DEMO.final_seeds, SMOKE.final_seeds) == (2, 1, 1)
+    cfg = config_from_args(build_parser().parse_args(["--final-seeds", "3", "--seed", "5"]))
+    assert cfg.final_seeds == 3 and cfg.params()["final_seeds"] == "3" and final_seeds(cfg) == [5, 6, 7]
+    with pytest.raises(SweepError, match="--final-seeds"):
+        resolve("cpu-demo", final_seeds=0)
+    out = sweep("--preset", "study", "--dry-run", cwd=tmp_path)
+    assert "final run, trained with 2 seeds (0..1; the first registered)" in out.stdout, out.stderr
+    spec = grid_trials(cfg)[0].resolved(cfg)
+    for seeds, seed, name in ((3, 6, "-seed6"), (1, 6, "")):  # each seed's final run: its own name and train.seed
+        seeded = dataclasses.replace(cfg, final_seeds=seeds, seed=seed)
+        run, params = trial_params(spec.params(), TrialContext(seeded, "final", "", epochs=1, epoch_images=64))
+        assert run.endswith(f"-small{name}") and params["train.seed"] == seed, run
+    # a sweep recorded before the setting existed trained one final seed: resumed, it still does
+    state = SweepState.create(dataclasses.replace(STUDY, storage_path=str(tmp_path)), "sqlite:///x.db")
+    raw = json.loads((state.root / STATE_FILE).read_text())
+    del raw["config"]["final_seeds"]
+    (state.root / STATE_FILE).write_text(json.dumps(raw))
+    assert SweepState.load(state.root).config.final_seeds == 1
+
+
 def test_the_sampling_precision_reaches_trials_and_is_checked(tmp_path):
     from orchestration.sweep import build_parser, config_from_args
     from orchestration.trainable import TrialContext, trial_params

@@ -1,6 +1,6 @@
 """Phases as units: the whole study (both families) in one sweep, killed at MLflow writes in every phase and
-resumed after each (the crash-point harness's CI sample); the sampler phase, the augmentation axis and a diverged
-trial in one smoke sweep. Real Ray, real MLflow store.
+resumed after each (the crash-point harness's CI sample); the sampler phase, the augmentation axis, a diverged
+trial and two final seeds (interrupted between them and resumed) in one smoke sweep. Real Ray, real MLflow store.
 """
 
 from __future__ import annotations
@@ -67,20 +67,35 @@ def test_the_whole_study_killed_at_mlflow_writes_in_every_phase_and_resumed(tmp_
     assert len(found) == 2 and "train_loss logged more than once" in found[0] and "champion" in found[1], found
 
 
-def test_sampler_phase_augmentation_axis_and_a_diverged_trial(tmp_path, data, home, monkeypatch):
+def test_sampler_phase_augmentation_axis_a_diverged_trial_and_two_final_seeds(tmp_path, data, home, monkeypatch,
+                                                                             capsys):
+    import dataclasses
+
     import ray
 
-    from orchestration.driver import run_sweep
+    import orchestration.driver as driver
     from orchestration.faults import DIVERGE_ENV
 
-    cfg = smoke(tmp_path, data, augment_axis=("none", "study-no-color"), sampler_phase=True)
+    cfg = smoke(tmp_path, data, augment_axis=("none", "study-no-color"), sampler_phase=True, final_seeds=2)
     monkeypatch.setenv(DIVERGE_ENV, "ga1-T1000-snroff-small-aug:none")  # before Ray starts: its workers inherit it
-    cfg = __import__("dataclasses").replace(cfg, channel_sets=(("small", (16, 64)),))
+    cfg = dataclasses.replace(cfg, channel_sets=(("small", (16, 64)),))
+
+    def interrupt_between_seeds(point: str, reach=driver.reached) -> None:  # Ctrl-C once seed 0 is registered
+        reach(point)
+        if point == "ddpm/final/seed1":
+            monkeypatch.setattr(driver, "reached", reach)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "reached", interrupt_between_seeds)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        out = run_sweep(cfg, dashboard=False)
+        with pytest.raises(KeyboardInterrupt):
+            driver.run_sweep(cfg, dashboard=False)
+        first = capsys.readouterr().out
+        out = driver.run_sweep(dataclasses.replace(cfg, resume=True), dashboard=False)
     finally:
         ray.shutdown()
+    last = capsys.readouterr().out
     client = client_for(cfg.tracking_uri)
     runs = children(client, out["parent_run_id"])
     grid = {r.data.params["augment"]: r for r in runs if r.data.tags["condface.phase"] == "grid"}
@@ -98,3 +113,43 @@ def test_sampler_phase_augmentation_axis_and_a_diverged_trial(tmp_path, data, ho
     assert {"samplers/samplers.png", "samplers/samplers.json"} <= artifact_paths(client, samplers.info.run_id)
     assert [(r["sampler"], r["steps"]) for r in fam["samplers"]["rows"]] == [("ddim", 2), ("ddim", 4), ("dpm++", 2),
                                                                            ("dpm++", 4)]
+    _two_final_seeds(client, cfg, out, first, last)
+
+
+def _two_final_seeds(client, cfg, out, first: str, last: str) -> None:
+    """--final-seeds 2, the sweep interrupted between the seeds and resumed: seed 1 alone trained on resume; two
+    final runs, one registered version (seed 0's, which the sampler phase used); the mean and spread in sweep.json,
+    the summary, Table 4.4 and the conclusions' measurements; the crash record's invariants hold, and bite."""
+    from orchestration.crash_record import check_record
+    from orchestration.report.conclusions import finals_by_seed, measured, verdict
+    from orchestration.report.record import Record
+
+    assert re.search(r"^final:\S+-seed0 epoch 1:", first, re.M) and not re.search(r"-seed1 epoch", first)
+    assert not re.search(r"^(grid|final):\S+-seed0 epoch", last, re.M), "seed 0 trained again"
+    assert re.search(r"^final:\S+-seed1 epoch 1:", last, re.M)
+    finals = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] == "final"]
+    by_seed = {int(r.data.params["train.seed"]): r for r in finals}
+    assert sorted(by_seed) == [0, 1] and len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)
+    assert [by_seed[s].data.tags["condface.seed_role"] for s in (0, 1)] == ["registered", "spread"]
+    (version,) = [v for v in client.search_model_versions("name = 'condface-ddpm'")
+                  if v.run_id in {r.info.run_id for r in finals}]
+    assert version.run_id == by_seed[0].info.run_id and "condface.registered_model" not in by_seed[1].data.tags
+    fin = out["families"]["ddpm"]["final"]
+    assert fin["run_id"] == by_seed[0].info.run_id and "/ddpm/final/" in fin["pipeline_dir"]  # what the samplers used
+    assert [s["seed"] for s in fin["seeds"]] == [0, 1]
+    accs = [by_seed[s].data.metrics["final_est_acc"] for s in (0, 1)]
+    assert fin["over_seeds"]["spread"]["est_acc"] == pytest.approx(max(accs) - min(accs))
+    assert "ddpm (final) (mean of 2 seeds)" in last and "2 seeds each" in last
+    report = (out["state"].root / "report" / "report.md").read_text()
+    assert "ddpm final (mean of 2 seeds)" in report and f"(spread {max(accs) - min(accs):.2%})" in report
+    rec = Record.load(cfg.tracking_uri, cfg.experiment_name, out["parent_run_id"])
+    m = measured(finals_by_seed(rec, "ddpm"), "est_acc")
+    assert m.values == dict(enumerate(accs)) and m.spread == pytest.approx(max(accs) - min(accs))
+    assert "does not exceed the seed-to-seed spread" in verdict("est_acc", m, m)  # measured: a difference of 0
+    assert rec.one("final", "ddpm").info.run_id == by_seed[0].info.run_id  # the figures show the registered model
+
+    storage = Path(cfg.storage_path)
+    assert check_record(cfg.tracking_uri, storage, last) == []
+    client.delete_run(by_seed[1].info.run_id)  # the invariant bites: a seed's final run missing
+    assert check_record(cfg.tracking_uri, storage, last) == [
+        "ddpm: final runs of seeds [0] (one per seed of [0, 1] expected)"]

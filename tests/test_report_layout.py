@@ -160,9 +160,15 @@ def test_summary_prints_the_reports_tables():
     assert rows[metric("est_acc").label][-3:] == ["62.50%", "b", "1"]  # higher is better: trial b
     assert "mtcnn unavailable: no weights" in text and "failed: b: boom" in text
 
-    text = final_table({"ddpm (final)": {"fid": 12.0}}, {"mtcnn": "no weights"}, {"untrained DDPM": {"fid": 300.0}},
+    text = final_table({"ddpm (final)": [{"fid": 12.0}]}, {"mtcnn": "no weights"}, {"untrained DDPM": {"fid": 300.0}},
                        "final")
     assert "12.00" in text and "300.00" in text and "mtcnn unavailable: no weights" in text
+    assert "spread" not in text and "seeds" not in text  # one seed: its values, no spread
+    text = final_table({"ddpm (final)": [{"fid": 12.0, "est_acc": 0.5}, {"fid": 16.0, "est_acc": 0.6}]}, {}, {}, "f")
+    rows = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert "ddpm (final) (mean of 2 seeds)" in text.splitlines()[1]
+    assert rows[metric("fid").label].endswith("14.00 (spread 4.00)")  # the mean, max - min
+    assert rows[metric("est_acc").label].endswith("55.00% (spread 10.00%)")
     text = cfg_table([{"guidance_scale": 3.0, "values": {"fd_estimator": 4.0, "est_acc": 0.6}}], "fd_estimator", [3.0])
     assert text.splitlines()[-1].split() == ["3", "4.000", "60.00%", "-", "*"]
     with pytest.raises(KeyError):

@@ -218,7 +218,10 @@ def test_protocol_names_this_projects_choices(record):
         assert CHOICE in rows[setting][1], setting
     assert rows["learning rate"][0] == "0.002, cosine, warm-up 500 steps, at most a tenth of each run"
     assert STUDY.lr_schedule == "constant"
-    for word in ("AdamW", "EMA", "clipping", "guidance_scale", "cfg_scales", "ddpm_variance", "lr_schedule"):
+    assert CHOICE in rows["seeds of the final run"][1] and "2 in the study preset" in rows["seeds of the final run"][1]
+    assert rows["seeds of the final run"][0] == "1 (seed 0): the seed-to-seed spread is not measured"  # no final_seeds
+    for word in ("AdamW", "EMA", "clipping", "guidance_scale", "cfg_scales", "ddpm_variance", "lr_schedule",
+                 "final_seeds"):
         assert word in config.__doc__, word
 
 
@@ -233,6 +236,11 @@ def test_the_sources_contradiction_and_sample_counts_are_shown(record, tmp_path)
     report = build(record)
     table_4_4 = next(t for t in report.tables if t.key == "4.4")
     assert study.DDPM_FINAL_ACC_NOTE in table_4_4.notes
+    # two seeds of each family: Table 4.4 shows their mean and spread (ddpm 0.60 and 0.62 -> 61.00%, spread 2.00%)
+    assert table_4_4.header[1:3] == ["ddpm final (mean of 2 seeds)", "sd-lora final (mean of 2 seeds)"]
+    acc = next(row for row in table_4_4.rows if row[0].code == "est_acc")
+    assert acc[1].text == "61.00% (spread 2.00%)" and acc[1].n == 100
+    assert any("the mean over the final runs of seeds 0, 1" in n for n in table_4_4.notes)
     assert "84.8 %" in study.DDPM_FINAL_ACC_NOTE and "86.40 %" in study.DDPM_FINAL_ACC_NOTE
     figure_4_7 = next(p for k, p in report.blocks if k == "figure" and p.key == "4.7")
     assert study.DDPM_FINAL_ACC_NOTE in figure_4_7.caption

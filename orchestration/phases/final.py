@@ -1,7 +1,10 @@
 """The final phase: the best grid configuration retrained for --final-epochs, evaluated, registered.
 
 The retraining is a one-trial Tune experiment (same trainable, same retries/resume, its own nested
-MLflow run with per-epoch metrics). At its last epoch the trial saves the pipeline with the EMA
+MLflow run with per-epoch metrics), once per seed of --final-seeds: each seed its own run, scored on the same
+final sample set, so the report can say whether a difference between families exceeds the seed-to-seed spread.
+Only the first seed's model (the sweep's --seed) is registered: picking the better seed by the final sample set
+would select on the very numbers the report compares. At its last epoch the trial saves the pipeline with the EMA
 weights (`save_pretrained`); the driver then samples the final-comparison set (study: 100 samples)
 as a Ray task, logs the metrics (`final_<metric>`, with sample counts `final_<metric>_n`), logs the
 model as an MLflow model of the run (`models.mlflow_model`: a pyfunc whose artifacts are the pipeline
@@ -32,6 +35,7 @@ from orchestration.faults import reached
 from orchestration.grid import TrialSpec, trial_label
 from orchestration.phases.recorded import recorded_final_evaluation
 from orchestration.phases.tune import make_callback, run_phase, trial_history
+from orchestration.report.tables import over_seeds
 from orchestration.resources import final_worker_resources, plan_resources
 from orchestration.tracking.client import Tracker
 from orchestration.trainable import TrialContext, run_data_parallel, run_trial, samples_png
@@ -40,65 +44,120 @@ FINAL_EVAL_STEP = "final_evaluated"  # the step metric that makes the final eval
 CONFUSION_ARTIFACT = "final_samples/final_confusion.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalRun:
+    """One seed's trained final run: its MLflow run, the pipeline its last epoch saved, its per-epoch reports."""
+
+    seed: int
+    run_id: str
+    pipeline_dir: Path
+    history: list[dict[str, Any]]
+
+
+def final_seeds(cfg) -> list[int]:
+    """The seeds of the final runs: the sweep's seed (its model registered), then seed + 1, ... (--final-seeds)."""
+    return list(range(cfg.seed, cfg.seed + cfg.final_seeds))
+
+
 def run_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str) -> dict[str, Any]:
-    """The final phase as a unit: training (a restored Tune experiment when continuing: a finished training is
-    not repeated), one evaluation logged once, one model version however often it is resumed."""
-    mode = better(metric)
+    """The final phase as a unit: the selected configuration trained once per seed (`final_seeds`), each seed a
+    nested run of its own scored on the same final sample set; the first seed's model registered (the CFG and
+    sampler phases use it). The first seed is this unit's own (a restored Tune experiment when continuing: a
+    finished training is not repeated; one evaluation logged once; one model version however often it is
+    resumed); each further seed is a unit within it (`<family>/final/seed<N>`), so a phase resumed after a kill
+    between seeds trains only the seeds it lacks. Returns the first seed's result, with every seed's values and,
+    for two or more, their mean and spread (`over_seeds`)."""
+    tracker: Tracker = sweep.tracker
+    run = train_final(continuing, sweep, cfg, spec, tags, metric, cfg.seed)
+    reached(f"{cfg.model}/final:trained")
+    scored = evaluate_final(sweep, cfg, plan_resources(cfg).lone, spec, run.run_id, run.pipeline_dir,
+                            sweep.state.dir(cfg.model))
+    sampling = {"guidance_scale": spec.guidance_scale, "sampler": cfg.sampler,
+                "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
+                "precision": cfg.sampling_precision}
+    label = trial_label(spec, cfg)
+    model_uri = register(tracker, run.run_id, run.pipeline_dir, cfg.registered_model_name,
+                         {"family": cfg.model, "preset": cfg.preset, "config": label}, sampling=sampling,
+                         data_root=sweep.data_root)
+    reached(f"{cfg.model}/final:registered")
+    tracker.log_once(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
+    seeds = [_seed_entry(run.seed, run.run_id, scored)]
+    for seed in final_seeds(cfg)[1:]:
+        seeds.append(sweep.phase(f"{cfg.model}/final/seed{seed}", run_final_seed, sweep, cfg, spec, tags, metric,
+                                 seed))
+    return {"run_id": run.run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
+            "pipeline_dir": str(run.pipeline_dir), "model_uri": model_uri, "values": scored.values,
+            "unavailable": scored.unavailable, "counts": scored.counts, "history": run.history,
+            "confusion": scored.tables.get("est_confusion"), "seeds": seeds,
+            **({"over_seeds": over_seeds([s["values"] for s in seeds])} if len(seeds) > 1 else {})}
+
+
+def run_final_seed(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str,
+                   seed: int) -> dict[str, Any]:
+    """A further seed of the final run, as a unit: trained (restored when continuing) and scored on the same final
+    sample set as the first seed; not registered. Returns its seed, run id and values."""
+    run = train_final(continuing, sweep, cfg, spec, tags, metric, seed)
+    reached(f"{cfg.model}/final/seed{seed}:trained")
+    scored = evaluate_final(sweep, cfg, plan_resources(cfg).lone, spec, run.run_id, run.pipeline_dir,
+                            sweep.state.dir(cfg.model), png=f"final_samples-seed{seed}.png")
+    return _seed_entry(seed, run.run_id, scored)
+
+
+def _seed_entry(seed: int, run_id: str, scored: Scored) -> dict[str, Any]:
+    return {"seed": seed, "run_id": run_id, "values": scored.values, "counts": scored.counts,
+            "unavailable": scored.unavailable}
+
+
+def train_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, str], metric: str,
+                seed: int) -> FinalRun:
+    """Train the final run of one seed: a one-trial Tune experiment (`final`, or `final-seed<N>` for a further seed)
+    whose every seeded step (initialisation, data order, noise, per-epoch samples) takes `seed`."""
     tracker: Tracker = sweep.tracker
     resources = plan_resources(cfg).lone
+    first = seed == cfg.seed
+    name = "final" if first else f"final-seed{seed}"
     # the final run is alone: on a CPU it takes every core of its node (resources["cpu"] threads)
-    ctx = TrialContext(sweep=cfg, phase="final", data_root=sweep.data_root, epochs=cfg.final_epochs,
-                       epoch_images=cfg.final_epoch_images, lr=cfg.final_lr, pool=sweep.pool,
+    ctx = TrialContext(sweep=dataclasses.replace(cfg, seed=seed), phase="final", data_root=sweep.data_root,
+                       epochs=cfg.final_epochs, epoch_images=cfg.final_epoch_images, lr=cfg.final_lr, pool=sweep.pool,
                        threads=int(resources.get("cpu", 1)) if not resources.get("gpu") else 0, metric=metric)
     label = trial_label(spec, cfg)
-    callback = make_callback(ctx, tracker.uri, sweep.parent, tags, metric, total=1)
+    role = {f"{TAG_PREFIX}seed": str(seed), f"{TAG_PREFIX}seed_role": "registered" if first else "spread"}
+    callback = make_callback(ctx, tracker.uri, sweep.parent, {**tags, **role}, metric, total=1)
     root = sweep.state.dir(cfg.model)
     fn, trial_resources, how = run_trial, resources, ""
     if cfg.final_workers > 1:  # Ray Train (DDP) inside the one trial; the trial itself only coordinates
         worker = final_worker_resources(cfg, plan_resources(cfg))
         ctx = dataclasses.replace(ctx, workers=cfg.final_workers, worker_resources=worker,
                                   threads=0 if worker.get("GPU") else int(worker["CPU"]),
-                                  train_storage=str(root / "final-train"))
+                                  train_storage=str(root / f"{name}-train"))
         # the coordinating trial holds no CPU (its workers do); Tune wants a non-empty bundle: one byte of memory
         fn, trial_resources = run_data_parallel, {"cpu": 0.0, "memory": 1.0}
         how = f" on {cfg.final_workers} data-parallel workers ({'nccl' if worker.get('GPU') else 'gloo'}, {worker} each)"
-    print(f"\n== {cfg.model} final run: {label}, {cfg.final_epochs} epochs{how} ==", flush=True)
-    results = run_phase(ctx, root, "final", spec.params(), trial_resources, metric, mode, callback, resume=continuing,
-                        fn=fn)
+    seeds = f", seed {seed} ({final_seeds(cfg).index(seed) + 1} of {cfg.final_seeds})" if cfg.final_seeds > 1 else ""
+    print(f"\n== {cfg.model} final run: {label}, {cfg.final_epochs} epochs{seeds}{how} ==", flush=True)
+    results = run_phase(ctx, root, name, spec.params(), trial_resources, metric, better(metric), callback,
+                        resume=continuing, fn=fn)
     result = results[0]
     # a data-parallel run's checkpoints are Ray Train's: the trial reports the last one's path
     checkpoint = result.checkpoint.path if result.checkpoint is not None else \
         (result.metrics or {}).get("checkpoint_path")
     if result.error is not None or checkpoint is None:
-        raise SweepError(f"the {cfg.model} final run failed ({str(result.error).splitlines()[-1] if result.error else 'no checkpoint'})"
-                         f": see {root / 'final'}; continue with --resume")
+        raise SweepError(f"the {cfg.model} final run{seeds} failed ({str(result.error).splitlines()[-1] if result.error else 'no checkpoint'})"
+                         f": see {root / name}; continue with --resume")
     pipeline_dir = Path(checkpoint) / "pipeline"
     if not pipeline_dir.is_dir():
         raise SweepError(f"the final run's last checkpoint {checkpoint} has no pipeline/: "
                          "it did not finish its last epoch; continue with --resume")
     run_id = tracker.find_run(f"{sweep.parent}/final/{result.metrics['trial_id']}")
-    reached(f"{cfg.model}/final:trained")
-
-    scored = evaluate_final(sweep, cfg, resources, spec, run_id, pipeline_dir, root)
-    sampling = {"guidance_scale": spec.guidance_scale, "sampler": cfg.sampler,
-                "num_inference_steps": cfg.sampling_steps, "ddpm_variance": cfg.ddpm_variance,
-                "precision": cfg.sampling_precision}
-    model_uri = register(tracker, run_id, pipeline_dir, cfg.registered_model_name,
-                         {"family": cfg.model, "preset": cfg.preset, "config": label}, sampling=sampling,
-                         data_root=sweep.data_root)
-    reached(f"{cfg.model}/final:registered")
-    tracker.log_once(sweep.parent, {f"final_{cfg.model}.{k}": v for k, v in scored.values.items()})
-    return {"run_id": run_id, "label": label, "spec": spec.params(), "guidance_scale": spec.guidance_scale,
-            "pipeline_dir": str(pipeline_dir), "model_uri": model_uri, "values": scored.values,
-            "unavailable": scored.unavailable, "counts": scored.counts, "history": trial_history(result),
-            "confusion": scored.tables.get("est_confusion")}
+    return FinalRun(seed, run_id, pipeline_dir, trial_history(result))
 
 
 def evaluate_final(sweep, cfg, resources: dict[str, float], spec: TrialSpec, run_id: str, pipeline_dir: Path,
-                   root: Path) -> Scored:
-    """The final-comparison set (study: 100 samples) sampled and scored once per run: its values and counts as
+                   root: Path, png: str = "final_samples.png") -> Scored:
+    """The final-comparison set (study: 100 samples; the same conditions and noise for every seed of the final run:
+    `cfg` is the sweep's, not a seed's) sampled and scored once per run: its values and counts as
     `final_<metric>` (with the step metric FINAL_EVAL_STEP, logged last: a run that has it has the rest), the
-    sample grid and confusion matrices as artifacts. A continued phase whose run has it reads it back from MLflow
+    sample grid (`png` under `root`) and confusion matrices as artifacts. A continued phase whose run has it reads it back from MLflow
     (orchestration.phases.recorded; no images then) instead of sampling again. Returns what MLflow holds."""
     tracker: Tracker = sweep.tracker
     if 0 in tracker.logged_steps(run_id, FINAL_EVAL_STEP):
@@ -116,7 +175,7 @@ def evaluate_final(sweep, cfg, resources: dict[str, float], spec: TrialSpec, run
     tracker.log_unavailable(run_id, scored.unavailable)
     tracker.set_tags(run_id, {f"{TAG_PREFIX}final_guidance_scale": spec.guidance_scale,
                               f"{TAG_PREFIX}final_samples": cfg.final_samples})
-    _log_samples(tracker, run_id, scored, root / "final_samples.png")
+    _log_samples(tracker, run_id, scored, root / png)
     tracker.log_metrics(run_id, {**{f"final_{k}": v for k, v in scored.values.items()},
                                  **{f"final_{k}": v for k, v in scored.counts.items()}},
                         step=0, step_metric=FINAL_EVAL_STEP)

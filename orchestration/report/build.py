@@ -18,7 +18,7 @@ from orchestration.errors import SweepError
 from orchestration.provenance import PREFIX as PROVENANCE
 from orchestration.report import figures, method_figures
 from orchestration.report import study_numbers as study
-from orchestration.report.conclusions import conclusions_section
+from orchestration.report.conclusions import conclusions_section, finals_by_seed
 from orchestration.report.document import Cell, Report, Table, label
 from orchestration.report.protocol import protocol_section
 from orchestration.report.record import Record, check_source, run_label
@@ -191,7 +191,9 @@ def finals_table(rec: Record, report: Report, columns: list[Column]) -> Table | 
     finals = [(f, r) for f, r in finals if r is not None]
     if not finals:
         return None
-    final_columns = [Column(f"{f} final", values, values, Record.unavailable(run), study.TABLE_4_4.get(f, {}))
+    seeds = {f: finals_by_seed(rec, f) for f, _ in finals}
+    final_columns = [Column.of_seeds(f"{f} final", [_prefixed(r, "final_") for r in seeds[f].values()] or [values],
+                                     values, Record.unavailable(run), study.TABLE_4_4.get(f, {}))
                      for f, run in finals for values in [_prefixed(run, "final_")]]
     t = metric_table("4.4", "the final models on the final sample set, beside the reference rows",
                      final_columns + columns, FINAL_KEYS)
@@ -201,6 +203,10 @@ def finals_table(rec: Record, report: Report, columns: list[Column]) -> Table | 
                        f"{tags.get(f'{TAG_PREFIX}final_guidance_scale', '?')}, "
                        f"{tags.get(f'{TAG_PREFIX}final_samples', '?')} samples, "
                        f"{tags.get(f'{TAG_PREFIX}registered_model', 'not registered')}, status {run.info.status}")
+        if len(seeds[f]) > 1:
+            t.notes.append(f"{f} final: the mean over the final runs of seeds {', '.join(map(str, seeds[f]))} (the "
+                           "same configuration and final sample set), spread = max - min over the seeds; the "
+                           f"registered model and the figures are seed {p.get('train.seed', '?')}'s")
     t.notes.append("study values: Cuadro 4.4 (§4.3): 15 epochs, 100 samples; reference columns: Cuadro 3.1")
     if "ddpm" in rec.families:
         t.notes.append(study.DDPM_FINAL_ACC_NOTE)

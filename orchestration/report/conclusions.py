@@ -104,7 +104,8 @@ def verdict(key: str, a: Measured, b: Measured) -> str:
         noise = max(spreads)
         return (f"favours {favours}; |difference| {'exceeds' if abs(diff) > noise else 'does not exceed'} the "
                 f"seed-to-seed spread ({metric_text(key, noise)})")
-    text = f"favours {favours}; seed-to-seed spread not measured (fewer than two seeds of each final model)"
+    text = (f"favours {favours}; seed-to-seed spread not measured (fewer than two seeds of each final model; "
+            "--final-seeds 2 measures it)")
     se = sampling_se(a, b) if key in ACCURACY_KEYS else None
     if se:
         text += f"; |difference| = {abs(diff) / se:.1f} x the sampling standard error ({metric_text(key, se)})"

@@ -49,8 +49,20 @@ def protocol_rows(rec: Record) -> list[tuple[str, str, str]]:
          CHOICE + " (fixed_large reads §2.1's sigma_t^2 = beta_t; SD's sampler is not named)"),
         ("selection of the final configuration", p.get("select_metric", "?"),
          "estimator accuracy (§4.1, §4.2; it ranked every metric)"),
+        ("seeds of the final run", _seeds(p),
+         "one final model per family, its seed not stated; a second seed (for the seed-to-seed spread the "
+         "conclusions are checked against) is " + CHOICE + ": 2 in the study preset, 1 in the CPU presets"),
         *_vae_rows(rec),
     ]
+
+
+def _seeds(p: dict[str, str]) -> str:
+    """This sweep's final seeds (`final_seeds`; a sweep recorded before the setting trained one)."""
+    n, seed = int(p.get("final_seeds", "1")), int(p.get("seed", "0"))
+    if n == 1:
+        return f"1 (seed {seed}): the seed-to-seed spread is not measured"
+    return (f"{n} (seeds {', '.join(str(seed + i) for i in range(n))}): each its own final run on the same final "
+            f"sample set; seed {seed}'s model registered (the CFG and sampler phases use it)")
 
 
 def _vae_rows(rec: Record) -> list[tuple[str, str, str]]:

@@ -123,7 +123,11 @@ class Record:
         return sorted(out, key=lambda r: (r.info.run_name or "", r.info.start_time or 0))
 
     def one(self, phase: str, family: str):
+        """The family's latest run of `phase`; of its final runs (one per seed), the sweep's seed's: the registered
+        model, which the CFG and sampler phases sampled."""
         runs = self.runs(phase, family)
+        if phase == "final":
+            runs = [r for r in runs if r.data.params.get("train.seed") == self.params.get("seed")] or runs
         return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
 
     def reference(self, family: str) -> tuple[Any, str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.catalogue import ATTRIBUTE_ACCURACY_KEYS, FAMILY_INFO, SAMPLE_METRICS, finite, metric
-from orchestration.report.document import Cell, Table, count_key, label, metric_label, number
+from orchestration.report.document import Cell, Table, count_key, label, metric_label, metric_text, number
 
 GRID_KEYS = (*SAMPLE_METRICS, "val_loss")  # Tables 4.1-4.3: the per-epoch metrics, the held-out loss last
 FINAL_KEYS = (*SAMPLE_METRICS, *ATTRIBUTE_ACCURACY_KEYS)  # Table 4.4: the sample metrics, then each attribute
@@ -98,6 +98,19 @@ def grouped_table(number_: str, title: str, groups: dict[str, list[Trial]], head
     return t
 
 
+def over_seeds(per_seed: list[dict[str, float]]) -> dict[str, Any]:
+    """A final model trained with several seeds: each metric's mean over the seeds that have it, and its spread
+    (max - min) where two or more have it."""
+    mean, spread = {}, {}
+    for key in sorted({k for values in per_seed for k in values}):
+        got = [values[key] for values in per_seed if finite(values.get(key))]
+        if got:
+            mean[key] = sum(got) / len(got)
+        if len(got) > 1:
+            spread[key] = max(got) - min(got)
+    return {"seeds": len(per_seed), "mean": mean, "spread": spread}
+
+
 @dataclass
 class Column:
     """One model's (or reference row's) values in Tables 3.1 / 4.4."""
@@ -107,17 +120,34 @@ class Column:
     unavailable: dict[str, str] = field(default_factory=dict)
     study: dict[str, float] = field(default_factory=dict)
     samples: float | None = None  # the count of a value that has no count of its own
+    spread: dict[str, float] = field(default_factory=dict)  # key -> max - min over the seeds of a final model
+
+    @classmethod
+    def of_seeds(cls, header: str, per_seed: list[dict[str, float]], counts: dict[str, float] | None = None,
+                 unavailable: dict[str, str] | None = None, study: dict[str, float] | None = None) -> Column:
+        """A final model's column: its one seed's values, or the mean over its seeds with each value's spread."""
+        if len(per_seed) < 2:
+            return cls(header, per_seed[0] if per_seed else {}, counts or {}, unavailable or {}, study or {})
+        stats = over_seeds(per_seed)
+        return cls(f"{header} (mean of {len(per_seed)} seeds)", stats["mean"], counts or {}, unavailable or {},
+                   study or {}, spread=stats["spread"])
 
 
 def metric_table(number_: str, title: str, columns: list[Column], keys: Iterable[str] = SAMPLE_METRICS) -> Table:
     """Tables 3.1 / 4.4: one row per metric, one column per model or reference row; a row nobody has is left out."""
     t = Table(number_, title, ["metric"] + [c.header for c in columns])
     for key in keys:
-        row = [metric_label(key)] + [t.value(key, c.values.get(key), c.counts.get(count_key(key), c.samples),
-                                             c.study.get(key), c.unavailable) for c in columns]
+        row = [metric_label(key)] + [_spread(t.value(key, c.values.get(key), c.counts.get(count_key(key), c.samples),
+                                                     c.study.get(key), c.unavailable), key, c) for c in columns]
         if any(c.kind != "missing" or c.study for c in row[1:]):
             t.rows.append(row)
     return t
+
+
+def _spread(cell: Cell, key: str, column: Column) -> Cell:
+    if cell.kind == "value" and finite(column.spread.get(key)):
+        cell.text += f" (spread {metric_text(key, column.spread[key])})"
+    return cell
 
 
 def _scored(t: Table, row: dict[str, Any], keys: Iterable[str], unavailable: dict[str, str]) -> list[Cell]:
@@ -147,4 +177,4 @@ def sampler_table(number_: str, title: str, rows: list[dict[str, Any]], quality:
 
 
 __all__ = ["GRID_KEYS", "FINAL_KEYS", "reference_label", "Trial", "best_of", "grid_table", "grouped_table", "Column",
-           "metric_table", "cfg_table", "sampler_table"]
+           "over_seeds", "metric_table", "cfg_table", "sampler_table"]

@@ -61,9 +61,12 @@ def run_description(name: str, tags: dict[str, str], params: dict[str, Any]) -> 
                 f"epoch(s); every epoch it samples a fixed, seeded set of validation conditions, scores them "
                 f"(ranked by {p.get('select_metric', '?')}) and draws the attribute grid (the image series).")
     if phase == "final":
+        registered = (f"registered in the Model Registry with the alias '{CHAMPION_ALIAS}' (the logged model below)"
+                      if tags.get(f"{TAG_PREFIX}seed_role") != "spread" else
+                      "not registered: a further seed of the same configuration, for the seed-to-seed spread")
         return (f"Final run of {family} ({name}): the grid's best configuration -- {axes()} -- retrained for "
-                f"{p.get('train.epochs', '?')} epoch(s), scored on the final sample set (final_* metrics) and "
-                f"registered in the Model Registry with the alias '{CHAMPION_ALIAS}' (the logged model below).")
+                f"{p.get('train.epochs', '?')} epoch(s) with seed {p.get('train.seed', '?')}, scored on the final "
+                f"sample set (final_* metrics) and {registered}.")
     if phase == "reference":
         return (f"Reference rows ({name.split(': ', 1)[-1]}): scored by the same evaluation code as the models, "
                 "for the study's Table 3.1; metrics are named <row>.<metric>.")
