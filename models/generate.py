@@ -6,7 +6,7 @@
     python -m models.generate --model ray_results/.../pipeline --age 5 --out old.png     # a save_pretrained folder
 
 --model: a models:/ URI (`@alias` or `/version`), a runs:/ URI, or a local folder (a family's save_pretrained
-folder or an MLflow model), for either family. MLflow URIs are downloaded with
+folder or an MLflow model), for any family. MLflow URIs are downloaded with
 `mlflow.artifacts.download_artifacts` from --tracking-uri, else $MLFLOW_TRACKING_URI, else
 sqlite:///./mlruns.db (the sweep's embedded store).
 
@@ -53,7 +53,7 @@ class _Parser(Parser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m models.generate",
-                description="Draw faces with a trained condface model (either family) and write a labelled grid.",
+                description="Draw faces with a trained condface model (any family: ddpm, sd-lora, pixel-text, if-lora) and write a labelled grid.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="An attribute left out means 'any': drawn per image from the training data's level "
                        "frequencies (carried by MLflow models the sweep registered), else uniformly.")
