@@ -1,16 +1,22 @@
-"""--final-workers 2: the final run trains data-parallel with Ray Train (TorchTrainer, gloo, 2 CPU workers) inside the
-same sweep, is recorded, evaluated and registered like a one-worker final run, and resumes from Ray Train's
-checkpoint when the driver died."""
+"""A sweep killed and resumed: Tune's retry of a crashed trial, a grid restored after the driver died, and the final
+run trained data-parallel with Ray Train (`--final-workers 2`: TorchTrainer, gloo, 2 CPU workers), recorded,
+evaluated and registered like a one-worker final run, resumed from Ray Train's checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from orchestration.errors import SweepError
-from tests.test_orchestration_sweep import client_for, smoke
+from tests.test_orchestration_sweep import ROOT, _kill_tree, children, client_for, smoke
 
 
 def test_worker_resources_for_the_data_parallel_final_run(data):
@@ -34,43 +40,75 @@ def test_worker_resources_for_the_data_parallel_final_run(data):
 
 
 @pytest.mark.slow
-def test_a_killed_data_parallel_final_run_resumes_from_ray_trains_checkpoint(tmp_path, data, home):
-    """The driver (and its Ray runtime) dies after the data-parallel final run's first epoch: `--resume` starts the
-    trainer again under the same name, Ray Train restores that epoch's checkpoint, and epoch 1 is not trained again."""
-    import re
-    import subprocess
-    import sys
-    import time
-
-    from tests.test_orchestration_sweep import _kill_tree
+def test_a_sweep_killed_in_its_grid_then_in_its_data_parallel_final_run_resumes_each_time(tmp_path, data, home):
+    """Three faults in one sweep (ddpm, smoke, 6 grid epochs one trial at a time, a 2-epoch final run on 2
+    data-parallel workers): every grid trial crashes once at its second epoch (Tune retries it from the first
+    epoch's checkpoint); the driver dies with its Ray runtime mid-grid (`--resume` restores the grid, a finished
+    trial does not run again); then it dies after the final run's first epoch (`--resume` starts the trainer again
+    under the same name, Ray Train restores that epoch's checkpoint, epoch 1 is not trained again)."""
+    from orchestration.faults import FAIL_ONCE_ENV
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--final-epochs", "2",
-            "--final-workers", "2", "--no-dashboard", "--tracking-uri", uri, "--storage-path",
-            str(tmp_path / "results")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "CONDFACE_HOME": str(home)}
-    log = tmp_path / "1.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 400
-        while proc.poll() is None and not re.search(r"^final:\S+ epoch 1:", log.read_text(), re.M):
-            assert time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        _kill_tree(proc)
-    second = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    text = second.stdout + second.stderr
-    assert second.returncode == 0, text[-4000:]
+    args = [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--data", data, "--epochs", "6",
+            "--max-concurrent", "1", "--max-failures", "1", "--final-epochs", "2", "--final-workers", "2",
+            "--no-dashboard", "--tracking-uri", uri, "--storage-path", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", "CONDFACE_HOME": str(home),
+           FAIL_ONCE_ENV: "1"}
+
+    def mid_grid(text: str) -> bool:  # one trial finished, the other reported its first epoch (and so checkpointed)
+        _, _, after = text.partition("(1/2 trials done)")
+        return bool(after) and re.search(r"^grid:\S+ epoch 1:", after, re.M) is not None
+
+    first = _run_until_killed([*args], env, tmp_path / "1.log", mid_grid)
+    done_label = re.search(r"\[grid\] (\S+) finished \(1/2 trials done\)", first).group(1)
+    second = _run_until_killed([*args, "--resume"], env, tmp_path / "2.log",
+                               lambda text: re.search(r"^final:\S+ epoch 1:", text, re.M) is not None)
+    assert "resuming the grid phase" in second
+    assert f"{done_label} epoch" not in second, "a finished trial ran again"
+    assert re.search(r"^grid:\S+ epoch 6:", second, re.M), "the interrupted trial went on"
+    assert "(2/2 trials done)" in second  # the progress count goes on from where it stopped
+    assert "on 2 data-parallel workers (gloo, {'CPU': 1.0} each)" in second
+    third = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    text = third.stdout + third.stderr
+    assert third.returncode == 0, text[-4000:]
     assert not re.search(r"^final:\S+ epoch 1:", text, re.M), "the restored trainer trained epoch 1 again"
     assert re.search(r"^final:\S+ epoch 2:", text, re.M)
+
     client = client_for(uri)
     exp = client.get_experiment_by_name("condface-ddpm-smoke")
-    (final,) = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'final'")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`condface.phase` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    runs = children(client, parent.info.run_id)
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    assert len(grid) == 2 and all(r.info.status == "FINISHED" for r in grid)
+    for r in grid:  # every epoch of every trial logged exactly once, the crashed epoch's retry included
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
+        assert "fail_once_at_epoch" not in r.data.params  # a test's fault is no setting of the user's
+    (done,) = [r for r in grid if r.info.run_name == done_label]  # crashed and retried before the kill
+    assert done.data.tags["condface.retries"] == "1"
+    assert "injected failure" in done.data.tags["condface.last_error"]
+    assert first.count("injected failure") >= 1
+
+    (final,) = [r for r in runs if r.data.tags["condface.phase"] == "final"]
     assert final.info.status == "FINISHED"
     for key in ("train_loss", "val_loss", "fd_estimator", "epoch"):  # rank 0's report of every epoch, once
         assert [m.step for m in client.get_metric_history(final.info.run_id, key)] == [1, 2], key
     assert "final_fd_estimator" in final.data.metrics  # evaluated on the pipeline rank 0 saved
     assert final.data.tags["condface.registered_model"].startswith("models:/condface-ddpm/")
-    first = (tmp_path / "1.log").read_text()
-    assert "on 2 data-parallel workers (gloo, {'CPU': 1.0} each)" in first
     assert list((tmp_path / "results").glob("*/ddpm/final-train/final-*/checkpoint_*"))  # Ray Train's checkpoints
+    sweep_dir = Path(parent.data.tags["condface.storage"])
+    phases = json.loads((sweep_dir / "sweep.json").read_text())["phases"]
+    assert phases["sweep"]["status"] == "done" and phases["ddpm/grid"]["status"] == "done"
+
+
+def _run_until_killed(args: list[str], env: dict, log: Path, when: Callable[[str], bool], timeout: float = 400) -> str:
+    """Run the sweep until its output satisfies `when`, then kill it with its Ray runtime: the machine 'dies'."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while proc.poll() is None and not when(log.read_text()):
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be killed:\n" + log.read_text()[-3000:]
+        _kill_tree(proc)
+    return log.read_text()

@@ -54,19 +54,19 @@ def toy_data() -> str:
     return str(toy_cache(size=16, n_train=256, n_val=64, n_test=8, progress=False))
 
 
-def sweep_command(data: str, uri: str, storage: Path, epochs: int = 1) -> list[str]:
-    """The two-family smoke sweep with the sampler phase."""
+def sweep_command(data: str, uri: str, storage: Path, epochs: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
+    """The two-family smoke sweep with the sampler phase (and `extra` settings)."""
     return [sys.executable, "-m", "orchestration.sweep", "--preset", "smoke", "--model", "ddpm,sd-lora", "--data",
             data, "--no-dashboard", "--tracking-uri", uri, "--storage-path", str(storage), "--sampler-phase",
-            "--epochs", str(epochs)]
+            "--epochs", str(epochs), *extra]
 
 
 def local_target(data: str, work: Path, env: dict[str, str] | None = None, epochs: int = 1,
-                 uri: str | None = None) -> Target:
+                 uri: str | None = None, extra: tuple[str, ...] = ()) -> Target:
     """The two-family smoke sweep on a local Ray runtime, recorded in `uri` (default: a SQLite store in `work`)."""
     uri = uri or f"sqlite:///{work / 'mlruns.db'}"
     base = {**(env or os.environ), "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
-    return Target(sweep_command(data, uri, work / "results", epochs), base, uri, work / "results")
+    return Target(sweep_command(data, uri, work / "results", epochs, extra), base, uri, work / "results")
 
 
 def run_command(args: list[str], log: Path, env: dict[str, str], timeout_s: float,
@@ -178,9 +178,10 @@ def fresh(work: Path) -> Path:
 
 
 def crash_sweep(data: str, work: Path, kills: list[str], timeout_s: float = 900.0, max_resumes: int = 3,
-                env: dict[str, str] | None = None, epochs: int = 1) -> CrashResult:
-    """The two-family smoke sweep in `work`, locally: command i killed at `kills[i]`, resumed until it finishes."""
-    target = local_target(data, fresh(work), env, epochs)
+                env: dict[str, str] | None = None, epochs: int = 1, extra: tuple[str, ...] = ()) -> CrashResult:
+    """The two-family smoke sweep (with `extra` settings) in `work`, locally: command i killed at `kills[i]`,
+    resumed until it finishes."""
+    target = local_target(data, fresh(work), env, epochs, extra=extra)
     earlier_champions(target.uri)
     return fault_sweep(target, work, kills, timeout_s, max_resumes)
 
