@@ -26,7 +26,12 @@ harness makes the fault, then lets it go on into it):
         recover and the driver exits, it is resumed (--max-resumes). Finished = exit 0 within those resumes with
         every invariant kept; the resumes are counted in each point's line.
 
-It prints a line per point and, at the end, the points tried and how many violated an invariant (target 0).
+It prints a line per point and, at the end, the points tried and how many violated an invariant (target 0). Each
+point's line also goes to `points-<variant>.tsv` in the work folder: a long run stopped and started again with the
+same `--work` tries only the points it lacks (on the same code; points of other code are tried again). `--jobs 2`
+tries two points at once, each with a Ray runtime of its own.
+
+    python -m orchestration.crash_points --all --seed 0 --jobs 2 --work ~/crash-all   (again: goes on)
 """
 
 from __future__ import annotations

@@ -266,3 +266,31 @@ def test_the_variants_settings_are_checked_in_a_line():
     writes = [(1, "create_run", "setup"), (2, "log_batch", "ddpm/grid")]
     assert points(CrashConfig(outage=True, sample=1, seed=0), writes) == \
         points(CrashConfig(sample=1, seed=0), writes)  # the same points as the kills
+
+
+def test_a_long_run_goes_on_where_it_stopped_and_counts_what_it_tried_before(tmp_path, capsys):
+    """The ledger of python -m orchestration.crash_points --work: points tried on this code are not tried again,
+    those of other code are; the totals count both runs; two points at a time give the same lines."""
+    from orchestration.crash.cli import Ledger, try_points
+    from orchestration.crash.harness import CrashResult
+
+    attempted: list[str] = []
+
+    def attempt(spec: str, work: Path) -> CrashResult:
+        attempted.append(spec)
+        work.mkdir(parents=True, exist_ok=True)  # as the harness, which empties it first
+        (work / "1.log").write_text("a sweep\n")
+        (work / "mlruns.db").write_text("a store\n")
+        return CrashResult([spec], [], ["the parent RUNNING"] if spec == "2" else [], 1.0, [work / "1.log"], [0])
+
+    todo = [("1", "create_run in setup"), ("2", "log_batch in ddpm/grid"), ("3", "set_tag in sweep/closing")]
+    ledger_path = tmp_path / "points-kill.tsv"
+    assert try_points(todo[:2], attempt, tmp_path, 1, Ledger(ledger_path, "v1")) == (2, 1)
+    assert not (tmp_path / "point-1" / "mlruns.db").exists() and (tmp_path / "point-2" / "mlruns.db").exists()
+    assert try_points(todo, attempt, tmp_path, 2, Ledger(ledger_path, "v1")) == (3, 1)  # goes on: point 3 only
+    assert attempted == ["1", "2", "3"]
+    out = capsys.readouterr().out
+    assert "2 point(s) tried before on this code" in out and "[1/1] 3 (set_tag in sweep/closing): ok" in out
+    assert "[2/2] 2 (log_batch in ddpm/grid): 1 violation(s)" in out and "    the parent RUNNING" in out
+    assert try_points(todo[:1], attempt, tmp_path, 1, Ledger(ledger_path, "v2")) == (1, 0)  # other code: again
+    assert attempted[-1] == "1" and "3 line(s) of" in capsys.readouterr().out

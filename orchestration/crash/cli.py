@@ -41,6 +41,7 @@ class CrashConfig:
                             "store and results only where it broke an invariant")
     timeout_s: float = setting(900.0, "give up on a sweep command after this long", above=0)
     max_resumes: int = setting(3, "resume a killed sweep at most this often", minimum=1)
+    jobs: int = setting(1, "try this many points at once (each a sweep with a Ray runtime of its own)", minimum=1)
 
 
 def points(cfg: CrashConfig, writes: list[tuple[int, str, str]]) -> list[tuple[str, str]]:
@@ -109,6 +110,79 @@ def on_a_fresh_cluster(cfg: CrashConfig, data: str, spec: str, work: Path) -> Cr
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def code_version() -> str:
+    """The committed trees of the code a sweep runs (+dirty when any of it differs from the commit): a point tried
+    on other code is tried again."""
+    import subprocess
+
+    from orchestration.crash.harness import ROOT
+
+    parts = ("orchestration", "models", "evaluation", "data", "infra")
+    git = ["git", "-C", str(ROOT)]
+    try:
+        trees = subprocess.run([*git, "rev-parse", *(f"HEAD:{d}" for d in parts)], capture_output=True, text=True,
+                               check=True).stdout.split()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", *parts], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return "-".join(t[:8] for t in trees) + ("+dirty" if dirty else "")
+
+
+class Ledger:
+    """`points.tsv` in the work folder: one line per point tried (spec, violations, seconds, code version), so that
+    a long run (--all: hours) stopped and started again with the same --work goes on where it stopped."""
+
+    def __init__(self, path: Path, version: str):
+        self.path, self.version = path, version
+        rows = [ln.split("\t") for ln in path.read_text().splitlines()] if path.is_file() else []
+        self.tried = {spec: int(bad) for spec, bad, _, v in rows if v == self.version}
+        self.stale = sum(1 for *_, v in rows if v != self.version)
+
+    def add(self, spec: str, result: CrashResult) -> None:
+        with open(self.path, "a") as out:
+            out.write(f"{spec}\t{len(result.violations)}\t{result.seconds:.0f}\t{self.version}\n")
+        self.tried[spec] = len(result.violations)
+
+
+def try_points(todo: list[tuple[str, str]], attempt: Callable[[str, Path], CrashResult], keep: Path, jobs: int,
+               ledger: Ledger) -> tuple[int, int]:
+    """Each point not in the ledger yet, `jobs` at a time: its line printed, its folder cleared unless it broke an
+    invariant. Returns (points tried, of them with a violated invariant), the ledger's earlier ones included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    left = [(spec, what) for spec, what in todo if spec not in ledger.tried]
+    if len(left) < len(todo):
+        print(f"{len(todo) - len(left)} point(s) tried before on this code ({ledger.path}): not again", flush=True)
+    if ledger.stale:
+        print(f"{ledger.stale} line(s) of {ledger.path} are from other code: those points are tried again", flush=True)
+
+    def one(spec: str) -> CrashResult:
+        return attempt(spec, keep / f"point-{spec.replace('/', '_').replace('@', '-at-').replace(':', '-')}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [(spec, what, pool.submit(one, spec)) for spec, what in left]
+        for i, (spec, what, future) in enumerate(futures, 1):
+            result = future.result()
+            ledger.add(spec, result)
+            report(f"[{i}/{len(left)}] {spec} ({what})", result)
+    wanted = {spec for spec, _ in todo}
+    return len(wanted), sum(1 for spec, bad in ledger.tried.items() if spec in wanted and bad)
+
+
+def report(head: str, result: CrashResult) -> None:
+    verdict = "ok" if not result.violations else f"{len(result.violations)} violation(s)"
+    print(f"{head}: {verdict}, {max(len(result.codes) - 1, 0)} resume(s) ({result.seconds:.0f} s)", flush=True)
+    for line in [*(k for k in result.killed if k.startswith("[harness]")), *result.violations]:
+        print(f"    {line}", flush=True)  # why a held driver was resumed, then what broke
+    if not result.violations:
+        for path in result.logs[0].parent.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.suffix != ".log":
+                path.unlink()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = Parser(prog="python -m orchestration.crash_points", exit_on_error=False,
                description="Kill the two-family smoke sweep at its MLflow writes (or stop its tracking server, "
@@ -124,26 +198,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.time()
     keep = Path(cfg.work) if cfg.work else Path(tempfile.mkdtemp(prefix="condface-crash-"))
+    keep.mkdir(parents=True, exist_ok=True)
     print(f"crash points: work folder {keep}", flush=True)
     data = toy_data()
     writes = [] if cfg.at or cfg.node_kill else clean_writes(cfg, keep, data, started)
-    todo, attempt, bad = points(cfg, writes), runner(cfg, data), 0
-    for i, (spec, what) in enumerate(todo, 1):
-        result = attempt(spec, keep / f"point-{spec.replace('/', '_').replace('@', '-at-').replace(':', '-')}")
-        bad += bool(result.violations)
-        verdict = "ok" if not result.violations else f"{len(result.violations)} violation(s)"
-        resumes = max(len(result.codes) - 1, 0)
-        print(f"[{i}/{len(todo)}] {spec} ({what}): {verdict}, {resumes} resume(s) ({result.seconds:.0f} s)",
-              flush=True)
-        for line in [*(k for k in result.killed if k.startswith("[harness]")), *result.violations]:
-            print(f"    {line}", flush=True)  # why a held driver was resumed, then what broke
-        if not result.violations:
-            for path in result.logs[0].parent.iterdir():
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                elif path.suffix != ".log":
-                    path.unlink()
-    print(f"\ncrash points tried: {len(todo)}; with a violated invariant: {bad}; wall time "
-          f"{time.time() - started:.0f} s (work folder {keep})", flush=True)
+    variant = "outage" if cfg.outage else "node-kill" if cfg.node_kill else "kill"
+    ledger = Ledger(keep / f"points-{variant}.tsv", code_version())
+    tried, bad = try_points(points(cfg, writes), runner(cfg, data), keep, cfg.jobs, ledger)
+    print(f"\ncrash points tried: {tried}; with a violated invariant: {bad}; wall time "
+          f"{time.time() - started:.0f} s (work folder {keep}; every point's line: {ledger.path})", flush=True)
     if bad:
         sys.exit(1)
