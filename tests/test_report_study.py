@@ -94,6 +94,7 @@ def test_conclusions_compare_against_the_seed_spread_and_name_what_is_absent(rec
     assert vae[0][2].startswith("11.90 dB") and vae[0][3].startswith("11.40 dB") and "favours the first" in vae[0][5]
     assert "favours the first" in vae[1][5]  # a lower distance is better
     assert "sampling standard error" in vae[2][5]
+    assert all("the VAE is tuned once" in r[5] and "--final-seeds" not in r[5] for r in vae)  # seeds would not help
 
 
 def test_without_a_vae_phase_the_vae_claim_says_how_to_measure_it(tmp_path):

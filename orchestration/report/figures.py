@@ -215,11 +215,16 @@ def loss_figure(rec: Record, report: Report) -> Figure:
         ax.set_ylabel("training loss (window mean)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return Figure("4.6", "training loss per optimizer step of both final runs",
+    return Figure("4.6", f"training loss per optimizer step of {_each_final(curves)}",
                   [Panel("training loss per step", _png_of(fig), "fig4.6_loss_per_step.png")],
                   "Each point is the mean loss of a window of optimizer steps (TrainConfig.loss_every, 10; the last "
                   "window of an epoch may be shorter), logged as train_loss_step with step = optimizer step. The study "
                   "found the SD+LoRA curve noisier (its loss moves less, so the noise shows on its y axis).")
+
+
+def _each_final(families) -> str:
+    """The study's "both final runs" (it had two families), for however many this record has."""
+    return {1: "the final run", 2: "both final runs"}.get(len(families), "each family's final run")
 
 
 def epochs_figure(rec: Record) -> Figure:
@@ -249,7 +254,7 @@ def epochs_figure(rec: Record) -> Figure:
         ax.axis("off")
     fig.tight_layout()
     first_last = "; ".join(f"{f} {100 * a:.1f} % -> {100 * b:.1f} %" for f, (a, b) in study.FIGURE_4_7_EST_ACC.items())
-    return Figure("4.7", "every metric per epoch of both final runs",
+    return Figure("4.7", f"every metric per epoch of {_each_final(finals)}",
                   [Panel("metrics per epoch", _png_of(fig), "fig4.7_metrics_per_epoch.png")],
                   f"Per-epoch sampling uses the {rec.params.get('eval_samples', '?')} per-epoch conditions. The study's "
                   f"estimator accuracy over its 15 epochs (§4.3): {first_last} (dotted: its last epoch)."
