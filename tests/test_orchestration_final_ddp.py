@@ -4,9 +4,11 @@ evaluated and registered like a one-worker final run, resumed from Ray Train's c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.errors import SweepError
-from tests.test_orchestration_sweep import ROOT, _kill_tree, children, client_for, smoke
+from tests.test_orchestration_sweep import ROOT, children, client_for, smoke
 
 
 def test_worker_resources_for_the_data_parallel_final_run(data):
@@ -112,3 +114,14 @@ def _run_until_killed(args: list[str], env: dict, log: Path, when: Callable[[str
         assert proc.poll() is None, "the sweep ended before it could be killed:\n" + log.read_text()[-3000:]
         _kill_tree(proc)
     return log.read_text()
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started (its local Ray runtime): the machine 'dies'."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    for p in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that ended on its own meanwhile
+            p.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)

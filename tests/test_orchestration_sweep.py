@@ -6,9 +6,6 @@ minutes on 2 cores; the record is checked through MlflowClient the way a user wo
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -154,17 +151,6 @@ def test_optuna_with_asha_samples_the_continuous_settings_and_records_every_tria
         assert steps in ([1], [1, 2]), steps
     assert len(lrs) == 3  # TPE really sampled the continuous axis
     assert len(out["families"]["ddpm"]["grid"]["records"]) == 3
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process it started (its local Ray runtime): the machine 'dies'."""
-    import psutil
-
-    parent = psutil.Process(proc.pid)
-    for p in [*parent.children(recursive=True), parent]:
-        with contextlib.suppress(psutil.NoSuchProcess):  # a child that ended on its own meanwhile
-            p.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 def test_mini_lora_sweep_lands_in_mlflow(joint_sweep):

@@ -130,7 +130,7 @@ def code_version() -> str:
 
 
 class Ledger:
-    """`points.tsv` in the work folder: one line per point tried (spec, violations, seconds, code version), so that
+    """`points-<variant>.tsv` in the work folder: one line per point tried (spec, violations, seconds, code version), so that
     a long run (--all: hours) stopped and started again with the same --work goes on where it stopped."""
 
     def __init__(self, path: Path, version: str):
