@@ -1,7 +1,10 @@
 """A phase whose driver died right after its Tuner was made (no trial saved yet) is restored with its own
-param_space, not an empty one (the final phase of a resumed sweep once failed this way)."""
+param_space, not an empty one (the final phase of a resumed sweep once failed this way), and with the MLflow
+runs its trials already had (Tune gives the recreated trials new ids)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 from ray import tune
@@ -14,6 +17,14 @@ pytestmark = pytest.mark.slow  # a Ray runtime
 
 def report_grad_accum(config, ctx):
     tune.report({"grad_accum": config["grad_accum"], "ctx": ctx})
+
+
+def report_fid(config, ctx):
+    tune.report({"fid": float(config["grad_accum"]), "epoch": 0})
+
+
+def label_of(config):
+    return f"grid:ga{config['grad_accum']}", {"trial.grad_accum": config["grad_accum"]}
 
 
 @pytest.fixture
@@ -38,3 +49,34 @@ def test_a_phase_killed_before_its_first_trial_was_saved_is_restored_with_its_pa
     assert len(results) == 1 and results.errors == []
     assert results[0].config == params
     assert results[0].metrics["grad_accum"] == 4 and results[0].metrics["ctx"] == 7
+
+
+def test_a_grid_restored_before_tune_saved_its_trials_keeps_one_run_per_trial(ray_runtime, tmp_path):
+    """crash_points point 155: the driver killed after the callback opened the trials' runs, before Tune wrote its
+    experiment state. The restored grid recreates its trials under new ids; each finds its run by its label."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking.callback import MlflowTrialCallback
+    from orchestration.tracking.client import Tracker
+
+    uri, experiment = f"sqlite:///{tmp_path / 'mlruns.db'}", "restored-grid"
+    parent = Tracker(uri, experiment).open_run("sweep", "sweep")
+
+    def callback():
+        return MlflowTrialCallback(uri, experiment, parent, "grid", {}, label_of, "fid", policy="none",
+                                   by_label=True, family="ddpm")
+
+    space, ctx = {"grad_accum": tune.grid_search([1, 2])}, SimpleNamespace(sweep=SimpleNamespace(seed=0, max_failures=0))
+    first = run_phase(ctx, tmp_path, "grid", space, {"cpu": 1}, "fid", "min", callback(), fn=report_fid)
+    for state in (tmp_path / "grid").glob("experiment_state-*.json"):  # as if killed before Tune saved it
+        state.unlink()
+    again = run_phase(ctx, tmp_path, "grid", space, {"cpu": 1}, "fid", "min", callback(), resume=True,
+                      fn=report_fid)
+
+    assert {r.metrics["trial_id"] for r in first}.isdisjoint(r.metrics["trial_id"] for r in again)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_name for r in runs) == ["grid:ga1", "grid:ga2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "fid")] == [0]

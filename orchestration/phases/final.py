@@ -148,7 +148,7 @@ def train_final(continuing: bool, sweep, cfg, spec: TrialSpec, tags: dict[str, s
     if not pipeline_dir.is_dir():
         raise SweepError(f"the final run's last checkpoint {checkpoint} has no pipeline/: "
                          "it did not finish its last epoch; continue with --resume")
-    run_id = tracker.find_run(f"{sweep.parent}/final/{result.metrics['trial_id']}")
+    run_id = tracker.find_run(callback.key(result.metrics["trial_id"], result.config))
     return FinalRun(seed, run_id, pipeline_dir, trial_history(result))
 
 

@@ -86,6 +86,7 @@ def make_callback(ctx: TrialContext, tracking_uri: str, parent_run_id: str, tags
         uri=tracking_uri, experiment=ctx.sweep.experiment_name, parent_run_id=parent_run_id, phase=ctx.phase,
         tags=tags, trial_params=functools.partial(trial_params, ctx=plain), select_metric=metric,
         policy=ctx.sweep.checkpoint_artifacts, limit_mb=ctx.sweep.artifact_limit_mb, total=total,
+        by_label=ctx.phase == "final" or ctx.sweep.search == "grid", family=ctx.sweep.model,
     )
 
 

@@ -27,11 +27,15 @@ class MlflowTrialCallback(Callback):
     phase: "grid" or "final". trial_params(config_dict) -> (run name, params) gives each trial's whole
     resolved configuration. Checkpoint artifacts follow `policy` ("none" | "best" | "all") within
     `limit_mb`. Picklable (Tune stores callbacks with the experiment state for `Tuner.restore`).
+
+    by_label: each trial's run is keyed by its label (unique in a grid or a final run) rather than by Tune's
+    trial id, which changes when a driver killed before Tune saved its trials is restored; `family` keeps the
+    labels of two families apart under one parent. An Optuna search, whose labels can repeat, keys by trial id.
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, phase: str, tags: dict[str, str],
                  trial_params, select_metric: str, policy: str = "best",
-                 limit_mb: float = 2048.0, total: int | None = None):
+                 limit_mb: float = 2048.0, total: int | None = None, by_label: bool = False, family: str = ""):
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.phase, self.tags, self.trial_params = phase, dict(tags), trial_params
         self.metric = select_metric  # ranks each trial's epochs in the catalogue's better direction
@@ -41,6 +45,7 @@ class MlflowTrialCallback(Callback):
         self.logged_mb = 0.0
         self.labels: dict[str, str] = {}
         self.total = total
+        self.by_label, self.family = by_label, family
         self.finished = 0
         self.diverged: dict[str, str] = {}  # trial id -> reason (the trial reported a NaN/inf loss)
         self._tracker: Tracker | None = None
@@ -65,6 +70,12 @@ class MlflowTrialCallback(Callback):
         self.finished = state.get("finished", 0)  # a resumed sweep keeps counting where it stopped
         self.diverged = state.get("diverged", {})
 
+    def key(self, trial_id: str, config: dict) -> str:
+        """The key of a trial's run (`Tracker.open_run`): the same for a trial that Tune recreated."""
+        if self.by_label:
+            return f"{self.parent}/{self.phase}/{self.family}/{self.trial_params(config)[0]}"
+        return f"{self.parent}/{self.phase}/{trial_id}"
+
     def _run(self, trial) -> str:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or trial.trial_id not in self.labels:  # new, or restored by Tuner.restore
@@ -72,8 +83,8 @@ class MlflowTrialCallback(Callback):
             self.labels[trial.trial_id] = name
         if run_id is None:
             tags = {**self.tags, f"{TAG_PREFIX}phase": self.phase, f"{TAG_PREFIX}trial_id": trial.trial_id}
-            run_id = self.tracker.open_run(f"{self.parent}/{self.phase}/{trial.trial_id}", name, self.parent,
-                                           tags=tags, params=params)
+            run_id = self.tracker.open_run(self.key(trial.trial_id, trial.config), name, self.parent, tags=tags,
+                                           params=params)
             self.runs[trial.trial_id] = run_id
         return run_id
 
@@ -164,7 +175,7 @@ class MlflowTrialCallback(Callback):
         also where a killed driver never closed it (Tune restored the trial as finished). Returns `results`."""
         for result in results:
             trial_id = (result.metrics or {}).get("trial_id")
-            run_id = self.tracker.find_run(f"{self.parent}/{self.phase}/{trial_id}") if trial_id else None
+            run_id = self.tracker.find_run(self.key(trial_id, result.config)) if trial_id else None
             if run_id is None or self.tracker.status(run_id) != "RUNNING":
                 continue
             last = result.metrics or {}
