@@ -12,17 +12,22 @@ the two halves for callers that stream many batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 
 from evaluation.config import EvalConfig
-from evaluation.scorer import MetricResult, Scorer, ScoreState
+
+if TYPE_CHECKING:  # the metric models are the actors' to import: a driver that only holds a pool stays light
+    from evaluation.scorer import MetricResult, ScoreState
 
 
 class ScorerActor:
     def __init__(self, config: EvalConfig, num_threads: int | None = None):
         import torch
+
+        from evaluation.scorer import Scorer
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -70,6 +75,8 @@ class EvaluatorPool:
                 None if captions is None else list(captions[lo:hi]),
                 None if real_images is None else real_images[lo:hi],
             ))
+        from evaluation.scorer import Scorer
+
         return Scorer.merge(ray.get(futures))
 
     def compute(self, state: ScoreState) -> MetricResult:

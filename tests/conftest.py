@@ -117,7 +117,8 @@ def tiny_bases(data) -> None:
 @pytest.fixture(scope="session")
 def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
     """One finished smoke sweep of every family (`--model all`) with the sampler phase, on a local Ray runtime and a
-    real MLflow SQLite store. Read it; do not change what is recorded (every slow module shares it).
+    real MLflow SQLite store. One trial at a time: one trial process per grid (Tune reuses it), as the suite's two
+    workers keep both CPUs busy anyway. Read it; do not change what is recorded (every slow module shares it).
 
     cfg, uri: the resolved config and its tracking URI; out: what run_sweep returned; parent: the sweep's run id;
     client: an MlflowClient on the store; tmp: a folder of its own (the store, Ray storage); data, home.
@@ -130,7 +131,7 @@ def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
 
     tmp = tmp_path_factory.mktemp("joint-sweep")
     cfg = resolve("smoke", model="all", data=data, tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
-                  storage_path=str(tmp / "results"), sampler_phase=True)
+                  storage_path=str(tmp / "results"), sampler_phase=True, max_concurrent=1)
     assert cfg.model == JOINT_FAMILIES, "tests/tools.py JOINT_FAMILIES lists every family, as --model all runs them"
     started = not ray.is_initialized()
     if started:

@@ -258,17 +258,19 @@ def test_a_sweep_on_two_nodes_as_a_ray_job_recorded_through_the_tracking_server(
         assert not any(e.startswith(b"MLFLOW_TRACKING_PASSWORD=") for e in environ)
 
 
-def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(cluster, data, tmp_path):
-    """Through the crash harness (orchestration.crash): (b) the driver is held at the grid's first trial report
-    (its 10th MLflow write) while the harness stops the tracking server; released into the outage, it waits and
-    retries (bounded), and writes what the trials reported once the server is back 10 s later. (c) Then the
-    driver dies (SIGKILL) at a later report write of the grid; `--resume` against the same cluster and server
-    continues and finishes. The record keeps every invariant of orchestration.crash_record.
+def test_a_node_killed_and_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(cluster, data,
+                                                                                                 tmp_path):
+    """Through the crash harness (orchestration.crash), three faults in one sweep on the cluster:
+    (a) the driver is held at the grid's first trial report (its 10th MLflow write: both trials, one per node,
+    are mid-run) while the worker node's raylet is SIGKILLed and (b) the tracking server stopped; released into
+    both, Tune retries the trial that ran on the lost node on the head from its last checkpoint, and the driver
+    waits and retries MLflow (bounded) until the server is back 10 s later. (c) Then the driver dies (SIGKILL) at
+    a later report write of the grid; `--resume` against the same cluster and server continues and finishes.
+    The record keeps every invariant of orchestration.crash_record.
     (d) Both commands pass MLflow's credentials in --tracking-uri (http://admin:PW@...), the only place they are:
     the password is in no MLflow param or tag, no file of the sweep's directory (sweep.json, the report) and
-    not in the output, which shows it as ***."""
-    from orchestration.crash.harness import fault_sweep
-    from orchestration.crash.variants import cluster_target, mlflow_login, outage
+    not in the output, which shows it as ***. Last in this module: the cluster has one node afterwards."""
+    from orchestration.crash.variants import cluster_target, node_kill_sweep, outage
 
     user, password = lc.mlflow_login(cluster)
     uri = cluster["mlflow"]["uri"]
@@ -276,18 +278,22 @@ def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(c
     env.pop("CONDFACE_MLFLOW_CREDENTIALS")
     target = cluster_target(cluster, data, "cluster-faults", 2, env=env,
                             uri=uri.replace("http://", f"http://{user}:{password}@"))
-    fault = outage(lambda: lc.stop_mlflow(cluster["dir"]), lambda: lc.restart_mlflow(cluster["dir"]), 10)
-    with mlflow_login(cluster):
-        result = fault_sweep(target, tmp_path, ["16@ddpm/grid"], timeout_s=420, max_resumes=1,
-                             hold="10@ddpm/grid", fault=fault)
+    server_down = outage(lambda: lc.stop_mlflow(cluster["dir"]), lambda: lc.restart_mlflow(cluster["dir"]), 10)
+    result = node_kill_sweep(cluster, data, tmp_path, "10@ddpm/grid", "cluster-faults", timeout_s=420,
+                             max_resumes=1, target=target, kills=["16@ddpm/grid"], also=server_down)
     first, second = (log.read_text() for log in result.logs)
     assert result.violations == [], "\n".join(result.violations + result.killed) + second[-3000:]
     assert any(ln.startswith("[fault] held before MLflow write") for ln in result.killed), result.killed
+    assert not lc.alive(cluster["ray"]["nodes"]["worker"]["raylet_pid"])
     assert re.search(r"MLflow server \S+ unreachable", first) and "reachable again" in first, first[-3000:]
     assert first.index("reachable again") < first.index("[fault] SIGKILL")  # killed after the outage
     assert result.codes == [-9, 0]
     assert re.search(r"^\[ddpm/grid\] cut short in an earlier run: continuing", second, re.M), second[-3000:]
     runs = assert_complete(cluster, "cluster-faults", epochs=2, final_epochs=1)
+    head = cluster["ray"]["nodes"]["head"]["node_id"]
+    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
+    assert any(int(tags(r).get("condface.retries", 0)) >= 1 for r in grid), [tags(r) for r in grid]
+    assert {tags(r)["condface.node_id"] for r in grid} == {head}  # their last epochs ran on the surviving node
     assert f"{uri.replace('http://', f'http://{user}:***@')}: the credentials were moved" in first
     assert password not in first + second
     assert password not in json.dumps([r["data"] for r in runs])  # every run's params and tags
@@ -298,23 +304,3 @@ def test_the_tracking_server_down_mid_sweep_then_the_driver_killed_and_resumed(c
     for path in sweep_dir.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert password.encode() not in path.read_bytes(), path
-
-
-def test_a_node_killed_mid_trial(cluster, data, tmp_path):
-    """(a) Through the crash harness's node-kill variant: the driver is held at the grid's first trial report (its
-    10th MLflow write: both trials, one per node, are mid-run) while the worker node's raylet is SIGKILLed; the
-    trial that ran there is retried on the head from its last checkpoint, the sweep finishes without a resume,
-    every invariant is kept, each epoch reported once. Last in this module: the cluster has one node afterwards."""
-    from orchestration.crash.variants import node_kill_sweep
-
-    result = node_kill_sweep(cluster, data, tmp_path, "10@ddpm/grid", "cluster-node-lost", epochs=3, timeout_s=420)
-    (text,) = (log.read_text() for log in result.logs)
-    assert result.violations == [] and result.codes == [0], "\n".join(result.violations + result.killed)
-    assert not lc.alive(cluster["ray"]["nodes"]["worker"]["raylet_pid"])
-    for label in set(re.findall(r"^(grid:\S+) epoch \d+:", text, re.M)):  # each epoch trained and reported once
-        assert [int(e) for e in re.findall(rf"^{re.escape(label)} epoch (\d+):", text, re.M)] == [1, 2, 3], label
-    runs = assert_complete(cluster, "cluster-node-lost", epochs=3, final_epochs=1)
-    head = cluster["ray"]["nodes"]["head"]["node_id"]
-    grid = [r for r in trained_runs(runs) if tags(r)["condface.phase"] == "grid"]
-    assert any(int(tags(r).get("condface.retries", 0)) >= 1 for r in grid), [tags(r) for r in grid]
-    assert {tags(r)["condface.node_id"] for r in grid} == {head}  # their last epochs ran on the surviving node

@@ -30,7 +30,9 @@ KILLS = [
 
 
 # What the sweep runs beyond the harness's plain two-family sweep: each behaviour here is checked on this record.
-EXTRA = ("--tune-vae", "--final-seeds", "2", "--augment-axis", "none,study-no-color")
+# One trial at a time: one trial process per grid (Tune reuses it) rather than two, as the suite's two workers
+# keep both CPUs busy anyway.
+EXTRA = ("--tune-vae", "--final-seeds", "2", "--augment-axis", "none,study-no-color", "--max-concurrent", "1")
 DIVERGED = "ga1-T1000-snroff-small-aug:none"  # trains at lr = inf (orchestration.faults): FAILED, the grid goes on
 EXPERIMENT = "condface-ddpm+sd-lora-smoke"
 

@@ -116,19 +116,27 @@ def kill_worker(cluster: dict[str, Any], killed: list[int]) -> Fault:
 
 
 def node_kill_sweep(cluster: dict[str, Any], data: str, work: Path, point: str, experiment: str, epochs: int = 2,
-                    timeout_s: float = 900.0, max_resumes: int = 2, target: Target | None = None) -> CrashResult:
+                    timeout_s: float = 900.0, max_resumes: int = 2, target: Target | None = None,
+                    kills: list[str] | None = None, also: Fault | None = None) -> CrashResult:
     """The sweep on the cluster, its worker node killed when the driver reaches `point` (a phase, or k@phase: its
     k-th MLflow write): Tune retries the trials that ran there; where Ray cannot recover (the driver's own Ray
-    calls fail), the driver exits and is resumed. Finished = exit 0 within `max_resumes` resumes, every invariant
-    kept."""
+    calls fail), the driver exits and is resumed. `also`: a second fault made at the same instant (e.g. `outage`);
+    `kills`: the driver SIGKILLed at these writes as well (fault_sweep). Finished = exit 0 within `max_resumes`
+    resumes, every invariant kept."""
     from infra.procs import alive
 
     fresh(work)
     target = target or cluster_target(cluster, data, experiment, epochs)
     killed: list[int] = []
     hold = point if "@" in point else f"@{point}"
+    node_lost = kill_worker(cluster, killed)
+
+    def fault(line: str) -> Callable[[], None] | None:
+        node_lost(line)
+        return also(line) if also is not None else None
+
     with mlflow_login(cluster):
-        result = fault_sweep(target, work, [], timeout_s, max_resumes, hold, kill_worker(cluster, killed))
+        result = fault_sweep(target, work, list(kills or []), timeout_s, max_resumes, hold, fault)
     if not killed or any(alive(p) for p in killed):
         result.violations.append(f"the worker node was not killed at {point}")
     return result
