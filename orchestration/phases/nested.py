@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestration.tracking.client import Tracker
+if TYPE_CHECKING:  # the phases' Ray tasks live beside their phase and import this module: they need no MLflow
+    from orchestration.tracking.client import Tracker
 
 
 @contextmanager
