@@ -93,7 +93,9 @@ def estimator_task(data_root: str, preset: str, threads: int = 0) -> dict[str, A
     from orchestration.trainable import where_am_i
 
     configure_torch(threads)
-    path = ensure_estimator(data_root, preset)
+    # no progress bars: through Ray's log forwarding each redraw is a line of the driver's output; the per-epoch
+    # lines say how it goes
+    path = ensure_estimator(data_root, preset, progress=False)
     return {"path": str(path), "resources": where_am_i().get("resources", {})}
 
 
