@@ -56,7 +56,9 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
     elif cfg.address:
         root = Path(__file__).resolve().parent.parent
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
-        ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules}, log_to_driver=True)
+        env_vars = {k: os.environ[k] for k in ("OMP_WAIT_POLICY",) if k in os.environ}  # see orchestration.sweep
+        ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules, "env_vars": env_vars},
+                       log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine
         from orchestration.ray_token import private_local_token
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,18 +46,30 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
         assert run.data.tags["condface.gpu_ids"] != ""
 
 
-def test_the_plan_is_checked_against_two_real_nodes(data):
+def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):
+    """Also: the sweep's workers on a cluster's nodes get the sweep's OpenMP wait policy through the runtime env,
+    whatever the nodes were started with."""
+    import signal
+
     import ray
     from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from orchestration.driver import start_ray
     from orchestration.resources import plan_resources
 
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # what the nodes inherit
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
+    node = cluster.add_node(num_cpus=2)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         cfg = resolve("smoke", data=data)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the sweep's (orchestration.sweep)
+        start_ray(dataclasses.replace(cfg, address=cluster.address), dashboard=False)
+        on_node = ray.remote(lambda: os.environ.get("OMP_WAIT_POLICY")).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+        assert ray.get(on_node.remote()) == "PASSIVE"
         plan = plan_resources(cfg)
         assert len(plan.nodes) == 2
         assert plan.lone == {"cpu": 2.0, "gpu": 0.0}  # one node's CPUs: the cluster's 4 would never be scheduled
@@ -65,3 +78,4 @@ def test_the_plan_is_checked_against_two_real_nodes(data):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        signal.signal(signal.SIGTERM, sigterm)
