@@ -56,7 +56,7 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
     elif cfg.address:
         root = Path(__file__).resolve().parent.parent
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
-        env_vars = {k: os.environ[k] for k in ("OMP_WAIT_POLICY",) if k in os.environ}  # see orchestration.sweep
+        env_vars = {k: os.environ[k] for k in ("GOMP_SPINCOUNT",) if k in os.environ}  # see orchestration.sweep
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules, "env_vars": env_vars},
                        log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine

@@ -25,11 +25,11 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # (orchestration.tracking.retry) do it all: they say that the server is unreachable, bound the wait
 # (CONDFACE_MLFLOW_OUTAGE_S) and look for what a create made before sending it again
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-# Trials, evaluation actors and tasks share the cores: OpenMP threads that spin while they wait (GNU OpenMP's
-# default) then stall each other, and a 2-thread final run beside a scoring actor trained 3-10x slower than with
-# one thread; threads that sleep while they wait lose next to nothing (docs/measurements.md). Set before torch loads,
-# and inherited by the local Ray runtime's workers (a cluster's get it through the runtime env: driver.start_ray).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Trials, evaluation actors and tasks share the cores: torch's OpenMP threads spin ~300,000 times before they sleep
+# (GNU OpenMP's default), and a thread spinning on a core another process needs stalls both: 2 threads beside one
+# busy core trained 2-4x slower than with 1,000 spins, which costs nothing on an idle machine (docs/measurements.md).
+# Set before torch loads; the local Ray runtime's workers inherit it, a cluster's get it through the runtime env.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint: wanted (exact resume), not a warning.

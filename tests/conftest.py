@@ -19,9 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-# the two test workers and the sweeps they run share two cores: OpenMP threads sleep while they wait rather than
-# spin (orchestration.sweep sets the same for its processes; set here before torch loads in the test workers)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# what orchestration.sweep sets for its processes, here also for the test workers (before torch loads)
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # A Ray runtime a test starts (in-process or in a sweep it runs as a command) is its own, never one that someone
 # started on this machine with `ray start`; tests that mean a cluster pass its address.
 os.environ["RAY_ADDRESS"] = "local"

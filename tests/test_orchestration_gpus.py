@@ -47,7 +47,7 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
 
 
 def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):
-    """Also: the sweep's workers on a cluster's nodes get the sweep's OpenMP wait policy through the runtime env,
+    """Also: the sweep's workers on a cluster's nodes get the sweep's OpenMP spin count through the runtime env,
     whatever the nodes were started with."""
     import signal
 
@@ -58,18 +58,18 @@ def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):
     from orchestration.driver import start_ray
     from orchestration.resources import plan_resources
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # what the nodes inherit
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # what the nodes inherit
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     node = cluster.add_node(num_cpus=2)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         cluster.wait_for_nodes()
         cfg = resolve("smoke", data=data)
-        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the sweep's (orchestration.sweep)
+        monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # the sweep's (orchestration.sweep)
         start_ray(dataclasses.replace(cfg, address=cluster.address), dashboard=False)
-        on_node = ray.remote(lambda: os.environ.get("OMP_WAIT_POLICY")).options(
+        on_node = ray.remote(lambda: os.environ.get("GOMP_SPINCOUNT")).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
-        assert ray.get(on_node.remote()) == "PASSIVE"
+        assert ray.get(on_node.remote()) == "1000"
         plan = plan_resources(cfg)
         assert len(plan.nodes) == 2
         assert plan.lone == {"cpu": 2.0, "gpu": 0.0}  # one node's CPUs: the cluster's 4 would never be scheduled
