@@ -6,7 +6,8 @@ Local Ray workers inherit the driver's environment (a test sets these before it 
   process is killed (the test kills the driver and its Ray runtime, as a dying machine would), to prove that
   `--resume` continues from there. Points: `<phase>` at the start of every phase (e.g. `ddpm/grid`,
   `sd-lora/cfg`), and `<family>/final:trained` / `<family>/final:registered` inside the final phase, then for each
-  further seed (--final-seeds) `<family>/final/seed<N>` and `<family>/final/seed<N>:trained`.
+  further seed (--final-seeds) `<family>/final/seed<N>` and `<family>/final/seed<N>:trained`; and
+  `<family>/<grid|final>:retried` each time Tune retries a failed trial, once the retry is recorded in MLflow.
 - CONDFACE_FAULT_FAIL_ONCE_AT_EPOCH=<epoch index>: every grid trial crashes once there, before it reports that
   epoch (so Tune retries it from the epoch before).
 - CONDFACE_FAULT_DIVERGE_TRIAL=<trial label>: that grid trial trains at lr = inf, so its loss turns NaN

@@ -265,7 +265,8 @@ def test_a_node_killed_and_the_tracking_server_down_mid_sweep_then_the_driver_ki
     are mid-run) while the worker node's raylet is SIGKILLed and (b) the tracking server stopped; released into
     both, Tune retries the trial that ran on the lost node on the head from its last checkpoint, and the driver
     waits and retries MLflow (bounded) until the server is back 10 s later. (c) Then the driver dies (SIGKILL) at
-    a later report write of the grid; `--resume` against the same cluster and server continues and finishes.
+    the third MLflow write after Tune's retry is recorded (the point `ddpm/grid:retried`; a write count from the
+    grid's start raced the retry); `--resume` against the same cluster and server continues and finishes.
     The record keeps every invariant of orchestration.crash_record.
     (d) Both commands pass MLflow's credentials in --tracking-uri (http://admin:PW@...), the only place they are:
     the password is in no MLflow param or tag, no file of the sweep's directory (sweep.json, the report) and
@@ -280,7 +281,7 @@ def test_a_node_killed_and_the_tracking_server_down_mid_sweep_then_the_driver_ki
                             uri=uri.replace("http://", f"http://{user}:{password}@"))
     server_down = outage(lambda: lc.stop_mlflow(cluster["dir"]), lambda: lc.restart_mlflow(cluster["dir"]), 10)
     result = node_kill_sweep(cluster, data, tmp_path, "10@ddpm/grid", "cluster-faults", timeout_s=420,
-                             max_resumes=1, target=target, kills=["16@ddpm/grid"], also=server_down)
+                             max_resumes=1, target=target, kills=["3@ddpm/grid:retried"], also=server_down)
     first, second = (log.read_text() for log in result.logs)
     assert result.violations == [], "\n".join(result.violations + result.killed) + second[-3000:]
     assert any(ln.startswith("[fault] held before MLflow write") for ln in result.killed), result.killed

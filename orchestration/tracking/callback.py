@@ -10,6 +10,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from data.catalogue import STEP_LOSS_METRIC, TAG_PREFIX, finite, metric
+from orchestration.faults import reached
 from orchestration.tracking.client import Tracker
 from orchestration.tracking.console import error_line, progress_line
 from orchestration.trainable import STEP_LOSSES
@@ -99,6 +100,7 @@ class MlflowTrialCallback(Callback):
         run_id = self._run(trial)
         self.tracker.set_tags(run_id, {f"{TAG_PREFIX}retries": trial.num_failures,
                                        f"{TAG_PREFIX}last_error": error_line(trial)})
+        reached(f"{self.family}/{self.phase}:retried")  # a fault point: the retry is recorded
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
