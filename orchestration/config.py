@@ -251,6 +251,8 @@ class SweepConfig:
     # --- resources -------------------------------------------------------------------------------
     address: str | None = setting(None, "attach to a running Ray cluster (host:port, ray://host:port or auto); "
                                         "default: start a local one")
+    local_cpus: int | None = setting(None, "CPUs the local Ray runtime may use (default: every CPU of this machine; "
+                                           "a cluster's are its nodes')", minimum=1)
     gpus_per_trial: float | None = setting(None, "GPUs each trial requests (default 1 when the cluster has GPUs, "
                                                  "else 0)", minimum=0)
     cpus_per_trial: float | None = None  # None: 1 on CPUs, the node's CPUs per GPU on GPUs (orchestration.resources)
@@ -374,6 +376,9 @@ class SweepConfig:
         storage_dir(self.storage_path)  # raises on a path that names no local directory
         if self.tune_vae and "sd-lora" not in families:
             raise SweepError("--tune-vae tunes the VAE of the sd-lora family: add it (--model sd-lora or all)")
+        if self.local_cpus is not None and self.address:
+            raise SweepError(f"--local-cpus {self.local_cpus} sizes a local Ray runtime, and --address {self.address} "
+                             "attaches to a cluster: drop one (a cluster node's CPUs are set by `ray start --num-cpus`)")
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")

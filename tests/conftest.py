@@ -119,8 +119,9 @@ def tiny_bases(data) -> None:
 @pytest.fixture(scope="session")
 def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
     """One finished smoke sweep of every family (`--model all`) with the sampler phase, on a local Ray runtime and a
-    real MLflow SQLite store. One trial at a time: one trial process per grid (Tune reuses it), as the suite's two
-    workers keep both CPUs busy anyway. Read it; do not change what is recorded (every slow module shares it).
+    real MLflow SQLite store. A Ray runtime of one CPU: one trial at a time (one trial process per grid, which Tune
+    reuses) and the lone work on one thread, as the suite's two workers keep both cores busy anyway.
+    Read it; do not change what is recorded (every slow module shares it).
 
     cfg, uri: the resolved config and its tracking URI; out: what run_sweep returned; parent: the sweep's run id;
     client: an MlflowClient on the store; tmp: a folder of its own (the store, Ray storage); data, home.
@@ -137,7 +138,7 @@ def joint_sweep(home, data, tiny_bases, tmp_path_factory) -> dict:
     assert cfg.model == JOINT_FAMILIES, "tests/tools.py JOINT_FAMILIES lists every family, as --model all runs them"
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         out = run_sweep(cfg, dashboard=False)
     finally:

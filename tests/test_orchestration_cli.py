@@ -83,6 +83,8 @@ def test_bad_model_from_the_real_command_line(tmp_path):
         (["--final-epochs", "-2"], ["--final-epochs"]),
         (["--address", "127.0.0.1:1"], ["127.0.0.1:1", "ray start"]),
         (["--address", "nonsense"], ["--address"]),
+        (["--local-cpus", "0"], ["--local-cpus", "at least 1"]),
+        (["--local-cpus", "1", "--address", "auto"], ["--local-cpus 1", "--address auto", "drop one"]),
         (["--storage-path", "{file}/sub"], ["--storage-path", "not writable"]),
         (["--tracking-uri", "sqlite:///{file}/sub/mlruns.db"], ["MLflow store", "not writable"]),
         (["--resume"], ["nothing to resume"]),
@@ -412,7 +414,7 @@ def test_resource_plan_fits_one_node():
 def test_an_error_inside_a_ray_task_reaches_the_user_as_one_line(tmp_path, data):
     """A bad --pretrained is found where the base is first loaded: inside a Ray task (the reference row)."""
     out = sweep_command("--preset", "smoke", "--model", "sd-lora", "--data", str(data), "--pretrained",
-                str(tmp_path / "no-such-base"), "--no-dashboard", "--storage-path", str(tmp_path / "results"),
+                str(tmp_path / "no-such-base"), "--no-dashboard", "--local-cpus", "1", "--storage-path", str(tmp_path / "results"),
                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
