@@ -42,17 +42,13 @@ in orchestration/report/study_numbers.py)
       64, 64) (models' `cpu-16` preset), one residual block per level, attention at the lowest level only.
     * Short epochs: an epoch is a pass over the first `epoch_images` (2048) training images; grid trials run 2 epochs.
       Gradient accumulation keeps the study's meaning: the same images per epoch, a quarter of the steps.
-    * Ranking signal: trials this short still draw near-chance attributes, so sample metrics cannot rank them; the
-      grid is ranked by the engine's held-out denoising loss on fixed noise and noise levels (`val_loss`, 256
-      validation images, EMA weights, deterministic). `val_loss` is the unweighted epsilon MSE: it is what a trial
-      without Min-SNR minimises, so it mildly favours Min-SNR-off trials (Min-SNR spends capacity on low-noise steps
-      the unweighted loss counts less); the weighted `train_loss` is not selectable (its weighting differs per trial,
-      so its values do not compare). Sample metrics are still computed and logged every epoch.
+    * Ranking signal: trials this short still draw near-chance attributes, so the grid is ranked by the engine's
+      held-out denoising loss on fixed noise and noise levels (`val_loss`, 256 validation images, EMA weights): the
+      unweighted epsilon MSE, which mildly favours Min-SNR-off trials; the weighted `train_loss` is not selectable
+      (its weighting differs per trial). Sample metrics are still computed and logged every epoch.
     * lr 2e-3: a tiny model at batch 32 learns ~10x faster than at the study's 1e-4 and stays stable.
-    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images = 98k images on both cores. Accuracy
-      grows with this length and with little else tried (lr, Adam betas, EMA, wider or deeper U-Nets); the budget is a
-      choice of wall time over accuracy. One seed: a second would add a final run (~4 min) to the ~13 min demo;
-      `--final-seeds 2` measures the spread.
+    * Final run: `final_epochs` (6) epochs of `final_epoch_images` (16384) images on both cores, one seed
+      (`--final-seeds 2` measures the spread): accuracy grows with this length more than with anything else tried.
     * Sampling: DPM-Solver++ with 20 steps (`sampler`, `sampling_steps`) instead of 1000 DDPM steps; 100 final
       samples, 100 per CFG scale.
     * Trials run two at a time with one torch thread each (`max_concurrent`, `threads_per_trial`); the evaluation
