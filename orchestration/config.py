@@ -373,8 +373,8 @@ class SweepConfig:
         if self.tune_vae and "sd-lora" not in families:
             raise SweepError("--tune-vae tunes the VAE of the sd-lora family: add it (--model sd-lora or all)")
         if self.local_cpus is not None and self.address:
-            raise SweepError(f"--local-cpus {self.local_cpus} sizes a local Ray runtime, and --address {self.address} "
-                             "attaches to a cluster: drop one (a cluster node's CPUs are set by `ray start --num-cpus`)")
+            raise SweepError(f"--local-cpus {self.local_cpus} sizes a local Ray runtime, --address {self.address} attaches "
+                             "to a cluster: drop one (a cluster node's CPUs are set by `ray start --num-cpus`)")
         if self.batch_size % self.final_workers:
             raise SweepError(f"--batch-size {self.batch_size} does not divide among --final-workers "
                              f"{self.final_workers}: the global batch is split evenly, pass a multiple")

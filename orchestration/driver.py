@@ -34,8 +34,8 @@ from orchestration.tracking.checks import mlflow_ui_command, mlflow_ui_link
 from orchestration.tracking.client import Tracker
 
 # Settings that may differ when a sweep is resumed (where it runs, not what it computes).
-RUNTIME_FIELDS = ("address", "local_cpus", "gpus_per_trial", "max_concurrent", "resume", "dry_run", "gpus_per_eval_actor",
-                  "eval_actors", "cpus_per_trial", "final_workers")
+RUNTIME_FIELDS = ("address", "local_cpus", "gpus_per_trial", "max_concurrent", "resume", "dry_run",
+                  "gpus_per_eval_actor", "eval_actors", "cpus_per_trial", "final_workers")
 # Runtime settings that pick the training code: the sweep's own value unless the command names one
 TRAINING_PATH_FIELDS = ("final_workers",)
 
@@ -63,8 +63,8 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
         from orchestration.ray_token import private_local_token
 
         private_local_token()  # before Ray writes the token with the process's umask
-        ctx = ray.init(address="local", num_cpus=cfg.local_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                       log_to_driver=True)
+        ctx = ray.init(address="local", num_cpus=cfg.local_cpus, include_dashboard=dashboard,
+                       dashboard_host="127.0.0.1", log_to_driver=True)
     if threading.current_thread() is threading.main_thread():
         # ray.init installs its own SIGTERM handler (which aborts); end the sweep like Ctrl-C instead, so every
         # MLflow run gets closed and --resume can continue

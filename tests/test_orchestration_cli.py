@@ -414,8 +414,8 @@ def test_resource_plan_fits_one_node():
 def test_an_error_inside_a_ray_task_reaches_the_user_as_one_line(tmp_path, data):
     """A bad --pretrained is found where the base is first loaded: inside a Ray task (the reference row)."""
     out = sweep_command("--preset", "smoke", "--model", "sd-lora", "--data", str(data), "--pretrained",
-                str(tmp_path / "no-such-base"), "--no-dashboard", "--local-cpus", "1", "--storage-path", str(tmp_path / "results"),
-                "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
+                str(tmp_path / "no-such-base"), "--no-dashboard", "--local-cpus", "1", "--storage-path",
+                str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "no-such-base" in lines[-1], out.stderr[-2000:]
