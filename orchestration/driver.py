@@ -56,7 +56,9 @@ def start_ray(cfg: SweepConfig, dashboard: bool) -> dict[str, Any]:
     elif cfg.address:
         root = Path(__file__).resolve().parent.parent
         modules = [str(root / m) for m in ("data", "models", "evaluation", "orchestration")]
-        env_vars = {k: os.environ[k] for k in ("GOMP_SPINCOUNT",) if k in os.environ}  # see orchestration.sweep
+        # the driver's OpenMP spin count, where its environment sets one (docs/measurements.md, "Threads beside
+        # other processes"), reaches the cluster's workers too (a local runtime's inherit it)
+        env_vars = {k: os.environ[k] for k in ("GOMP_SPINCOUNT",) if k in os.environ}
         ctx = ray.init(address=cfg.address, runtime_env={"py_modules": modules, "env_vars": env_vars},
                        log_to_driver=True)
     else:  # a runtime of our own, never one that `ray start` left running on this machine

@@ -25,11 +25,6 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # (orchestration.tracking.retry) do it all: they say that the server is unreachable, bound the wait
 # (CONDFACE_MLFLOW_OUTAGE_S) and look for what a create made before sending it again
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-# Trials, evaluation actors and tasks share the cores: torch's OpenMP threads spin ~300,000 times before they sleep
-# (GNU OpenMP's default), and a thread spinning on a core another process needs stalls both: 2 threads beside busy
-# cores sampled 2-4x and trained up to 2x slower than with 1,000 spins, which cost nothing idle (docs/measurements.md).
-# Set before torch loads; the local Ray runtime's workers inherit it, a cluster's get it through the runtime env.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # Tune's default reporter prints a wide table every few seconds; the sweep prints its own per-epoch lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint: wanted (exact resume), not a warning.

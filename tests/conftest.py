@@ -19,7 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-# what orchestration.sweep sets for its processes, here also for the test workers (before torch loads)
+# The two test workers and the sweeps they start share two cores: torch's OpenMP threads spin 1,000 times at a
+# barrier, not 300,000, before they sleep, or a 2-thread task beside a busy core mostly spins (docs/measurements.md,
+# "Threads beside other processes"). Set before torch loads; the sweeps the tests start inherit it.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # A Ray runtime a test starts (in-process or in a sweep it runs as a command) is its own, never one that someone
 # started on this machine with `ray start`; tests that mean a cluster pass its address.

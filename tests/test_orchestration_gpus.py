@@ -47,7 +47,7 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
 
 
 def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):
-    """Also: the sweep's workers on a cluster's nodes get the sweep's OpenMP spin count through the runtime env,
+    """Also: the sweep's workers on a cluster's nodes get the driver's OpenMP spin count through the runtime env,
     whatever the nodes were started with."""
     import signal
 
@@ -65,7 +65,7 @@ def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):
     try:
         cluster.wait_for_nodes()
         cfg = resolve("smoke", data=data)
-        monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # the sweep's (orchestration.sweep)
+        monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # the driver's
         start_ray(dataclasses.replace(cfg, address=cluster.address), dashboard=False)
         on_node = ray.remote(lambda: os.environ.get("GOMP_SPINCOUNT")).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))

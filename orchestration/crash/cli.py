@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     if problems(cfg):
         sys.exit(f"error: {problems(cfg)[0]}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # the sweeps it starts (two at a time with --jobs 2) share the cores: OpenMP threads that spin less
+    # (docs/measurements.md, "Threads beside other processes")
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     started = time.time()
     keep = Path(cfg.work) if cfg.work else Path(tempfile.mkdtemp(prefix="condface-crash-"))
     keep.mkdir(parents=True, exist_ok=True)
