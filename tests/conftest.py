@@ -34,8 +34,8 @@ SHARED_GROUP = "joint-sweep"
 # workers start on them, and the many short groups fill in behind on whichever worker is free. pytest-xdist's own
 # order (most tests first) put these last, where the suite waited on one worker running them alone.
 LONGEST_FIRST = (SHARED_GROUP, "tests.test_orchestration_phases", "tests.test_cluster",
-                 "tests.test_orchestration_final_ddp", "tests.test_orchestration_sweep",
-                 "tests.test_orchestration_gpus", "tests.test_orchestration_cli", "tests.test_orchestration_mlflow_retry")
+                 "tests.test_orchestration_final_ddp", "tests.test_orchestration_gpus", "tests.test_orchestration_cli",
+                 "tests.test_orchestration_mlflow_retry")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,7 +17,11 @@ from tests.test_orchestration_sweep import children, client_for, smoke
 pytestmark = pytest.mark.slow  # a sweep on Ray; a two-node Ray cluster
 
 
-def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, data):
+def test_an_optuna_search_with_asha_on_a_gpu_machine_holds_the_gpu_and_samples_the_continuous_settings(tmp_path,
+                                                                                                        data):
+    """A one-GPU machine (advertised) and the search a user would run there: the trials and the lone final run each
+    hold the GPU (with the node's CPUs for their loaders); TPE samples lr, p_uncond and the guidance scale from their
+    ranges, and ASHA stops trials at epoch boundaries, every epoch they ran recorded."""
     import ray
 
     from orchestration.driver import run_sweep
@@ -26,7 +30,7 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
 
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = smoke(tmp_path, data)
+        cfg = smoke(tmp_path, data, search="optuna", num_samples=3, scheduler="asha", epochs=2)
         plan = plan_resources(cfg)
         # the lone work (final run, references, final evaluation, CFG sweep) asks for a GPU, not every CPU
         assert plan.grid == {"cpu": 2.0, "gpu": 1.0} and plan.lone == {"cpu": 2.0, "gpu": 1.0}  # CPUs per GPU
@@ -39,9 +43,25 @@ def test_on_a_gpu_cluster_trials_and_the_lone_final_run_hold_a_gpu(tmp_path, dat
     finally:
         ray.shutdown()
     client = client_for(cfg.tracking_uri)
-    trained = [r for r in children(client, out["parent_run_id"]) if r.data.tags["condface.phase"] in ("grid", "final")]
-    assert len(trained) == 3
-    for run in trained:  # each trial and the final run held the (advertised) GPU Ray gave it
+    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+    runs = children(client, out["parent_run_id"])
+    grid = [r for r in runs if r.data.tags["condface.phase"] == "grid"]
+    assert len(grid) == 3 and all(r.info.status == "FINISHED" for r in grid)
+    assert len(out["families"]["ddpm"]["grid"]["records"]) == 3
+    lrs = set()
+    for run in grid:
+        params = run.data.params
+        lr, p_uncond, guidance = (float(params[k]) for k in ("trial.lr", "trial.p_uncond", "trial.guidance_scale"))
+        assert cfg.lr_range[0] <= lr <= cfg.lr_range[1] and float(params["train.lr"]) == lr
+        assert cfg.p_uncond_range[0] <= p_uncond <= cfg.p_uncond_range[1]
+        assert cfg.guidance_range[0] <= guidance <= cfg.guidance_range[1]
+        lrs.add(lr)
+        # ASHA may stop a trial after its grace epoch, never before; every epoch it ran is recorded
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps in ([1], [1, 2]), steps
+    assert len(lrs) == 3  # TPE really sampled the continuous axis
+    (final,) = [r for r in runs if r.data.tags["condface.phase"] == "final"]
+    for run in [*grid, final]:  # each trial and the final run held the (advertised) GPU Ray gave it
         assert json.loads(run.data.tags["condface.resources"]).get("GPU") == 1.0, run.data.tags
         assert run.data.tags["condface.gpu_ids"] != ""
 
