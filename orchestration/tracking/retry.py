@@ -3,7 +3,8 @@
 Every call of the Tracker's client (so every MLflow write of the sweep: the Tune callback's, the phases') goes
 through `RetryingClient`: when the server cannot be reached (connection refused or reset, a timeout, 502/503/504
 from a proxy or a server whose database restarts, 429), the call is retried with bounded exponential backoff
-(1, 2, 4, ... 30 s) until it succeeds or the outage has lasted `CONDFACE_MLFLOW_OUTAGE_S` (default 900 s).
+(1, 2, 4, then every 5 s: a server that is back is found within seconds) until it succeeds or the outage has lasted
+`CONDFACE_MLFLOW_OUTAGE_S` (default 900 s).
 
 Nothing is lost meanwhile: the driver is the only MLflow writer and it waits inside the call, so Ray Tune keeps
 the trials' reports (a trial's `tune.report` waits for the driver to take it, the trial stays where it is) and
@@ -38,6 +39,7 @@ from orchestration.errors import SweepError
 
 OUTAGE_ENV = "CONDFACE_MLFLOW_OUTAGE_S"
 DEFAULT_OUTAGE_S = 900.0
+MAX_RETRY_DELAY_S = 5.0
 _RETRY_STATUS = (429, 502, 503, 504)
 CREATE_KEY_TAG = f"{TAG_PREFIX}create_key"
 KEYED_CREATES = ("create_run", "create_model_version", "create_logged_model")  # found by their key tag
@@ -145,7 +147,7 @@ class RetryingClient:
                                      f": start it again, then continue with --resume (the trials' results are in the "
                                      f"Ray storage path; each epoch is written once)") from None
                 self._sleep(min(delay, self._limit - waited))
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
                 continue
             if started is not None:
                 print(f"MLflow server {self._uri} reachable again after {time.monotonic() - started:.0f} s: "
