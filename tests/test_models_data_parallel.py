@@ -1,5 +1,5 @@
 """The engine under torch.distributed (gloo, 2 CPU processes): the same global batch, the same per-epoch loss as one
-process (within float tolerance), rank-0-only checkpoints that a data-parallel run resumes from exactly."""
+process (within float tolerance), rank-0-only checkpoints that a data-parallel run resumes from exactly; a batch the ranks cannot share refused."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _fit(out: Path, tag: str, epochs: int, checkpoint_dir: Path | None, resume) 
     torch.save(flat_params(family.module), out / f"{tag}-{rank}.pt")
 
 
+def _odd_batch(out: Path, rank: int) -> None:
+    import dataclasses
+
+    try:
+        fit(micro_family(), dataclasses.replace(CFG, batch_size=15), RandomFaces(64))
+    except ConfigError as err:
+        (out / f"error-{rank}.txt").write_text(str(err))
+
+
 def _worker(rank: int, world: int, out: str) -> None:
     out = Path(out)
     torch.set_num_threads(1)
@@ -42,11 +51,12 @@ def _worker(rank: int, world: int, out: str) -> None:
         _fit(out, "whole", 2, None, False)
         _fit(out, "first", 1, out / f"ckpt-{rank}", False)  # each rank its own dir: only rank 0 writes
         _fit(out, "resumed", 2, None, out / "ckpt-0")  # every rank resumes from rank 0's checkpoint
+        _odd_batch(out, rank)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_workers_train_like_one_process_and_resume(tmp_path):
+def test_two_gloo_workers_train_like_one_process_and_resume_and_refuse_a_batch_that_does_not_divide(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     single = tmp_path / "single"
     single.mkdir()
@@ -65,21 +75,5 @@ def test_two_gloo_workers_train_like_one_process_and_resume(tmp_path):
     assert resumed["epochs"] == [1.0]  # continued with the second epoch
     assert resumed["losses"][0] == pytest.approx(ddp[0]["losses"][1], rel=1e-6)
     assert torch.allclose(torch.load(tmp_path / "resumed-0.pt"), weights, atol=1e-6)
+    assert "does not divide among 2" in (tmp_path / "error-0.txt").read_text()  # a global batch of 15
 
-
-def _odd_worker(rank: int, world: int, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{Path(out) / 'rendezvous'}", rank=rank,
-                                         world_size=world)
-    try:
-        import dataclasses
-
-        fit(micro_family(), dataclasses.replace(CFG, batch_size=15), RandomFaces(64))
-    except ConfigError as err:
-        (Path(out) / f"error-{rank}.txt").write_text(str(err))
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_a_batch_that_does_not_divide_among_the_workers_is_refused(tmp_path):
-    mp.spawn(_odd_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    assert "does not divide among 2" in (tmp_path / "error-0.txt").read_text()
