@@ -20,7 +20,6 @@ from data.catalogue import condface_home
 from data.dataset import resolve_data
 from data.io import file_lock
 from evaluation.estimator import WEIGHTS_NAME, EstimatorConfig, estimator_preset
-from evaluation.train_estimator import train_estimator
 
 
 def estimator_cache_dir(cache_root: Path, config: EstimatorConfig) -> Path:
@@ -46,5 +45,7 @@ def ensure_estimator(data: FaceCache | str | Path = "toy", preset: str = "small"
     with file_lock(out.parent / f".{out.name}.lock",
                    wait_message=f"waiting for another process to finish training the estimator {out} ..."):
         if not (out / WEIGHTS_NAME).is_file():
+            from evaluation.train_estimator import train_estimator  # its torchmetrics and Albumentations: only to train
+
             train_estimator(cache_root, config, out, progress=progress, device=device)
     return out

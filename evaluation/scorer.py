@@ -21,7 +21,6 @@ from data.cli import first_line
 from data.schema import ATTRIBUTES, check_levels
 from evaluation.config import EvalConfig, eval_device
 from evaluation.errors import EvalError
-from evaluation.estimator import AttributeEstimator
 from evaluation.metrics.base import EvalBatch, State, add_states
 
 
@@ -76,6 +75,7 @@ class Scorer:
             reason = "no attribute estimator configured (EvalConfig.estimator; see evaluation.train_estimator)"
             self.unavailable.update({"fd_estimator": reason, "est_acc": reason, "est_acc_balanced": reason})
             return
+        from evaluation.estimator import AttributeEstimator
         from evaluation.metrics.accuracy import EstimatorAccuracy
         from evaluation.metrics.fid import FrechetDistance
 

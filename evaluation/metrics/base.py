@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_sum
+
+if TYPE_CHECKING:  # torchmetrics only where a metric runs: a process that merges or receives states does without
+    from torchmetrics import Metric
 
 State = dict[str, torch.Tensor]
 
@@ -41,6 +43,8 @@ def snapshot(metric: Metric, prefix: str = "") -> State:
 
 def restore(metric: Metric, state: State, prefix: str = "") -> None:
     """Reset `metric` and load a (merged) state into it."""
+    from torchmetrics.utilities.data import dim_zero_sum
+
     metric.reset()
     for name in metric.metric_state:
         if metric._reductions[name] is not dim_zero_sum:
