@@ -4,6 +4,8 @@ reach up into orchestration (layers: data <- models <- evaluation <- orchestrati
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import evaluation
@@ -59,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_function_level_imports():
     graph = evaluation_graph()
-    assert "evaluation.train_estimator" in graph["evaluation.estimator_cache"]  # a top-level import
+    assert "evaluation.train_estimator" in graph["evaluation.estimator_cache"]  # imported inside ensure_estimator
     assert "evaluation.estimator_cache" in graph["evaluation.reference"]  # imported inside main()
 
 
@@ -77,3 +79,25 @@ def test_evaluation_never_imports_orchestration():
     offenders = {module_name(p): sorted(n for n in imported_modules(p) if n.split(".")[0] == "orchestration")
                  for p in ROOT.rglob("*.py")}
     assert not {m: o for m, o in offenders.items() if o}
+
+
+def test_a_trial_process_loads_no_metric_or_augmentation_library_it_does_not_run():
+    """A sweep's trial reads the data un-augmented and receives and merges scores from the evaluation actors: it
+    imports neither Albumentations nor torchmetrics nor the estimator's transformers model (~1 s of CPU in every
+    such process); building an augmentation loads Albumentations where it is asked for."""
+    code = """
+import pickle, sys
+import torch
+from data.dataset import FaceDataset
+from evaluation.scorer import Scorer, ScoreState
+state = pickle.loads(pickle.dumps(ScoreState({"est_acc": {"correct": torch.ones(5)}})))
+assert Scorer.merge([state, state]).parts["est_acc"]["correct"].tolist() == [2.0] * 5
+heavy = ("albumentations", "torchmetrics", "transformers.modeling_utils")
+print(*[m for m in heavy if m in sys.modules])
+from data.augment import build_augmentation
+build_augmentation("study")
+print("albumentations" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["", "True"], out.stdout
