@@ -1,6 +1,7 @@
 """A phase whose driver died right after its Tuner was made (no trial saved yet) is restored with its own
 param_space, not an empty one (the final phase of a resumed sweep once failed this way), and with the MLflow
-runs its trials already had (Tune gives the recreated trials new ids)."""
+runs its trials already had (Tune gives the recreated trials new ids); a grid cut short runs only its unfinished
+trials again."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ def report_grad_accum(config, ctx):
 
 
 def report_fid(config, ctx):
+    tune.report({"fid": float(config["grad_accum"]), "epoch": 0})
+
+
+def report_once_or_fail(config, ctx):
+    """Counts its runs in ctx's folder; trial ga2 fails its first run (the driver's death, as Tune sees it)."""
+    from pathlib import Path
+
+    runs = Path(ctx.folder) / f"ga{config['grad_accum']}"
+    runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+    if config["grad_accum"] == 2 and runs.read_text() == "x":
+        raise RuntimeError("interrupted")
     tune.report({"fid": float(config["grad_accum"]), "epoch": 0})
 
 
@@ -80,3 +92,32 @@ def test_a_grid_restored_before_tune_saved_its_trials_keeps_one_run_per_trial(ra
     assert sorted(r.info.run_name for r in runs) == ["grid:ga1", "grid:ga2"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "fid")] == [0]
+
+
+def test_a_grid_restored_after_one_trial_finished_runs_only_the_other(ray_runtime, tmp_path):
+    """`--resume` of a grid cut short: the finished trial keeps its result and run and does not run again; the
+    unfinished one runs again."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking.callback import MlflowTrialCallback
+    from orchestration.tracking.client import Tracker
+
+    uri, experiment = f"sqlite:///{tmp_path / 'mlruns.db'}", "resumed-grid"
+    parent = Tracker(uri, experiment).open_run("sweep", "sweep")
+
+    def callback():
+        return MlflowTrialCallback(uri, experiment, parent, "grid", {}, label_of, "fid", policy="none",
+                                   by_label=True, family="ddpm")
+
+    space = {"grad_accum": tune.grid_search([1, 2])}
+    ctx = SimpleNamespace(sweep=SimpleNamespace(seed=0, max_failures=0), folder=str(tmp_path))
+    first = run_phase(ctx, tmp_path, "grid", space, {"cpu": 1}, "fid", "min", callback(), fn=report_once_or_fail)
+    assert len(first.errors) == 1
+    again = run_phase(ctx, tmp_path, "grid", space, {"cpu": 1}, "fid", "min", callback(), resume=True,
+                      fn=report_once_or_fail)
+    assert again.errors == [] and sorted(r.metrics["fid"] for r in again) == [1.0, 2.0]
+    assert (tmp_path / "ga1").read_text() == "x" and (tmp_path / "ga2").read_text() == "xx"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_name for r in runs) == ["grid:ga1", "grid:ga2"]  # one run each, across both commands
