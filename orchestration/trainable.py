@@ -91,7 +91,9 @@ def trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[str, dict[s
     spec = trial_spec(config, ctx)
     params: dict[str, Any] = {f"trial.{k}": v for k, v in dataclasses.asdict(spec).items()}
     params["trial.channels_list"] = ctx.sweep.channels.get(spec.channels) if spec.channels else None
-    params.update({f"train.{k}": v for k, v in dataclasses.asdict(train_config(ctx.sweep, spec, ctx.epochs)).items()})
+    # the loader's workers are chosen in the trial from what Ray gave it: tagged condface.loader_workers, no param
+    params.update({f"train.{k}": v for k, v in dataclasses.asdict(train_config(ctx.sweep, spec, ctx.epochs)).items()
+                   if k != "num_workers"})
     params.update({f"model.{k}": v for k, v in dataclasses.asdict(model_config(ctx.sweep, spec)).items()})
     params.update({
         "phase": ctx.phase, "model": ctx.sweep.model, "preset": ctx.sweep.preset, "data": ctx.sweep.data,
@@ -178,6 +180,8 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
     conditions = paired_conditions(ctx.data_root, cfg.eval_samples, split="val", seed=cfg.seed)
     real = conditions.real_images
     placement = where_am_i()
+    # a GPU trial loads its batches in worker processes on the CPUs Ray gave it (the same images as without)
+    placement["loader_workers"] = loader_workers(placement.get("resources", {}))
     rank = distributed()[0]
 
     work = Path(tempfile.mkdtemp(prefix="condface-trial-"))
@@ -217,8 +221,7 @@ def _train(config: dict[str, Any], ctx: TrialContext, trial_id: str, restored, r
         return False
 
     try:
-        # a GPU trial loads its batches in worker processes on the CPUs Ray gave it (the same images as without)
-        workers = loader_workers(placement.get("resources", {}))
+        workers = placement["loader_workers"]
         fit(family, dataclasses.replace(train_config(cfg, spec, ctx.epochs), num_workers=workers), train_set,
             on_epoch=on_epoch,
             checkpoint_dir=work / "engine", resume=resume, val_dataset=val_set)

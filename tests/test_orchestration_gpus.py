@@ -64,6 +64,8 @@ def test_an_optuna_search_with_asha_on_a_gpu_machine_holds_the_gpu_and_samples_t
     for run in [*grid, final]:  # each trial and the final run held the (advertised) GPU Ray gave it
         assert json.loads(run.data.tags["condface.resources"]).get("GPU") == 1.0, run.data.tags
         assert run.data.tags["condface.gpu_ids"] != ""
+        # its loader's worker processes on the CPUs beside the GPU (2 CPUs per GPU: 1), recorded as placement
+        assert run.data.tags["condface.loader_workers"] == "1" and "train.num_workers" not in run.data.params
 
 
 def test_the_plan_is_checked_against_two_real_nodes(data, monkeypatch):

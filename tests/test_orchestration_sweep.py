@@ -75,6 +75,7 @@ def test_mini_sweep_lands_in_mlflow(joint_sweep, tmp_path):
         for key in ("trial.grad_accum", "trial.timesteps", "trial.min_snr_gamma", "train.lr", "train.batch_size",
                     "train.p_uncond", "model.block_out_channels", "built.params_total", "sampler"):
             assert key in params, key
+        assert run.data.tags["condface.loader_workers"] == "0"  # a CPU trial loads in its own process
         for key in ("train_loss", "val_loss", "fd_estimator", "est_acc", "est_acc_balanced", "epoch_seconds",
                     "images_per_second", "fd_estimator_n"):
             history = client.get_metric_history(run.info.run_id, key)

@@ -136,7 +136,8 @@ class MlflowTrialCallback(Callback):
             self.tracker.set_tags(run_id, {f"{TAG_PREFIX}node_ip": placement.get("node_ip"),
                                            f"{TAG_PREFIX}node_id": placement.get("node_id"),
                                            f"{TAG_PREFIX}resources": json.dumps(placement.get("resources", {})),
-                                           f"{TAG_PREFIX}gpu_ids": ",".join(placement.get("gpu_ids", []))})
+                                           f"{TAG_PREFIX}gpu_ids": ",".join(placement.get("gpu_ids", [])),
+                                           f"{TAG_PREFIX}loader_workers": str(placement.get("loader_workers", 0))})
         if report.get("describe"):  # the built model's own description: parameter counts, scheduler settings
             self.tracker.log_params(run_id, {f"built.{k}": v for k, v in report["describe"].items()}, only_new=True)
             if "base" in report["describe"]:  # say plainly which pretrained weights it builds on (tiny stand-in?)
